@@ -1,0 +1,267 @@
+// BlockDevice over a file or block device opened O_DIRECT, driven by libaio. Completions
+// are signalled on an eventfd that the RealLoop watches, so callbacks run on the loop.
+#include <fcntl.h>
+#include <libaio.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <utility>
+
+#include "absl/strings/str_format.h"
+#include "scribe/real_env.h"
+#include "scribe/status.h"
+
+namespace scribe {
+namespace {
+
+// The raw system call: libaio's static archive resolves io_getevents to an old ABI.
+int GetEvents(io_context_t ctx, long min_nr, long nr, io_event* events, timespec* timeout) {
+  long rc = syscall(SYS_io_getevents, ctx, min_nr, nr, events, timeout);
+  return rc < 0 ? -errno : static_cast<int>(rc);
+}
+
+absl::Status ErrnoStatus(int err, const std::string& what) {
+  return absl::Status(err == EIO ? absl::StatusCode::kUnavailable : absl::StatusCode::kInternal,
+                      absl::StrFormat("%s: %s", what, std::strerror(err)));
+}
+
+class AioDevice : public BlockDevice {
+ public:
+  AioDevice(RealLoop* loop, int fd, int efd, io_context_t ctx, uint64_t size_bytes, bool is_block,
+            int queue_depth_max, std::string path)
+      : loop_(loop),
+        fd_(fd),
+        efd_(efd),
+        ctx_(ctx),
+        size_bytes_(size_bytes),
+        is_block_(is_block),
+        queue_depth_max_(queue_depth_max),
+        path_(std::move(path)),
+        alive_(std::make_shared<bool>(true)) {
+    watch_ = loop_->WatchReadable(efd_, [this] { Reap(); });
+  }
+
+  ~AioDevice() override {
+    *alive_ = false;
+    watch_.reset();
+    // Wait for the kernel to finish what it has, so no completion targets freed memory.
+    while (in_flight_ > 0) {
+      io_event events[64];
+      int n = GetEvents(ctx_, 1, 64, events, nullptr);
+      if (n < 0 && n != -EINTR) break;
+      for (int i = 0; i < n; ++i) {
+        delete static_cast<Op*>(events[i].data);
+        --in_flight_;
+      }
+    }
+    io_destroy(ctx_);
+    close(efd_);
+    close(fd_);
+  }
+
+  uint64_t size_bytes() const override { return size_bytes_; }
+
+  void Read(uint64_t offset_bytes, size_t length_bytes, void* buf, Callback done) override {
+    absl::Status st = CheckRange(offset_bytes, length_bytes, buf);
+    if (!st.ok()) return Fail(std::move(done), st);
+    auto* op = new Op{std::move(done), length_bytes};
+    io_prep_pread(&op->cb, fd_, buf, length_bytes, static_cast<long long>(offset_bytes));
+    Enqueue(op);
+  }
+
+  void Write(uint64_t offset_bytes, size_t length_bytes, const void* buf,
+             Callback done) override {
+    absl::Status st = CheckRange(offset_bytes, length_bytes, buf);
+    if (!st.ok()) return Fail(std::move(done), st);
+    auto* op = new Op{std::move(done), length_bytes};
+    io_prep_pwrite(&op->cb, fd_, const_cast<void*>(buf), length_bytes,
+                   static_cast<long long>(offset_bytes));
+    Enqueue(op);
+  }
+
+  void Flush(Callback done) override {
+    if (fdsync_unsupported_) return SyncFlush(std::move(done));
+    auto* op = new Op{std::move(done), 0};
+    op->is_flush = true;
+    io_prep_fdsync(&op->cb, fd_);
+    Enqueue(op);
+  }
+
+  void Discard(uint64_t offset_bytes, size_t length_bytes, Callback done) override {
+    absl::Status st = CheckRange(offset_bytes, length_bytes, nullptr);
+    if (!st.ok()) return Fail(std::move(done), st);
+    int rc;
+    if (is_block_) {
+      uint64_t range[2] = {offset_bytes, length_bytes};
+      rc = ioctl(fd_, BLKDISCARD, range);
+    } else {
+      rc = fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                     static_cast<off_t>(offset_bytes), static_cast<off_t>(length_bytes));
+    }
+    // Discard is advisory: a device that cannot discard keeps the old contents.
+    if (rc != 0 && errno != EOPNOTSUPP && errno != ENOTTY) {
+      st = ErrnoStatus(errno, "discard on " + path_);
+    }
+    Fail(std::move(done), st);
+  }
+
+ private:
+  struct Op {
+    Callback done;
+    size_t expected_bytes;
+    bool is_flush = false;
+    iocb cb{};
+  };
+
+  void Fail(Callback done, absl::Status st) {
+    loop_->Post([done = std::move(done), st = std::move(st)] { done(st); });
+  }
+
+  void SyncFlush(Callback done) {
+    absl::Status st;
+    if (fdatasync(fd_) != 0) st = ErrnoStatus(errno, "fdatasync on " + path_);
+    Fail(std::move(done), st);
+  }
+
+  void Enqueue(Op* op) {
+    waiting_.push_back(op);
+    SubmitWaiting();
+  }
+
+  void SubmitWaiting() {
+    while (!waiting_.empty() && in_flight_ < queue_depth_max_) {
+      Op* op = waiting_.front();
+      io_set_eventfd(&op->cb, efd_);
+      op->cb.data = op;
+      iocb* cbs[1] = {&op->cb};
+      int rc = io_submit(ctx_, 1, cbs);
+      if (rc == 1) {
+        waiting_.pop_front();
+        ++in_flight_;
+        continue;
+      }
+      if (rc == -EAGAIN) return;  // the kernel queue is full; Reap resubmits
+      waiting_.pop_front();
+      if (op->is_flush && rc == -EINVAL) {
+        // Kernels before 4.18 have no aio fsync: flush synchronously from now on.
+        fdsync_unsupported_ = true;
+        SyncFlush(std::move(op->done));
+      } else {
+        Fail(std::move(op->done), ErrnoStatus(-rc, "io_submit on " + path_));
+      }
+      delete op;
+    }
+  }
+
+  void Reap() {
+    uint64_t count;
+    while (read(efd_, &count, sizeof(count)) == sizeof(count)) {
+    }
+    auto alive = alive_;
+    for (;;) {
+      io_event events[64];
+      timespec zero{0, 0};
+      int n = GetEvents(ctx_, 0, 64, events, &zero);
+      if (n <= 0) break;
+      for (int i = 0; i < n; ++i) {
+        std::unique_ptr<Op> op(static_cast<Op*>(events[i].data));
+        --in_flight_;
+        const long res = static_cast<long>(events[i].res);
+        absl::Status st;
+        if (res < 0) {
+          st = ErrnoStatus(static_cast<int>(-res), "aio on " + path_);
+        } else if (!op->is_flush && static_cast<size_t>(res) != op->expected_bytes) {
+          st = absl::DataLossError(absl::StrFormat("short aio on %s: %d of %d bytes", path_,
+                                                   res, op->expected_bytes));
+        }
+        op->done(st);
+        if (!*alive) return;  // a callback destroyed the device
+      }
+    }
+    SubmitWaiting();
+  }
+
+  RealLoop* loop_;
+  int fd_;
+  int efd_;
+  io_context_t ctx_;
+  uint64_t size_bytes_;
+  bool is_block_;
+  int queue_depth_max_;
+  std::string path_;
+  std::shared_ptr<bool> alive_;
+  int in_flight_ = 0;
+  bool fdsync_unsupported_ = false;
+  std::deque<Op*> waiting_;
+  std::unique_ptr<RealLoop::FdWatch> watch_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<BlockDevice>> OpenAioDevice(RealLoop* loop,
+                                                           const std::string& path,
+                                                           const AioDeviceOptions& options) {
+  if (options.queue_depth_max <= 0) {
+    return absl::InvalidArgumentError("queue_depth_max must be positive");
+  }
+  int flags = O_RDWR | O_DIRECT | O_CLOEXEC;
+  if (options.create_size_bytes > 0) flags |= O_CREAT;
+  int fd = open(path.c_str(), flags, 0644);
+  if (fd < 0) return ErrnoStatus(errno, "open " + path);
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    int err = errno;
+    close(fd);
+    return ErrnoStatus(err, "stat " + path);
+  }
+  uint64_t size = 0;
+  const bool is_block = S_ISBLK(st.st_mode);
+  if (is_block) {
+    if (ioctl(fd, BLKGETSIZE64, &size) != 0) {
+      int err = errno;
+      close(fd);
+      return ErrnoStatus(err, "BLKGETSIZE64 " + path);
+    }
+  } else {
+    size = static_cast<uint64_t>(st.st_size);
+    if (size < options.create_size_bytes) {
+      if (ftruncate(fd, static_cast<off_t>(options.create_size_bytes)) != 0) {
+        int err = errno;
+        close(fd);
+        return ErrnoStatus(err, "resize " + path);
+      }
+      size = options.create_size_bytes;
+    }
+  }
+  size -= size % BlockDevice::kSectorBytes;
+  if (size == 0) {
+    close(fd);
+    return absl::InvalidArgumentError(path + " is empty; give create_size_bytes to create it");
+  }
+  int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (efd < 0) {
+    int err = errno;
+    close(fd);
+    return ErrnoStatus(err, "eventfd");
+  }
+  io_context_t ctx = nullptr;
+  int rc = io_setup(options.queue_depth_max, &ctx);
+  if (rc != 0) {
+    close(efd);
+    close(fd);
+    return ErrnoStatus(-rc, "io_setup");
+  }
+  return std::unique_ptr<BlockDevice>(new AioDevice(loop, fd, efd, ctx, size, is_block,
+                                                    options.queue_depth_max, path));
+}
+
+}  // namespace scribe
