@@ -1,0 +1,2371 @@
+// The Pool implementation: placement, the replicated redirect-on-write data path,
+// snapshots and clones over BlockMap, the mirrored metadata journal with checkpoints,
+// recovery, self-healing and scrub. See scribe/pool.h for the contract and
+// docs/ARCHITECTURE.md for the design.
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <set>
+#include <utility>
+
+#include "absl/strings/str_format.h"
+#include "libscribe/chunk/crc32c.h"
+#include "libscribe/cluster/codec.h"
+#include "libscribe/cluster/pool_internal.h"
+#include "scribe/pool.h"
+#include "scribe/status.h"
+
+namespace scribe {
+namespace {
+
+constexpr uint32_t kSuperMagic = 0x42524353;  // "SCRB"
+constexpr uint32_t kBatchMagic = 0x4c4e524a;  // "JRNL"
+constexpr uint32_t kBatchHeaderBytes = 64;
+constexpr uint32_t kFlagCheckpointBegin = 1;
+constexpr uint32_t kFlagCheckpointEnd = 2;
+// A checkpoint is written in batches of at most this many payload bytes.
+constexpr size_t kCheckpointBatchBytes = 1 << 20;
+
+uint64_t RoundUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
+
+// Counts down parallel sub-operations and reports the first error once all finish.
+struct Gather {
+  int remaining = 0;
+  absl::Status first_error;
+  std::function<void(absl::Status)> done;
+  void Finish(const absl::Status& st) {
+    if (!st.ok() && first_error.ok()) first_error = st;
+    if (--remaining == 0) done(first_error);
+  }
+};
+
+std::shared_ptr<Gather> MakeGather(int n, std::function<void(absl::Status)> done) {
+  auto g = std::make_shared<Gather>();
+  g->remaining = n;
+  g->done = std::move(done);
+  return g;
+}
+
+struct Superblock {
+  uint64_t pool_uuid = 0;
+  DiskId disk;
+  NodeId node;
+  Tier tier = Tier::kHdd;
+  uint64_t metadata_bytes = 0;
+};
+
+std::string EncodeSuperblock(const Superblock& sb) {
+  Encoder e;
+  e.U32(kSuperMagic);
+  e.U64(sb.pool_uuid);
+  e.U64(sb.disk.value);
+  e.U64(sb.node.value);
+  e.U8(static_cast<uint8_t>(sb.tier));
+  e.U64(sb.metadata_bytes);
+  e.U32(Crc32c(e.out().data(), e.out().size()));
+  return e.out();
+}
+
+bool DecodeSuperblock(const uint8_t* p, Superblock* sb) {
+  Decoder d(reinterpret_cast<const char*>(p), kSuperblockBytes);
+  if (d.U32() != kSuperMagic) return false;
+  sb->pool_uuid = d.U64();
+  sb->disk.value = d.U64();
+  sb->node.value = d.U64();
+  sb->tier = static_cast<Tier>(d.U8());
+  sb->metadata_bytes = d.U64();
+  const size_t covered = 4 + 8 + 8 + 8 + 1 + 8;
+  const uint32_t crc = d.U32();
+  return d.ok() && crc == Crc32c(p, covered);
+}
+
+class PoolImpl;
+
+class Refs : public BlockRefs {
+ public:
+  explicit Refs(PoolImpl* pool) : pool_(pool) {}
+  void Ref(const MapEntry& e) override;
+  void Unref(const MapEntry& e) override;
+
+ private:
+  PoolImpl* pool_;
+};
+
+class PoolImpl : public Pool {
+ public:
+  PoolImpl(Loop* loop, Random* random, PoolOptions options)
+      : loop_(loop), random_(random), options_(options), refs_(this) {
+    half_bytes_ = options_.metadata_bytes / 2 / kBlockBytes * kBlockBytes;
+  }
+
+  ~PoolImpl() override {
+    *alive_ = false;
+    // Trees unreference blocks as they go; drop them while chunks still exist.
+    snapshots_.clear();
+    vsds_.clear();
+  }
+
+  // ---------------------------------------------------------------- creation
+  void Format(std::vector<DiskSpec> disks, Done<std::unique_ptr<Pool>> done,
+              std::unique_ptr<Pool> self) {
+    pool_uuid_ = random_->Next64() | 1;
+    for (const DiskSpec& spec : disks) {
+      absl::Status st = CheckDiskSpec(spec);
+      if (!st.ok()) return loop_->Post([done, st] { done(st); });
+    }
+    auto holder = std::make_shared<std::unique_ptr<Pool>>(std::move(self));
+    auto g = MakeGather(static_cast<int>(disks.size()) + 1, [this, holder, done](absl::Status st) {
+      if (!st.ok()) return done(st);
+      ChooseMirrors();
+      Commit([holder, done](absl::Status st) {
+        if (!st.ok()) return done(st);
+        done(std::move(*holder));
+      });
+    });
+    for (const DiskSpec& spec : disks) {
+      AddDiskInternal(spec, [g](absl::StatusOr<DiskId> r) { g->Finish(r.status()); });
+    }
+    g->Finish(absl::OkStatus());
+  }
+
+  absl::Status CheckDiskSpec(const DiskSpec& spec) {
+    if (spec.device == nullptr) return absl::InvalidArgumentError("disk has no device");
+    if (!spec.node.valid()) return absl::InvalidArgumentError("disk has no node id");
+    const uint64_t data_start = RoundUp(kSuperblockBytes + options_.metadata_bytes, kBlockBytes);
+    if (spec.device->size_bytes() < data_start + kChunkBytes) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "a %d-byte disk is too small: metadata needs %d bytes plus at least one 1 MiB chunk",
+          spec.device->size_bytes(), data_start));
+    }
+    for (const auto& [id, d] : disks_) {
+      if (d.dev == spec.device) return absl::AlreadyExistsError("disk is already in the pool");
+    }
+    return absl::OkStatus();
+  }
+
+  void AddDiskInternal(const DiskSpec& spec, Done<DiskId> done) {
+    const DiskId id{next_disk_++};
+    Superblock sb{pool_uuid_, id, spec.node, spec.tier, options_.metadata_bytes};
+    auto buf = std::make_shared<AlignedBuffer>(kSuperblockBytes);
+    std::string enc = EncodeSuperblock(sb);
+    std::memcpy(buf->data(), enc.data(), enc.size());
+    BlockDevice* dev = spec.device;
+    // Clear the start of the metadata region so an older pool's journal is not replayed.
+    auto meta = std::make_shared<AlignedBuffer>(kBlockBytes * 2);
+    auto alive = alive_;
+    dev->Write(0, kSuperblockBytes, buf->data(), [=, this](absl::Status st) {
+      if (!*alive) return;
+      if (!st.ok()) return done(st);
+      dev->Write(kSuperblockBytes, kBlockBytes, meta->data(), [=, this](absl::Status st) {
+        if (!*alive) return;
+        if (!st.ok()) return done(st);
+        dev->Write(kSuperblockBytes + half_bytes_, kBlockBytes, meta->data(),
+                   [=, this](absl::Status st) {
+                     if (!*alive) return;
+                     if (!st.ok()) return done(st);
+                     dev->Flush([=, this](absl::Status st) {
+                       if (!*alive) return;
+                       if (!st.ok()) return done(st);
+                       Encoder e;
+                       e.U8(kRecAddDisk);
+                       e.U64(id.value);
+                       e.U64(spec.node.value);
+                       e.U8(static_cast<uint8_t>(spec.tier));
+                       e.U64(dev->size_bytes());
+                       Mutate(e.out());
+                       disks_[id].dev = dev;
+                       (void)buf;
+                       done(id);
+                     });
+                   });
+      });
+    });
+  }
+
+  // ---------------------------------------------------------------- records
+  // Applies a record to memory and queues it for the journal.
+  void Mutate(const std::string& rec) {
+    Decoder d(rec.data(), rec.size());
+    Apply(d);
+    SCRIBE_CHECK(d.ok() && d.done());
+    pending_records_.append(rec);
+  }
+
+  DiskState* FindDisk(DiskId id) {
+    auto it = disks_.find(id);
+    return it == disks_.end() ? nullptr : &it->second;
+  }
+  ChunkState* FindChunk(uint64_t id) {
+    auto it = chunks_.find(id);
+    return it == chunks_.end() ? nullptr : &it->second;
+  }
+  VsdState* FindVsdState(VsdId id) {
+    auto it = vsds_.find(id);
+    return it == vsds_.end() ? nullptr : it->second.get();
+  }
+  const VsdState* FindVsdState(VsdId id) const {
+    auto it = vsds_.find(id);
+    return it == vsds_.end() ? nullptr : it->second.get();
+  }
+  SnapshotState* FindSnapshot(SnapshotId id) {
+    auto it = snapshots_.find(id);
+    return it == snapshots_.end() ? nullptr : it->second.get();
+  }
+
+  void Apply(Decoder& d) {
+    const uint8_t type = d.U8();
+    switch (type) {
+      case kRecCounters: {
+        next_disk_ = std::max(next_disk_, d.U64());
+        next_chunk_ = std::max(next_chunk_, d.U64());
+        next_vsd_ = std::max(next_vsd_, d.U64());
+        next_snapshot_ = std::max(next_snapshot_, d.U64());
+        break;
+      }
+      case kRecAddDisk: {
+        DiskId id{d.U64()};
+        DiskState& disk = disks_[id];
+        disk.id = id;
+        disk.node.value = d.U64();
+        disk.tier = static_cast<Tier>(d.U8());
+        const uint64_t size = d.U64();
+        disk.data_start = RoundUp(kSuperblockBytes + options_.metadata_bytes, kBlockBytes);
+        disk.slots = (size - disk.data_start) / kChunkBytes;
+        disk.slot_owner.assign(disk.slots, 0);
+        next_disk_ = std::max(next_disk_, id.value + 1);
+        nodes_online_.try_emplace(disk.node, true);
+        break;
+      }
+      case kRecFailDisk: {
+        DiskState* disk = FindDisk(DiskId{d.U64()});
+        const bool evicted = d.U8() != 0;
+        if (disk) {
+          disk->failed = true;
+          disk->evicted = evicted;
+        }
+        break;
+      }
+      case kRecResetDisk: {
+        DiskState* disk = FindDisk(DiskId{d.U64()});
+        if (disk) {
+          disk->failed = disk->evicted = false;
+          disk->slot_owner.assign(disk->slots, 0);
+          disk->used_slots = 0;
+        }
+        break;
+      }
+      case kRecAddChunk: {
+        ChunkState c;
+        c.id = d.U64();
+        c.replication = d.U8();
+        const uint32_t n = d.U32();
+        for (uint32_t i = 0; i < n && d.ok(); ++i) {
+          Replica r;
+          r.disk.value = d.U64();
+          r.slot = d.U64();
+          r.stale = d.U8() != 0;
+          c.replicas.push_back(r);
+          ClaimSlot(r.disk, r.slot, c.id);
+        }
+        next_chunk_ = std::max(next_chunk_, c.id + 1);
+        chunks_[c.id] = std::move(c);
+        break;
+      }
+      case kRecFreeChunk: {
+        const uint64_t id = d.U64();
+        ChunkState* c = FindChunk(id);
+        if (c) {
+          for (const Replica& r : c->replicas) ReleaseSlot(r.disk, r.slot, id);
+          chunks_.erase(id);
+        }
+        break;
+      }
+      case kRecSetReplica: {
+        ChunkState* c = FindChunk(d.U64());
+        const uint32_t index = d.U32();
+        Replica r;
+        r.disk.value = d.U64();
+        r.slot = d.U64();
+        if (!c) break;
+        if (index < c->replicas.size()) {
+          ReleaseSlot(c->replicas[index].disk, c->replicas[index].slot, c->id);
+          c->replicas[index] = r;
+        } else {
+          c->replicas.push_back(r);
+        }
+        ClaimSlot(r.disk, r.slot, c->id);
+        break;
+      }
+      case kRecStale: {
+        ChunkState* c = FindChunk(d.U64());
+        const DiskId disk{d.U64()};
+        const bool stale = d.U8() != 0;
+        if (c) {
+          for (Replica& r : c->replicas) {
+            if (r.disk == disk) r.stale = stale;
+          }
+        }
+        break;
+      }
+      case kRecCreateVsd: {
+        auto v = std::make_unique<VsdState>();
+        v->id.value = d.U64();
+        v->name = d.Str();
+        v->size_bytes = d.U64();
+        v->replication = d.U8();
+        v->flash_priority = d.U8();
+        v->map = BlockMap(&refs_, v->size_bytes / kBlockBytes);
+        next_vsd_ = std::max(next_vsd_, v->id.value + 1);
+        vsd_by_name_[v->name] = v->id;
+        vsds_[v->id] = std::move(v);
+        break;
+      }
+      case kRecDeleteVsd: {
+        VsdState* v = FindVsdState(VsdId{d.U64()});
+        if (!v) break;
+        // Writes queued behind block locks find the VSD gone and report NOT_FOUND.
+        for (LockWaiter& w : v->waiters) loop_->Post(std::move(w.fn));
+        v->waiters.clear();
+        for (SnapshotId s : v->snapshots) snapshots_.erase(s);
+        CloseOpenChunk(v);
+        vsd_by_name_.erase(v->name);
+        vsds_.erase(v->id);
+        break;
+      }
+      case kRecResizeVsd: {
+        VsdState* v = FindVsdState(VsdId{d.U64()});
+        const uint64_t size = d.U64();
+        if (v) {
+          v->size_bytes = size;
+          v->map.Grow(size / kBlockBytes);
+        }
+        break;
+      }
+      case kRecMap: {
+        VsdState* v = FindVsdState(VsdId{d.U64()});
+        const uint64_t lba = d.U64();
+        MapEntry e;
+        e.chunk = d.U64();
+        e.block = d.U32();
+        e.crc = d.U32();
+        ChunkState* c = FindChunk(e.chunk);
+        if (c) c->crc[e.block] = e.crc;
+        if (v && lba < v->map.capacity_blocks()) v->map.Set(lba, e);
+        break;
+      }
+      case kRecUnmap: {
+        VsdState* v = FindVsdState(VsdId{d.U64()});
+        const uint64_t lba = d.U64();
+        const uint64_t count = d.U64();
+        if (v) {
+          for (uint64_t i = lba; i < lba + count && i < v->map.capacity_blocks(); ++i) {
+            v->map.Clear(i);
+          }
+        }
+        break;
+      }
+      case kRecSnapshot: {
+        auto s = std::make_unique<SnapshotState>();
+        s->id.value = d.U64();
+        s->vsd.value = d.U64();
+        s->name = d.Str();
+        s->generation = d.U64();
+        VsdState* v = FindVsdState(s->vsd);
+        next_snapshot_ = std::max(next_snapshot_, s->id.value + 1);
+        if (!v) break;
+        s->size_bytes = v->size_bytes;
+        s->map = v->map;
+        v->snapshots.push_back(s->id);
+        snapshots_[s->id] = std::move(s);
+        break;
+      }
+      case kRecDeleteSnapshot: {
+        SnapshotState* s = FindSnapshot(SnapshotId{d.U64()});
+        if (!s) break;
+        if (VsdState* v = FindVsdState(s->vsd)) {
+          std::erase(v->snapshots, s->id);
+        }
+        snapshots_.erase(s->id);
+        break;
+      }
+      case kRecClone: {
+        auto v = std::make_unique<VsdState>();
+        v->id.value = d.U64();
+        v->name = d.Str();
+        const bool from_snapshot = d.U8() != 0;
+        const uint64_t source = d.U64();
+        next_vsd_ = std::max(next_vsd_, v->id.value + 1);
+        if (from_snapshot) {
+          SnapshotState* s = FindSnapshot(SnapshotId{source});
+          VsdState* parent = s ? FindVsdState(s->vsd) : nullptr;
+          if (!s) break;
+          v->size_bytes = s->size_bytes;
+          v->map = s->map;
+          v->replication = parent ? parent->replication : 2;
+          v->flash_priority = parent ? parent->flash_priority : 4;
+        } else {
+          VsdState* src = FindVsdState(VsdId{source});
+          if (!src) break;
+          v->size_bytes = src->size_bytes;
+          v->map = src->map;
+          v->replication = src->replication;
+          v->flash_priority = src->flash_priority;
+        }
+        vsd_by_name_[v->name] = v->id;
+        vsds_[v->id] = std::move(v);
+        break;
+      }
+      case kRecRevert: {
+        VsdState* v = FindVsdState(VsdId{d.U64()});
+        SnapshotState* s = FindSnapshot(SnapshotId{d.U64()});
+        if (v && s) {
+          v->map = s->map;
+          v->size_bytes = s->size_bytes;
+        }
+        break;
+      }
+      case kRecCkptNode: {
+        const uint64_t node_id = d.U64();
+        const int level = d.U8();
+        auto n = std::make_shared<BlockMap::Node>(level, &refs_);
+        const uint32_t count = d.U32();
+        for (uint32_t i = 0; i < count && d.ok(); ++i) {
+          const uint32_t idx = d.U32();
+          if (idx >= BlockMap::kFanout) {
+            d.U64();
+            continue;
+          }
+          if (level == 0) {
+            MapEntry e;
+            e.chunk = d.U64();
+            e.block = d.U32();
+            e.crc = d.U32();
+            if (ChunkState* c = FindChunk(e.chunk)) c->crc[e.block] = e.crc;
+            refs_.Ref(e);
+            n->entries[idx] = e;
+            ++n->mapped;
+          } else {
+            auto it = ckpt_nodes_.find(d.U64());
+            if (it != ckpt_nodes_.end()) n->children[idx] = it->second;
+          }
+        }
+        ckpt_nodes_[node_id] = std::move(n);
+        break;
+      }
+      case kRecCkptVsd: {
+        auto v = std::make_unique<VsdState>();
+        v->id.value = d.U64();
+        v->name = d.Str();
+        v->size_bytes = d.U64();
+        v->replication = d.U8();
+        v->flash_priority = d.U8();
+        const int levels = d.U8();
+        const uint64_t root = d.U64();
+        v->map = BlockMap::FromRoot(&refs_, v->size_bytes / kBlockBytes, levels, CkptNode(root));
+        next_vsd_ = std::max(next_vsd_, v->id.value + 1);
+        vsd_by_name_[v->name] = v->id;
+        vsds_[v->id] = std::move(v);
+        break;
+      }
+      case kRecCkptSnapshot: {
+        auto s = std::make_unique<SnapshotState>();
+        s->id.value = d.U64();
+        s->vsd.value = d.U64();
+        s->name = d.Str();
+        s->generation = d.U64();
+        s->size_bytes = d.U64();
+        const int levels = d.U8();
+        const uint64_t root = d.U64();
+        s->map = BlockMap::FromRoot(&refs_, s->size_bytes / kBlockBytes, levels, CkptNode(root));
+        next_snapshot_ = std::max(next_snapshot_, s->id.value + 1);
+        if (VsdState* v = FindVsdState(s->vsd)) v->snapshots.push_back(s->id);
+        snapshots_[s->id] = std::move(s);
+        break;
+      }
+      case kRecCkptEnd:
+        ckpt_nodes_.clear();  // only the maps hold nodes now, so sharing counts are exact
+        break;
+      default:
+        // Unknown record: recovery treats the batch as invalid (decoder not done).
+        d.Raw(nullptr, SIZE_MAX);
+        break;
+    }
+  }
+
+  std::shared_ptr<BlockMap::Node> CkptNode(uint64_t id) {
+    if (id == 0) return nullptr;
+    auto it = ckpt_nodes_.find(id);
+    return it == ckpt_nodes_.end() ? nullptr : it->second;
+  }
+
+  void ClaimSlot(DiskId disk_id, uint64_t slot, uint64_t chunk) {
+    DiskState* disk = FindDisk(disk_id);
+    if (!disk || slot >= disk->slots) return;
+    if (disk->slot_owner[slot] == 0) ++disk->used_slots;
+    disk->slot_owner[slot] = chunk;
+  }
+
+  void ReleaseSlot(DiskId disk_id, uint64_t slot, uint64_t chunk) {
+    DiskState* disk = FindDisk(disk_id);
+    if (!disk || slot >= disk->slots || disk->slot_owner[slot] != chunk) return;
+    disk->slot_owner[slot] = 0;
+    --disk->used_slots;
+  }
+
+  // ---------------------------------------------------------------- refcounts
+  void RefBlock(const MapEntry& e) {
+    ChunkState* c = FindChunk(e.chunk);
+    SCRIBE_CHECK(c != nullptr);
+    if (c->refs[e.block]++ == 0 && !c->busy[e.block]) ++c->used;
+  }
+
+  void UnrefBlock(const MapEntry& e) {
+    ChunkState* c = FindChunk(e.chunk);
+    SCRIBE_CHECK(c != nullptr && c->refs[e.block] > 0);
+    if (--c->refs[e.block] == 0) {
+      // Not reusable until the metadata that dropped it is durable.
+      SCRIBE_CHECK(!c->busy[e.block]);
+      c->busy[e.block] = true;
+      pending_frees_.push_back({e.chunk, e.block});
+    }
+  }
+
+  // Called once the records that freed them are durable (or replayed).
+  void ReleaseFrees(std::vector<std::pair<uint64_t, uint32_t>> frees) {
+    for (auto [chunk, block] : frees) {
+      ChunkState* c = FindChunk(chunk);
+      if (!c || !c->busy[block] || c->refs[block] != 0) continue;
+      c->busy[block] = false;
+      --c->used;
+      MaybeFreeChunk(c);
+    }
+  }
+
+  void MaybeFreeChunk(ChunkState* c) {
+    if (c->used != 0 || c->open || c->rebuilding || c->writes_in_flight != 0) return;
+    Encoder e;
+    e.U8(kRecFreeChunk);
+    e.U64(c->id);
+    Mutate(e.out());
+  }
+
+  // ---------------------------------------------------------------- placement
+  bool DiskUsable(const DiskState& d) const {
+    return d.dev != nullptr && !d.failed && NodeOnline(d.node);
+  }
+  bool NodeOnline(NodeId n) const {
+    auto it = nodes_online_.find(n);
+    return it == nodes_online_.end() || it->second;
+  }
+  bool ReplicaWritable(const Replica& r) const {
+    auto it = disks_.find(r.disk);
+    return it != disks_.end() && DiskUsable(it->second) && !r.stale;
+  }
+
+  // Picks the disk with the most free slots on each node not in `exclude`, then the
+  // `count` emptiest such nodes (ties broken by node id, for determinism).
+  std::vector<std::pair<DiskId, uint64_t>> PlaceSlots(int count, const std::set<NodeId>& exclude) {
+    std::map<NodeId, const DiskState*> best;
+    for (const auto& [id, d] : disks_) {
+      if (!DiskUsable(d) || exclude.count(d.node) || d.used_slots >= d.slots) continue;
+      const DiskState*& b = best[d.node];
+      if (b == nullptr || d.slots - d.used_slots > b->slots - b->used_slots) b = &d;
+    }
+    std::vector<const DiskState*> order;
+    for (auto& [node, d] : best) order.push_back(d);
+    std::stable_sort(order.begin(), order.end(), [](const DiskState* a, const DiskState* b) {
+      return a->slots - a->used_slots > b->slots - b->used_slots;
+    });
+    std::vector<std::pair<DiskId, uint64_t>> out;
+    for (const DiskState* d : order) {
+      if (static_cast<int>(out.size()) == count) break;
+      // First free slot: a linear scan bounded by the disk's slot count.
+      for (uint64_t s = 0; s < d->slots; ++s) {
+        if (d->slot_owner[s] == 0) {
+          out.push_back({d->id, s});
+          break;
+        }
+      }
+    }
+    return out;
+  }
+
+  size_t UsableNodes() const {
+    std::set<NodeId> nodes;
+    for (const auto& [id, d] : disks_) {
+      if (DiskUsable(d) && d.used_slots < d.slots) nodes.insert(d.node);
+    }
+    return nodes.size();
+  }
+
+  void CloseOpenChunk(VsdState* v) {
+    if (v->open_chunk == 0) return;
+    if (ChunkState* c = FindChunk(v->open_chunk)) {
+      c->open = false;
+      MaybeFreeChunk(c);
+    }
+    v->open_chunk = 0;
+  }
+
+  // A chunk takes new blocks while every copy is writable and it has as many copies as
+  // the healthy nodes allow.
+  bool ChunkAcceptsWrites(const ChunkState& c) const {
+    if (c.rebuilding) return false;
+    for (const Replica& r : c.replicas) {
+      if (!ReplicaWritable(r)) return false;
+    }
+    return static_cast<int>(c.replicas.size()) >=
+           std::min<int>(c.replication, static_cast<int>(UsableNodes()));
+  }
+
+  // The closed chunk of this replication with the most free blocks, if at least half
+  // of it is free: space freed by overwrites is reused before new chunks are taken.
+  ChunkState* ReusableChunk(int replication) {
+    ChunkState* best = nullptr;
+    for (auto& [id, c] : chunks_) {
+      if (c.open || c.replication != replication || c.used > kBlocksPerChunk / 2) continue;
+      if (!ChunkAcceptsWrites(c)) continue;
+      if (best == nullptr || c.used < best->used) best = &c;
+    }
+    return best;
+  }
+
+  // Reserves `n` free blocks for a write of `v`, from its open chunk and then others.
+  absl::StatusOr<std::vector<MapEntry>> AllocateBlocks(VsdState* v, uint64_t n) {
+    std::vector<MapEntry> out;
+    while (out.size() < n) {
+      ChunkState* c = v->open_chunk ? FindChunk(v->open_chunk) : nullptr;
+      if (c == nullptr || c->used == kBlocksPerChunk || !ChunkAcceptsWrites(*c)) {
+        CloseOpenChunk(v);
+        c = ReusableChunk(v->replication);
+        if (c == nullptr) {
+          absl::StatusOr<ChunkState*> fresh = NewChunk(v->replication);
+          if (!fresh.ok()) {
+            for (const MapEntry& e : out) Unreserve(e);
+            return fresh.status();
+          }
+          c = *fresh;
+        }
+        c->open = true;
+        v->open_chunk = c->id;
+      }
+      for (uint32_t b = 0; b < kBlocksPerChunk && out.size() < n; ++b) {
+        if (c->refs[b] == 0 && !c->busy[b]) {
+          c->busy[b] = true;
+          ++c->used;
+          out.push_back(MapEntry{c->id, b, 0});
+        }
+      }
+    }
+    return out;
+  }
+
+  void Unreserve(const MapEntry& e) {
+    ChunkState* c = FindChunk(e.chunk);
+    if (!c || !c->busy[e.block]) return;
+    c->busy[e.block] = false;
+    if (c->refs[e.block] == 0) --c->used;
+    MaybeFreeChunk(c);
+  }
+
+  absl::StatusOr<ChunkState*> NewChunk(int replication) {
+    const size_t nodes = UsableNodes();
+    if (nodes == 0) {
+      return absl::ResourceExhaustedError("pool is full: no healthy disk has a free chunk");
+    }
+    // With fewer usable nodes than copies, the chunk starts degraded and the healer
+    // adds copies when nodes return; never two copies on one node.
+    const int copies = std::min<int>(replication, static_cast<int>(nodes));
+    auto slots = PlaceSlots(copies, {});
+    if (static_cast<int>(slots.size()) < copies) {
+      return absl::ResourceExhaustedError("pool is full: not enough free chunks on distinct nodes");
+    }
+    const uint64_t id = next_chunk_++;
+    Encoder e;
+    e.U8(kRecAddChunk);
+    e.U64(id);
+    e.U8(static_cast<uint8_t>(replication));
+    e.U32(static_cast<uint32_t>(slots.size()));
+    for (auto [disk, slot] : slots) {
+      e.U64(disk.value);
+      e.U64(slot);
+      e.U8(0);
+    }
+    Mutate(e.out());
+    if (copies < replication) Heal();
+    return FindChunk(id);
+  }
+
+  uint64_t ReplicaOffset(const Replica& r, uint32_t block) const {
+    const DiskState& d = disks_.at(r.disk);
+    return d.data_start + r.slot * kChunkBytes + static_cast<uint64_t>(block) * kBlockBytes;
+  }
+
+  // ---------------------------------------------------------------- VSD management
+  void CreateVsd(VsdOptions options, Done<VsdId> done) override {
+    absl::Status st = ValidateVsdOptions(options);
+    if (!st.ok()) return loop_->Post([done, st] { done(st); });
+    const VsdId id{next_vsd_++};
+    Encoder e;
+    e.U8(kRecCreateVsd);
+    e.U64(id.value);
+    e.Str(options.name);
+    e.U64(options.size_bytes);
+    e.U8(static_cast<uint8_t>(options.replication));
+    e.U8(static_cast<uint8_t>(options.flash_priority));
+    Mutate(e.out());
+    Commit([done, id](absl::Status st) {
+      if (!st.ok()) return done(st);
+      done(id);
+    });
+  }
+
+  absl::Status ValidateName(const std::string& name) const {
+    if (name.empty() || name.size() > 255) {
+      return absl::InvalidArgumentError("a VSD name must have 1 to 255 characters");
+    }
+    if (vsd_by_name_.count(name)) {
+      return absl::AlreadyExistsError(absl::StrFormat("a VSD named '%s' exists", name));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status ValidateVsdOptions(const VsdOptions& o) const {
+    RETURN_IF_ERROR(ValidateName(o.name));
+    if (o.size_bytes == 0 || o.size_bytes % kBlockBytes != 0) {
+      return absl::InvalidArgumentError("VSD size must be a positive multiple of 4096 bytes");
+    }
+    if (o.size_bytes > (1ull << 50)) return absl::InvalidArgumentError("VSD size above 1 PiB");
+    if (o.replication != 2 && o.replication != 3) {
+      return absl::InvalidArgumentError("replication must be 2 or 3");
+    }
+    if (o.flash_priority < 0 || o.flash_priority > 11) {
+      return absl::InvalidArgumentError("flash priority must be 0..11");
+    }
+    return absl::OkStatus();
+  }
+
+  void DeleteVsd(VsdId vsd, StatusDone done) override {
+    if (!FindVsdState(vsd)) return PostError(done, NotFound(vsd));
+    Encoder e;
+    e.U8(kRecDeleteVsd);
+    e.U64(vsd.value);
+    Mutate(e.out());
+    Commit(done);
+  }
+
+  void ResizeVsd(VsdId vsd, uint64_t size_bytes, StatusDone done) override {
+    VsdState* v = FindVsdState(vsd);
+    if (!v) return PostError(done, NotFound(vsd));
+    if (size_bytes % kBlockBytes != 0 || size_bytes > (1ull << 50)) {
+      return PostError(done, absl::InvalidArgumentError("size must be a multiple of 4096, at most 1 PiB"));
+    }
+    if (size_bytes < v->size_bytes) {
+      return PostError(done, absl::InvalidArgumentError(
+                                 "shrinking a VSD is not supported (it would destroy data)"));
+    }
+    Encoder e;
+    e.U8(kRecResizeVsd);
+    e.U64(vsd.value);
+    e.U64(size_bytes);
+    Mutate(e.out());
+    Commit(done);
+  }
+
+  absl::StatusOr<VsdId> FindVsd(const std::string& name) const override {
+    auto it = vsd_by_name_.find(name);
+    if (it == vsd_by_name_.end()) {
+      return absl::NotFoundError(absl::StrFormat("no VSD named '%s'", name));
+    }
+    return it->second;
+  }
+
+  uint32_t RefCount(const MapEntry& e) const {
+    auto it = chunks_.find(e.chunk);
+    return it == chunks_.end() ? 0 : it->second.refs[e.block];
+  }
+
+  absl::StatusOr<VsdInfo> GetVsdInfo(VsdId vsd) const override {
+    const VsdState* v = FindVsdState(vsd);
+    if (!v) return NotFound(vsd);
+    VsdInfo info;
+    info.id = v->id;
+    info.name = v->name;
+    info.size_bytes = v->size_bytes;
+    info.replication = v->replication;
+    info.flash_priority = v->flash_priority;
+    auto usage = v->map.ComputeUsage([this](const MapEntry& e) { return RefCount(e); });
+    info.allocated_bytes = usage.mapped * kBlockBytes;
+    info.unique_bytes = usage.unique * kBlockBytes;
+    info.shared_bytes = info.allocated_bytes - info.unique_bytes;
+    info.snapshots = v->snapshots.size();
+    return info;
+  }
+
+  std::vector<VsdInfo> ListVsds() const override {
+    std::vector<VsdInfo> out;
+    for (const auto& [id, v] : vsds_) out.push_back(*GetVsdInfo(id));
+    return out;
+  }
+
+  static absl::Status NotFound(VsdId id) {
+    return absl::NotFoundError(absl::StrFormat("no VSD with id %d", id.value));
+  }
+  static absl::Status NotFound(SnapshotId id) {
+    return absl::NotFoundError(absl::StrFormat("no snapshot with id %d", id.value));
+  }
+  void PostError(const StatusDone& done, absl::Status st) {
+    loop_->Post([done, st] { done(st); });
+  }
+
+  // ---------------------------------------------------------------- I/O
+  absl::Status CheckIo(const VsdState* v, uint64_t offset, uint64_t length) const {
+    if (offset % BlockDevice::kSectorBytes != 0 || length % BlockDevice::kSectorBytes != 0) {
+      return absl::InvalidArgumentError("I/O must be aligned to 512-byte sectors");
+    }
+    if (offset > v->size_bytes || length > v->size_bytes - offset) {
+      return absl::OutOfRangeError(absl::StrFormat(
+          "I/O [%d, +%d) is beyond the end of VSD '%s' (%d bytes)", offset, length, v->name,
+          v->size_bytes));
+    }
+    return absl::OkStatus();
+  }
+
+  using Lookup = std::function<MapEntry(uint64_t lba)>;
+
+  // Reads logical blocks [b0, b1) through `lookup` into `out` ((b1-b0) * 4 KiB),
+  // verifying checksums, trying other copies and repairing bad ones.
+  void ReadBlocks(Lookup lookup, uint64_t b0, uint64_t b1, uint8_t* out, int attempt,
+                  StatusDone done) {
+    struct Run {
+      uint64_t lba;
+      uint64_t chunk;
+      uint32_t block;
+      uint32_t count;
+      std::vector<uint32_t> crcs;
+    };
+    std::vector<Run> runs;
+    for (uint64_t lba = b0; lba < b1; ++lba) {
+      const MapEntry e = lookup(lba);
+      uint8_t* dst = out + (lba - b0) * kBlockBytes;
+      if (!e.mapped()) {
+        std::memset(dst, 0, kBlockBytes);
+        continue;
+      }
+      if (!runs.empty() && runs.back().chunk == e.chunk &&
+          runs.back().block + runs.back().count == e.block &&
+          runs.back().lba + runs.back().count == lba) {
+        runs.back().count++;
+        runs.back().crcs.push_back(e.crc);
+      } else {
+        runs.push_back(Run{lba, e.chunk, e.block, 1, {e.crc}});
+      }
+    }
+    if (runs.empty()) return loop_->Post([done] { done(absl::OkStatus()); });
+    auto alive = alive_;
+    auto g = MakeGather(static_cast<int>(runs.size()),
+                        [this, alive, lookup, b0, b1, out, attempt, done](absl::Status st) {
+                          if (!*alive) return;
+                          if (st.code() == absl::StatusCode::kDataLoss &&
+                              attempt < options_.read_retries_max) {
+                            // The map may have moved on while we read: look again.
+                            return ReadBlocks(lookup, b0, b1, out, attempt + 1, done);
+                          }
+                          done(st);
+                        });
+    for (Run& run : runs) {
+      uint8_t* dst = out + (run.lba - b0) * kBlockBytes;
+      ReadRun(run.chunk, run.block, run.count, std::move(run.crcs), dst,
+              [g](absl::Status st) { g->Finish(st); });
+    }
+  }
+
+  // Reads `count` blocks of one chunk from the first copy whose checksums all match.
+  void ReadRun(uint64_t chunk_id, uint32_t block, uint32_t count, std::vector<uint32_t> crcs,
+               uint8_t* dst, StatusDone done) {
+    ChunkState* c = FindChunk(chunk_id);
+    if (!c) return PostError(done, absl::DataLossError("chunk vanished during read"));
+    std::vector<Replica> candidates;
+    for (const Replica& r : c->replicas) {
+      if (ReplicaWritable(r)) candidates.push_back(r);
+    }
+    if (candidates.empty()) {
+      return PostError(done, absl::UnavailableError(absl::StrFormat(
+                                 "no reachable copy of chunk %d", chunk_id)));
+    }
+    // Spread reads over the copies.
+    std::rotate(candidates.begin(), candidates.begin() + (read_rr_++ % candidates.size()),
+                candidates.end());
+    auto state = std::make_shared<ReadRunState>();
+    state->chunk = chunk_id;
+    state->block = block;
+    state->count = count;
+    state->crcs = std::move(crcs);
+    state->dst = dst;
+    state->candidates = std::move(candidates);
+    state->buf = AlignedBuffer(count * kBlockBytes);
+    state->done = std::move(done);
+    TryReplica(state, 0);
+  }
+
+  struct ReadRunState {
+    uint64_t chunk;
+    uint32_t block, count;
+    std::vector<uint32_t> crcs;
+    uint8_t* dst;
+    std::vector<Replica> candidates;
+    AlignedBuffer buf;
+    std::vector<Replica> bad;  // copies to repair once a good one is found
+    StatusDone done;
+  };
+
+  void TryReplica(std::shared_ptr<ReadRunState> s, size_t i) {
+    if (i == s->candidates.size()) {
+      return s->done(absl::DataLossError(absl::StrFormat(
+          "every copy of chunk %d blocks %d..%d failed its checksum or read", s->chunk,
+          s->block, s->block + s->count - 1)));
+    }
+    const Replica r = s->candidates[i];
+    auto it = disks_.find(r.disk);
+    if (it == disks_.end() || !DiskUsable(it->second)) return TryReplica(s, i + 1);
+    auto alive = alive_;
+    it->second.dev->Read(ReplicaOffset(r, s->block), s->count * kBlockBytes, s->buf.data(),
+                         [this, alive, s, i, r](absl::Status st) {
+                           if (!*alive) return;
+                           if (!st.ok()) {
+                             NoteIoError(r.disk, st);
+                             return TryReplica(s, i + 1);
+                           }
+                           for (uint32_t k = 0; k < s->count; ++k) {
+                             if (Crc32c(s->buf.data() + k * kBlockBytes, kBlockBytes) !=
+                                 s->crcs[k]) {
+                               ++checksum_failures_;
+                               s->bad.push_back(r);
+                               return TryReplica(s, i + 1);
+                             }
+                           }
+                           std::memcpy(s->dst, s->buf.data(), s->count * kBlockBytes);
+                           for (const Replica& b : s->bad) Repair(b, s->chunk, s->block, s->count, s->buf.data());
+                           s->done(absl::OkStatus());
+                         });
+  }
+
+  // Rewrites a copy that failed its checksum with good data (the block's contents never
+  // change while it is referenced, so this races with nothing but its own freeing).
+  void Repair(const Replica& r, uint64_t chunk, uint32_t block, uint32_t count, const uint8_t* good) {
+    auto it = disks_.find(r.disk);
+    if (it == disks_.end() || !DiskUsable(it->second)) return;
+    auto buf = std::make_shared<AlignedBuffer>(count * kBlockBytes);
+    std::memcpy(buf->data(), good, count * kBlockBytes);
+    auto alive = alive_;
+    it->second.dev->Write(ReplicaOffset(r, block), count * kBlockBytes, buf->data(),
+                          [this, alive, buf, r](absl::Status st) {
+                            if (!*alive) return;
+                            if (st.ok()) {
+                              ++repaired_;
+                            } else {
+                              NoteIoError(r.disk, st);
+                            }
+                          });
+  }
+
+  // An I/O error on a disk: EIO-class errors fail the disk (its chunks are re-mirrored).
+  void NoteIoError(DiskId disk, const absl::Status& st) {
+    ++io_errors_;
+    if (st.code() != absl::StatusCode::kUnavailable && st.code() != absl::StatusCode::kDataLoss) return;
+    DiskState* d = FindDisk(disk);
+    if (!d || d->failed) return;
+    // A transient error is retried by the caller on another copy; a disk is declared
+    // failed after repeated errors.
+    if (++d_errors_[disk] < kErrorsToFailDisk) return;
+    FailDiskNow(disk, false);
+    Commit([](absl::Status) {});
+  }
+
+  void FailDiskNow(DiskId disk, bool evicted) {
+    Encoder e;
+    e.U8(kRecFailDisk);
+    e.U64(disk.value);
+    e.U8(evicted ? 1 : 0);
+    Mutate(e.out());
+    for (auto& [id, v] : vsds_) {
+      if (ChunkState* c = v->open_chunk ? FindChunk(v->open_chunk) : nullptr) {
+        for (const Replica& r : c->replicas) {
+          if (r.disk == disk) CloseOpenChunk(v.get());
+        }
+      }
+    }
+    Heal();
+  }
+
+  void Read(VsdId vsd, uint64_t offset_bytes, size_t length_bytes, void* buf,
+            StatusDone done) override {
+    VsdState* v = FindVsdState(vsd);
+    if (!v) return PostError(done, NotFound(vsd));
+    absl::Status st = CheckIo(v, offset_bytes, length_bytes);
+    if (!st.ok()) return PostError(done, st);
+    ReadMapped(
+        [this, vsd](uint64_t lba) {
+          VsdState* v = FindVsdState(vsd);
+          return v && lba < v->map.capacity_blocks() ? v->map.Get(lba) : MapEntry{};
+        },
+        offset_bytes, length_bytes, buf, std::move(done));
+  }
+
+  void ReadSnapshot(SnapshotId snapshot, uint64_t offset_bytes, size_t length_bytes, void* buf,
+                    StatusDone done) override {
+    SnapshotState* s = FindSnapshot(snapshot);
+    if (!s) return PostError(done, NotFound(snapshot));
+    if (offset_bytes % 512 || length_bytes % 512 || offset_bytes > s->size_bytes ||
+        length_bytes > s->size_bytes - offset_bytes) {
+      return PostError(done, absl::OutOfRangeError("snapshot read out of range or unaligned"));
+    }
+    ReadMapped(
+        [this, snapshot](uint64_t lba) {
+          SnapshotState* s = FindSnapshot(snapshot);
+          return s && lba < s->map.capacity_blocks() ? s->map.Get(lba) : MapEntry{};
+        },
+        offset_bytes, length_bytes, buf, std::move(done));
+  }
+
+  void ReadMapped(Lookup lookup, uint64_t offset, size_t length, void* buf, StatusDone done) {
+    if (length == 0) return PostError(done, absl::OkStatus());
+    const uint64_t b0 = offset / kBlockBytes;
+    const uint64_t b1 = RoundUp(offset + length, kBlockBytes) / kBlockBytes;
+    auto tmp = std::make_shared<AlignedBuffer>((b1 - b0) * kBlockBytes);
+    ReadBlocks(std::move(lookup), b0, b1, tmp->data(), 0,
+               [tmp, offset, length, buf, b0, done](absl::Status st) {
+                 if (st.ok()) std::memcpy(buf, tmp->data() + (offset - b0 * kBlockBytes), length);
+                 done(st);
+               });
+  }
+
+  // Per-VSD block locks serialise writes that touch the same 4 KiB block (a partial
+  // block write is a read-modify-write).
+  void LockBlocks(VsdState* v, uint64_t b0, uint64_t b1, std::function<void()> fn) {
+    auto it = v->locked.lower_bound(b0);
+    if ((it != v->locked.end() && *it < b1) || !v->waiters.empty()) {
+      v->waiters.push_back(LockWaiter{b0, b1, std::move(fn)});
+      return;
+    }
+    for (uint64_t b = b0; b < b1; ++b) v->locked.insert(b);
+    fn();
+  }
+
+  void UnlockBlocks(VsdId vsd, uint64_t b0, uint64_t b1) {
+    VsdState* v = FindVsdState(vsd);
+    if (!v) return;
+    for (uint64_t b = b0; b < b1; ++b) v->locked.erase(b);
+    // Start waiters in arrival order while they can run.
+    while (!v->waiters.empty()) {
+      LockWaiter& w = v->waiters.front();
+      auto it = v->locked.lower_bound(w.b0);
+      if (it != v->locked.end() && *it < w.b1) break;
+      for (uint64_t b = w.b0; b < w.b1; ++b) v->locked.insert(b);
+      auto fn = std::move(w.fn);
+      v->waiters.pop_front();
+      loop_->Post(std::move(fn));
+    }
+  }
+
+  void Write(VsdId vsd, uint64_t offset_bytes, size_t length_bytes, const void* buf, bool fua,
+             StatusDone done) override {
+    VsdState* v = FindVsdState(vsd);
+    if (!v) return PostError(done, NotFound(vsd));
+    absl::Status st = CheckIo(v, offset_bytes, length_bytes);
+    if (!st.ok()) return PostError(done, st);
+    if (length_bytes == 0) return fua ? Flush(done) : PostError(done, absl::OkStatus());
+    // The caller's buffer is copied now; it may be reused as soon as we return.
+    auto data = std::make_shared<std::string>(static_cast<const char*>(buf), length_bytes);
+    WriteBytes(vsd, offset_bytes, std::move(data), fua, std::move(done));
+  }
+
+  void WriteBytes(VsdId vsd, uint64_t offset, std::shared_ptr<std::string> data, bool fua,
+                  StatusDone done) {
+    VsdState* v = FindVsdState(vsd);
+    const uint64_t b0 = offset / kBlockBytes;
+    const uint64_t b1 = RoundUp(offset + data->size(), kBlockBytes) / kBlockBytes;
+    auto alive = alive_;
+    LockBlocks(v, b0, b1, [this, alive, vsd, offset, data, fua, done, b0, b1] {
+      if (!*alive) return;
+      auto unlock_done = [this, alive, vsd, b0, b1, fua, done](absl::Status st) {
+        if (!*alive) return;
+        UnlockBlocks(vsd, b0, b1);
+        if (st.ok() && fua) return Commit(done);
+        done(st);
+      };
+      VsdState* v = FindVsdState(vsd);
+      if (!v) return unlock_done(NotFound(vsd));
+      auto buf = std::make_shared<AlignedBuffer>((b1 - b0) * kBlockBytes);
+      const uint64_t head = offset - b0 * kBlockBytes;
+      const uint64_t end = head + data->size();
+      auto fill = [this, alive, vsd, buf, head, data, b0, b1, unlock_done](absl::Status st) {
+        if (!*alive) return;
+        if (!st.ok()) return unlock_done(st);
+        std::memcpy(buf->data() + head, data->data(), data->size());
+        WriteNewBlocks(vsd, b0, b1, buf, unlock_done);
+      };
+      const bool partial_head = head != 0;
+      const bool partial_tail = end != (b1 - b0) * kBlockBytes;
+      if (!partial_head && !partial_tail) return fill(absl::OkStatus());
+      // Read-modify-write of the partial edge blocks.
+      Lookup lookup = [this, vsd](uint64_t lba) {
+        VsdState* v = FindVsdState(vsd);
+        return v && lba < v->map.capacity_blocks() ? v->map.Get(lba) : MapEntry{};
+      };
+      const int parts = (partial_head ? 1 : 0) + ((partial_tail && (b1 - 1 != b0 || !partial_head)) ? 1 : 0);
+      auto g = MakeGather(parts, fill);
+      if (partial_head) {
+        ReadBlocks(lookup, b0, b0 + 1, buf->data(), 0, [g](absl::Status st) { g->Finish(st); });
+      }
+      if (partial_tail && (b1 - 1 != b0 || !partial_head)) {
+        ReadBlocks(lookup, b1 - 1, b1, buf->data() + (b1 - 1 - b0) * kBlockBytes, 0,
+                   [g](absl::Status st) { g->Finish(st); });
+      }
+    });
+  }
+
+  // Writes whole blocks [b0, b1) from `buf` to newly allocated blocks on every copy,
+  // then points the map at them.
+  void WriteNewBlocks(VsdId vsd, uint64_t b0, uint64_t b1, std::shared_ptr<AlignedBuffer> buf,
+                      StatusDone done) {
+    VsdState* v = FindVsdState(vsd);
+    if (!v) return done(NotFound(vsd));
+    auto blocks = AllocateBlocks(v, b1 - b0);
+    if (!blocks.ok()) return done(blocks.status());
+    auto entries = std::make_shared<std::vector<MapEntry>>(std::move(*blocks));
+    for (uint64_t i = 0; i < entries->size(); ++i) {
+      (*entries)[i].crc = Crc32c(buf->data() + i * kBlockBytes, kBlockBytes);
+    }
+    // Group consecutive blocks of one chunk into one device write per copy.
+    struct Run {
+      size_t first;
+      uint32_t count;
+    };
+    std::vector<Run> runs;
+    for (size_t i = 0; i < entries->size(); ++i) {
+      const MapEntry& e = (*entries)[i];
+      if (!runs.empty()) {
+        const MapEntry& p = (*entries)[runs.back().first + runs.back().count - 1];
+        if (p.chunk == e.chunk && p.block + 1 == e.block) {
+          runs.back().count++;
+          continue;
+        }
+      }
+      runs.push_back(Run{i, 1});
+    }
+    auto alive = alive_;
+    auto failed_runs = std::make_shared<int>(0);
+    auto g = MakeGather(static_cast<int>(runs.size()),
+                        [this, alive, vsd, b0, entries, failed_runs, done](absl::Status) {
+                          if (!*alive) return;
+                          if (*failed_runs > 0) {
+                            for (const MapEntry& e : *entries) Unreserve(e);
+                            return done(absl::UnavailableError(
+                                "write failed on every copy of a chunk"));
+                          }
+                          VsdState* v = FindVsdState(vsd);
+                          for (size_t i = 0; i < entries->size(); ++i) {
+                            const MapEntry& e = (*entries)[i];
+                            ChunkState* c = FindChunk(e.chunk);
+                            // The map now references it: no longer merely reserved.
+                            c->busy[e.block] = false;
+                            --c->used;
+                            if (v) {
+                              Encoder rec;
+                              rec.U8(kRecMap);
+                              rec.U64(vsd.value);
+                              rec.U64(b0 + i);
+                              rec.U64(e.chunk);
+                              rec.U32(e.block);
+                              rec.U32(e.crc);
+                              Mutate(rec.out());
+                            } else {
+                              MaybeFreeChunk(c);
+                            }
+                          }
+                          done(v ? absl::OkStatus() : NotFound(vsd));
+                        });
+    for (const Run& run : runs) {
+      const MapEntry& first = (*entries)[run.first];
+      ChunkState* c = FindChunk(first.chunk);
+      std::vector<Replica> targets;
+      for (const Replica& r : c->replicas) {
+        if (ReplicaWritable(r)) {
+          targets.push_back(r);
+        } else if (!r.stale && !disks_.at(r.disk).failed) {
+          // Its node is away: the copy misses this write and must catch up later.
+          Encoder rec;
+          rec.U8(kRecStale);
+          rec.U64(c->id);
+          rec.U64(r.disk.value);
+          rec.U8(1);
+          Mutate(rec.out());
+        }
+      }
+      if (targets.empty()) {
+        ++*failed_runs;
+        g->Finish(absl::OkStatus());
+        continue;
+      }
+      ++c->writes_in_flight;
+      auto ok_copies = std::make_shared<int>(0);
+      const uint64_t chunk_id = c->id;
+      auto rg = MakeGather(static_cast<int>(targets.size()),
+                           [this, alive, g, ok_copies, failed_runs, chunk_id](absl::Status) {
+                             if (!*alive) return;
+                             if (ChunkState* c = FindChunk(chunk_id)) --c->writes_in_flight;
+                             if (*ok_copies == 0) ++*failed_runs;
+                             g->Finish(absl::OkStatus());
+                           });
+      for (const Replica& r : targets) {
+        disks_.at(r.disk).dev->Write(
+            ReplicaOffset(r, first.block), run.count * kBlockBytes,
+            buf->data() + run.first * kBlockBytes,
+            [this, alive, rg, ok_copies, r, chunk_id, buf](absl::Status st) {
+              if (!*alive) return;
+              if (st.ok()) {
+                ++*ok_copies;
+              } else {
+                NoteIoError(r.disk, st);
+                // This copy lacks the write: it is stale until re-mirrored.
+                if (FindChunk(chunk_id)) {
+                  Encoder rec;
+                  rec.U8(kRecStale);
+                  rec.U64(chunk_id);
+                  rec.U64(r.disk.value);
+                  rec.U8(1);
+                  Mutate(rec.out());
+                  Heal();
+                }
+              }
+              rg->Finish(absl::OkStatus());
+            });
+      }
+    }
+  }
+
+  void Discard(VsdId vsd, uint64_t offset_bytes, uint64_t length_bytes, StatusDone done) override {
+    VsdState* v = FindVsdState(vsd);
+    if (!v) return PostError(done, NotFound(vsd));
+    absl::Status st = CheckIo(v, offset_bytes, length_bytes);
+    if (!st.ok()) return PostError(done, st);
+    const uint64_t end = offset_bytes + length_bytes;
+    const uint64_t full0 = RoundUp(offset_bytes, kBlockBytes) / kBlockBytes;
+    const uint64_t full1 = end / kBlockBytes;
+    if (full1 > full0) {
+      Encoder rec;
+      rec.U8(kRecUnmap);
+      rec.U64(vsd.value);
+      rec.U64(full0);
+      rec.U64(full1 - full0);
+      Mutate(rec.out());
+    }
+    // Partial blocks at the edges are written with zeros.
+    std::vector<std::pair<uint64_t, uint64_t>> parts;
+    if (full1 <= full0) {
+      parts.push_back({offset_bytes, length_bytes});
+    } else {
+      if (offset_bytes < full0 * kBlockBytes) parts.push_back({offset_bytes, full0 * kBlockBytes - offset_bytes});
+      if (end > full1 * kBlockBytes) parts.push_back({full1 * kBlockBytes, end - full1 * kBlockBytes});
+    }
+    if (parts.empty() || length_bytes == 0) return PostError(done, absl::OkStatus());
+    auto g = MakeGather(static_cast<int>(parts.size()), done);
+    for (auto [off, len] : parts) {
+      WriteBytes(vsd, off, std::make_shared<std::string>(len, '\0'), false,
+                 [g](absl::Status st) { g->Finish(st); });
+    }
+  }
+
+  void Flush(StatusDone done) override { Commit(std::move(done)); }
+
+  // ---------------------------------------------------------------- snapshots
+  void CreateSnapshot(VsdId vsd, std::string name, Done<SnapshotId> done) override {
+    CreateGroupSnapshot({vsd}, std::move(name), [done](absl::StatusOr<std::vector<SnapshotId>> r) {
+      if (!r.ok()) return done(r.status());
+      done(r->front());
+    });
+  }
+
+  void CreateGroupSnapshot(std::vector<VsdId> vsds, std::string name,
+                           Done<std::vector<SnapshotId>> done) override {
+    if (vsds.empty()) {
+      return loop_->Post([done] { done(absl::InvalidArgumentError("no VSDs to snapshot")); });
+    }
+    for (VsdId id : vsds) {
+      if (!FindVsdState(id)) return loop_->Post([done, id] { done(NotFound(id)); });
+    }
+    if (name.size() > 255) {
+      return loop_->Post([done] { done(absl::InvalidArgumentError("snapshot name too long")); });
+    }
+    // All pins happen in this one turn of the loop: one instant for every VSD.
+    std::vector<SnapshotId> ids;
+    for (VsdId id : vsds) {
+      const SnapshotId sid{next_snapshot_++};
+      Encoder e;
+      e.U8(kRecSnapshot);
+      e.U64(sid.value);
+      e.U64(id.value);
+      e.Str(name);
+      e.U64(sequence_);
+      Mutate(e.out());
+      ids.push_back(sid);
+    }
+    Commit([done, ids](absl::Status st) {
+      if (!st.ok()) return done(st);
+      done(ids);
+    });
+  }
+
+  void DeleteSnapshot(SnapshotId snapshot, StatusDone done) override {
+    if (!FindSnapshot(snapshot)) return PostError(done, NotFound(snapshot));
+    Encoder e;
+    e.U8(kRecDeleteSnapshot);
+    e.U64(snapshot.value);
+    Mutate(e.out());
+    Commit(done);
+  }
+
+  std::vector<SnapshotInfo> ListSnapshots(VsdId vsd) const override {
+    std::vector<SnapshotInfo> out;
+    const VsdState* v = FindVsdState(vsd);
+    if (!v) return out;
+    for (SnapshotId id : v->snapshots) {
+      const SnapshotState& s = *snapshots_.at(id);
+      SnapshotInfo info;
+      info.id = s.id;
+      info.vsd = s.vsd;
+      info.name = s.name;
+      info.generation = s.generation;
+      info.unique_bytes =
+          s.map.ComputeUsage([this](const MapEntry& e) { return RefCount(e); }).unique * kBlockBytes;
+      out.push_back(info);
+    }
+    return out;
+  }
+
+  void CloneFromSnapshot(SnapshotId snapshot, std::string name, Done<VsdId> done) override {
+    if (!FindSnapshot(snapshot)) return loop_->Post([done, snapshot] { done(NotFound(snapshot)); });
+    Clone(true, snapshot.value, std::move(name), std::move(done));
+  }
+
+  void CloneVsd(VsdId vsd, std::string name, Done<VsdId> done) override {
+    if (!FindVsdState(vsd)) return loop_->Post([done, vsd] { done(NotFound(vsd)); });
+    Clone(false, vsd.value, std::move(name), std::move(done));
+  }
+
+  void Clone(bool from_snapshot, uint64_t source, std::string name, Done<VsdId> done) {
+    absl::Status st = ValidateName(name);
+    if (!st.ok()) return loop_->Post([done, st] { done(st); });
+    const VsdId id{next_vsd_++};
+    Encoder e;
+    e.U8(kRecClone);
+    e.U64(id.value);
+    e.Str(name);
+    e.U8(from_snapshot ? 1 : 0);
+    e.U64(source);
+    Mutate(e.out());
+    Commit([done, id](absl::Status st) {
+      if (!st.ok()) return done(st);
+      done(id);
+    });
+  }
+
+  void RevertToSnapshot(VsdId vsd, SnapshotId snapshot, StatusDone done) override {
+    if (!FindVsdState(vsd)) return PostError(done, NotFound(vsd));
+    SnapshotState* s = FindSnapshot(snapshot);
+    if (!s) return PostError(done, NotFound(snapshot));
+    if (s->vsd != vsd) {
+      return PostError(done, absl::InvalidArgumentError("the snapshot belongs to another VSD"));
+    }
+    Encoder e;
+    e.U8(kRecRevert);
+    e.U64(vsd.value);
+    e.U64(snapshot.value);
+    Mutate(e.out());
+    Commit(done);
+  }
+
+  absl::StatusOr<std::vector<Extent>> Diff(SnapshotId from, SnapshotId to) const override {
+    auto it_to = snapshots_.find(to);
+    if (it_to == snapshots_.end()) return NotFound(to);
+    static const BlockMap kEmpty;
+    const BlockMap* a = &kEmpty;
+    if (from.valid()) {
+      auto it_from = snapshots_.find(from);
+      if (it_from == snapshots_.end()) return NotFound(from);
+      a = &it_from->second->map;
+    }
+    const BlockMap& b = it_to->second->map;
+    std::vector<Extent> out;
+    auto emit = [&](uint64_t lba) {
+      const uint64_t off = lba * kBlockBytes;
+      if (!out.empty() && out.back().offset_bytes + out.back().length_bytes == off) {
+        out.back().length_bytes += kBlockBytes;
+      } else {
+        out.push_back(Extent{off, kBlockBytes});
+      }
+    };
+    if (a == &kEmpty) {
+      b.ForEachMapped([&](uint64_t lba, const MapEntry&) { emit(lba); });
+    } else {
+      BlockMap::Diff(*a, b, emit);
+    }
+    return out;
+  }
+
+  // ---------------------------------------------------------------- membership
+  void AddDisk(DiskSpec disk, Done<DiskId> done) override {
+    absl::Status st = CheckDiskSpec(disk);
+    if (!st.ok()) return loop_->Post([done, st] { done(st); });
+    auto alive = alive_;
+    AddDiskInternal(disk, [this, alive, done](absl::StatusOr<DiskId> r) {
+      if (!*alive) return;
+      if (!r.ok()) return done(r.status());
+      ChooseMirrors();
+      Heal();  // degraded chunks may now have somewhere to go
+      DiskId id = *r;
+      Commit([done, id](absl::Status st) {
+        if (!st.ok()) return done(st);
+        done(id);
+      });
+    });
+  }
+
+  void FailDisk(DiskId disk, StatusDone done) override {
+    DiskState* d = FindDisk(disk);
+    if (!d) return PostError(done, absl::NotFoundError(absl::StrFormat("no disk %d", disk.value)));
+    if (!d->failed) FailDiskNow(disk, false);
+    ChooseMirrors();
+    Commit(done);
+  }
+
+  void SetNodeOnline(NodeId node, bool online) override {
+    nodes_online_[node] = online;
+    for (auto& [id, v] : vsds_) {
+      if (ChunkState* c = v->open_chunk ? FindChunk(v->open_chunk) : nullptr) {
+        for (const Replica& r : c->replicas) {
+          if (disks_.at(r.disk).node == node) {
+            CloseOpenChunk(v.get());
+            break;
+          }
+        }
+      }
+    }
+    ChooseMirrors();
+    if (online) {
+      // Copies evicted while away are no longer referenced: their disks start afresh.
+      for (auto& [id, d] : disks_) {
+        if (d.node == node && d.evicted) pending_resets_.insert(id);
+      }
+    }
+    Heal();
+    Commit([](absl::Status) {});
+  }
+
+  void EvictNode(NodeId node, StatusDone done) override {
+    bool any = false;
+    for (auto& [id, d] : disks_) {
+      if (d.node != node) continue;
+      any = true;
+      if (!d.failed) FailDiskNow(id, true);
+    }
+    if (!any) return PostError(done, absl::NotFoundError(absl::StrFormat("no node %d", node.value)));
+    ChooseMirrors();
+    Commit(done);
+  }
+
+  std::vector<DiskInfo> ListDisks() const override {
+    std::vector<DiskInfo> out;
+    for (const auto& [id, d] : disks_) {
+      DiskInfo info;
+      info.id = id;
+      info.node = d.node;
+      info.tier = d.tier;
+      info.capacity_bytes = d.slots * kChunkBytes;
+      info.used_bytes = d.used_slots * kChunkBytes;
+      info.chunks = d.used_slots;
+      info.failed = d.failed || d.dev == nullptr;
+      info.online = NodeOnline(d.node);
+      out.push_back(info);
+    }
+    return out;
+  }
+
+  int HealthyCopies(const ChunkState& c) const {
+    int n = 0;
+    std::set<NodeId> nodes;
+    for (const Replica& r : c.replicas) {
+      auto it = disks_.find(r.disk);
+      if (it == disks_.end() || it->second.failed || it->second.dev == nullptr || r.stale) continue;
+      if (nodes.insert(it->second.node).second) ++n;
+    }
+    return n;
+  }
+
+  PoolStats Stats() const override {
+    PoolStats s;
+    for (const auto& [id, d] : disks_) {
+      if (d.failed) continue;
+      s.capacity_bytes[static_cast<int>(d.tier)] += d.slots * kChunkBytes;
+      s.used_bytes[static_cast<int>(d.tier)] += d.used_slots * kChunkBytes;
+    }
+    s.chunks = chunks_.size();
+    for (const auto& [id, c] : chunks_) {
+      if (HealthyCopies(c) < c.replication) ++s.degraded_chunks;
+    }
+    s.rebuilds_in_flight = rebuilds_in_flight_;
+    s.chunks_rebuilt = chunks_rebuilt_;
+    s.metadata_sequence = sequence_;
+    return s;
+  }
+
+  bool FullyRedundant() const override {
+    if (rebuilds_in_flight_ > 0 || !pending_resets_.empty()) return false;
+    for (const auto& [id, c] : chunks_) {
+      if (HealthyCopies(c) < c.replication) return false;
+      for (const Replica& r : c.replicas) {
+        if (!ReplicaWritable(r)) return false;
+      }
+    }
+    return true;
+  }
+
+  // ---------------------------------------------------------------- self-healing
+  // Starts re-mirroring / catch-up work for degraded chunks, a few at a time. Called
+  // whenever health changes; re-arms itself while work remains.
+  void Heal() {
+    if (heal_scheduled_) return;
+    heal_scheduled_ = true;
+    auto alive = alive_;
+    loop_->Post([this, alive] {
+      if (!*alive) return;
+      heal_scheduled_ = false;
+      HealStep();
+    });
+  }
+
+  void HealStep() {
+    // Disks of a returned, evicted node are reset once nothing references them.
+    for (auto it = pending_resets_.begin(); it != pending_resets_.end();) {
+      DiskState* d = FindDisk(*it);
+      if (!d || !d->evicted) {
+        it = pending_resets_.erase(it);
+        continue;
+      }
+      bool referenced = false;
+      for (uint64_t s = 0; s < d->slots && !referenced; ++s) referenced = d->slot_owner[s] != 0;
+      if (referenced) {
+        ++it;
+        continue;
+      }
+      Encoder e;
+      e.U8(kRecResetDisk);
+      e.U64(d->id.value);
+      Mutate(e.out());
+      it = pending_resets_.erase(it);
+      ChooseMirrors();
+      Commit([](absl::Status) {});
+    }
+    bool waiting = false;
+    std::vector<uint64_t> ids;
+    for (const auto& [id, c] : chunks_) ids.push_back(id);
+    for (uint64_t id : ids) {
+      if (rebuilds_in_flight_ >= static_cast<uint64_t>(options_.rebuild_chunks_in_flight_max)) {
+        waiting = true;
+        break;
+      }
+      ChunkState* cp = FindChunk(id);
+      if (cp == nullptr || cp->rebuilding) continue;
+      ChunkState& c = *cp;
+      int action = -1;  // index of the copy to replace or catch up; size() = add one
+      for (size_t i = 0; i < c.replicas.size(); ++i) {
+        const Replica& r = c.replicas[i];
+        const DiskState& d = disks_.at(r.disk);
+        if (d.failed || d.dev == nullptr) {
+          action = static_cast<int>(i);
+          break;
+        }
+        if (r.stale && DiskUsable(d)) {
+          action = static_cast<int>(i);
+          break;
+        }
+      }
+      if (action < 0 && static_cast<int>(c.replicas.size()) < c.replication) {
+        action = static_cast<int>(c.replicas.size());
+      }
+      if (action < 0) continue;
+      if (c.open || c.writes_in_flight > 0) {
+        // Seal it first: close it for allocation and let writes in flight land.
+        for (auto& [vid, v] : vsds_) {
+          if (v->open_chunk == c.id) CloseOpenChunk(v.get());
+        }
+        waiting = true;
+        continue;
+      }
+      // Without a healthy source or a target it waits for the next change in health.
+      StartRebuild(&c, action);
+    }
+    if (waiting) {
+      auto alive = alive_;
+      loop_->RunAfter(1'000'000, [this, alive] {
+        if (*alive) Heal();
+      });
+    }
+  }
+
+  // Copies the chunk from a healthy copy to either the stale copy `index` (catch-up) or
+  // a new slot on a node the chunk does not use yet, verifying every used block's
+  // checksum on the way.
+  bool StartRebuild(ChunkState* c, int index) {
+    std::vector<Replica> sources;
+    for (const Replica& r : c->replicas) {
+      if (ReplicaWritable(r)) sources.push_back(r);
+    }
+    if (sources.empty()) return false;
+    Replica target;
+    const bool catch_up = index < static_cast<int>(c->replicas.size()) &&
+                          c->replicas[index].stale && DiskUsable(disks_.at(c->replicas[index].disk));
+    if (catch_up) {
+      target = c->replicas[index];
+    } else {
+      std::set<NodeId> exclude;
+      for (size_t i = 0; i < c->replicas.size(); ++i) {
+        if (static_cast<int>(i) == index) continue;
+        exclude.insert(disks_.at(c->replicas[i].disk).node);
+      }
+      auto slots = PlaceSlots(1, exclude);
+      if (slots.empty()) return false;
+      target.disk = slots[0].first;
+      target.slot = slots[0].second;
+      ClaimSlot(target.disk, target.slot, c->id);  // reserved while copying
+    }
+    c->rebuilding = true;
+    ++rebuilds_in_flight_;
+    auto buf = std::make_shared<AlignedBuffer>(kChunkBytes);
+    const uint64_t chunk_id = c->id;
+    auto alive = alive_;
+    ReadWholeChunk(chunk_id, sources, 0, buf, [=, this](absl::Status st) {
+      if (!*alive) return;
+      ChunkState* c = FindChunk(chunk_id);
+      auto finish = [=, this](bool ok) {
+        ChunkState* c = FindChunk(chunk_id);
+        --rebuilds_in_flight_;
+        if (c) c->rebuilding = false;
+        if (!ok && !catch_up) ReleaseSlot(target.disk, target.slot, chunk_id);
+        if (ok && c) {
+          ++chunks_rebuilt_;
+          Encoder e;
+          if (catch_up) {
+            e.U8(kRecStale);
+            e.U64(chunk_id);
+            e.U64(target.disk.value);
+            e.U8(0);
+          } else {
+            e.U8(kRecSetReplica);
+            e.U64(chunk_id);
+            e.U32(static_cast<uint32_t>(index));
+            e.U64(target.disk.value);
+            e.U64(target.slot);
+          }
+          Mutate(e.out());
+          Commit([](absl::Status) {});
+        }
+        if (c) MaybeFreeChunk(c);
+        Heal();
+      };
+      if (!st.ok() || !c) return finish(false);
+      DiskState* td = FindDisk(target.disk);
+      if (!td || !DiskUsable(*td)) return finish(false);
+      td->dev->Write(ReplicaOffset(target, 0), kChunkBytes, buf->data(), [=, this](absl::Status st) {
+        if (!*alive) return;
+        if (!st.ok()) NoteIoError(target.disk, st);
+        finish(st.ok());
+      });
+    });
+    return true;
+  }
+
+  // Reads a whole chunk from `sources[i]`, falling back per block to the other sources
+  // when a used block fails its checksum.
+  void ReadWholeChunk(uint64_t chunk_id, std::vector<Replica> sources, size_t i,
+                      std::shared_ptr<AlignedBuffer> buf, StatusDone done) {
+    if (i == sources.size()) return done(absl::DataLossError("no good copy to rebuild from"));
+    const Replica r = sources[i];
+    DiskState* d = FindDisk(r.disk);
+    if (!d || !DiskUsable(*d)) return ReadWholeChunk(chunk_id, sources, i + 1, buf, done);
+    auto alive = alive_;
+    d->dev->Read(ReplicaOffset(r, 0), kChunkBytes, buf->data(), [=, this](absl::Status st) {
+      if (!*alive) return;
+      ChunkState* c = FindChunk(chunk_id);
+      if (!c) return done(absl::NotFoundError("chunk freed"));
+      if (!st.ok()) {
+        NoteIoError(r.disk, st);
+        return ReadWholeChunk(chunk_id, sources, i + 1, buf, done);
+      }
+      // Blocks that fail their checksum are fetched from the other copies.
+      std::vector<uint32_t> bad;
+      for (uint32_t b = 0; b < kBlocksPerChunk; ++b) {
+        if (c->refs[b] > 0 && Crc32c(buf->data() + b * kBlockBytes, kBlockBytes) != c->crc[b]) {
+          bad.push_back(b);
+        }
+      }
+      if (bad.empty()) return done(absl::OkStatus());
+      ++checksum_failures_;
+      auto g = MakeGather(static_cast<int>(bad.size()), done);
+      for (uint32_t b : bad) {
+        std::vector<Replica> others;
+        for (size_t k = 0; k < sources.size(); ++k) {
+          if (k != i) others.push_back(sources[k]);
+        }
+        if (others.empty()) {
+          g->Finish(absl::DataLossError("a block has no good copy"));
+          continue;
+        }
+        auto one = std::make_shared<ReadRunState>();
+        one->chunk = chunk_id;
+        one->block = b;
+        one->count = 1;
+        one->crcs = {c->crc[b]};
+        one->dst = buf->data() + b * kBlockBytes;
+        one->candidates = others;
+        one->buf = AlignedBuffer(kBlockBytes);
+        one->done = [g](absl::Status st) { g->Finish(st); };
+        TryReplica(one, 0);
+      }
+    });
+  }
+
+  // ---------------------------------------------------------------- scrub
+  void Scrub(Done<ScrubReport> done) override {
+    auto report = std::make_shared<ScrubReport>();
+    std::vector<uint64_t> ids;
+    for (const auto& [id, c] : chunks_) ids.push_back(id);
+    auto before = std::make_shared<uint64_t>(repaired_);
+    ScrubNext(std::make_shared<std::vector<uint64_t>>(std::move(ids)), 0, report,
+              [this, report, before, done](absl::Status st) {
+                // Repairs are asynchronous writes; count those issued by this scrub.
+                if (!st.ok()) return done(st);
+                done(*report);
+              });
+  }
+
+  void ScrubNext(std::shared_ptr<std::vector<uint64_t>> ids, size_t i,
+                 std::shared_ptr<ScrubReport> report, StatusDone done) {
+    if (i == ids->size()) return loop_->Post([done] { done(absl::OkStatus()); });
+    ChunkState* c = FindChunk((*ids)[i]);
+    if (!c || c->rebuilding) return ScrubNext(ids, i + 1, report, done);
+    std::vector<Replica> copies;
+    for (const Replica& r : c->replicas) {
+      if (ReplicaWritable(r)) copies.push_back(r);
+    }
+    report->chunks_checked++;
+    auto bufs = std::make_shared<std::vector<AlignedBuffer>>();
+    for (size_t k = 0; k < copies.size(); ++k) bufs->emplace_back(kChunkBytes);
+    auto statuses = std::make_shared<std::vector<absl::Status>>(copies.size());
+    const uint64_t chunk_id = c->id;
+    auto alive = alive_;
+    auto g = MakeGather(static_cast<int>(copies.size()) + 1, [=, this](absl::Status) {
+      if (!*alive) return;
+      ChunkState* c = FindChunk(chunk_id);
+      if (c) {
+        for (uint32_t b = 0; b < kBlocksPerChunk; ++b) {
+          if (c->refs[b] == 0 || c->busy[b]) continue;
+          report->blocks_checked++;
+          int good = -1;
+          std::vector<size_t> bad;
+          for (size_t k = 0; k < copies.size(); ++k) {
+            const bool ok = (*statuses)[k].ok() &&
+                            Crc32c((*bufs)[k].data() + b * kBlockBytes, kBlockBytes) == c->crc[b];
+            if (ok && good < 0) good = static_cast<int>(k);
+            if (!ok) bad.push_back(k);
+          }
+          report->bad_copies += bad.size();
+          if (good < 0) {
+            if (!copies.empty()) report->unrecoverable++;
+            continue;
+          }
+          for (size_t k : bad) {
+            Repair(copies[k], chunk_id, b, 1, (*bufs)[good].data() + b * kBlockBytes);
+            report->repaired++;
+          }
+        }
+      }
+      ScrubNext(ids, i + 1, report, done);
+    });
+    for (size_t k = 0; k < copies.size(); ++k) {
+      disks_.at(copies[k].disk).dev->Read(ReplicaOffset(copies[k], 0), kChunkBytes, (*bufs)[k].data(),
+                                          [g, statuses, k](absl::Status st) {
+                                            (*statuses)[k] = st;
+                                            g->Finish(absl::OkStatus());
+                                          });
+    }
+    g->Finish(absl::OkStatus());
+  }
+
+  // ---------------------------------------------------------------- fsck
+  FsckReport Fsck() const override {
+    FsckReport report;
+    std::map<std::pair<uint64_t, uint32_t>, uint32_t> expected;
+    std::set<const BlockMap::Node*> seen;
+    std::function<void(const BlockMap::Node*)> visit = [&](const BlockMap::Node* n) {
+      if (n == nullptr || !seen.insert(n).second) return;
+      if (n->level == 0) {
+        uint32_t mapped = 0;
+        for (const MapEntry& e : n->entries) {
+          if (!e.mapped()) continue;
+          ++mapped;
+          expected[{e.chunk, e.block}]++;
+          auto it = chunks_.find(e.chunk);
+          if (it == chunks_.end()) {
+            report.errors.push_back(absl::StrFormat("a map names missing chunk %d", e.chunk));
+          } else if (e.block >= kBlocksPerChunk) {
+            report.errors.push_back(absl::StrFormat("a map names block %d of chunk %d", e.block, e.chunk));
+          } else if (it->second.crc[e.block] != e.crc) {
+            report.errors.push_back(absl::StrFormat("checksum of chunk %d block %d disagrees with its map", e.chunk, e.block));
+          }
+        }
+        if (mapped != n->mapped) report.errors.push_back("a leaf's mapped count is wrong");
+        return;
+      }
+      for (const auto& c : n->children) visit(c.get());
+    };
+    for (const auto& [id, v] : vsds_) visit(v->map.root().get());
+    for (const auto& [id, s] : snapshots_) visit(s->map.root().get());
+    report.blocks_referenced = expected.size();
+    report.chunks = chunks_.size();
+    std::map<std::pair<DiskId, uint64_t>, uint64_t> slot_users;
+    for (const auto& [id, c] : chunks_) {
+      uint32_t used = 0;
+      for (uint32_t b = 0; b < kBlocksPerChunk; ++b) {
+        auto it = expected.find({id, b});
+        const uint32_t want = it == expected.end() ? 0 : it->second;
+        if (c.refs[b] != want) {
+          report.errors.push_back(absl::StrFormat("chunk %d block %d has %d references, maps hold %d",
+                                                  id, b, c.refs[b], want));
+        }
+        if (c.refs[b] > 0 || c.busy[b]) ++used;
+      }
+      if (used != c.used) report.errors.push_back(absl::StrFormat("chunk %d used count is wrong", id));
+      std::set<NodeId> nodes;
+      for (const Replica& r : c.replicas) {
+        auto dit = disks_.find(r.disk);
+        if (dit == disks_.end()) {
+          report.errors.push_back(absl::StrFormat("chunk %d has a copy on unknown disk %d", id, r.disk.value));
+          continue;
+        }
+        if (!nodes.insert(dit->second.node).second) {
+          report.errors.push_back(absl::StrFormat("chunk %d has two copies on node %d", id, dit->second.node.value));
+        }
+        if (r.slot >= dit->second.slots || dit->second.slot_owner[r.slot] != id) {
+          report.errors.push_back(absl::StrFormat("chunk %d's slot %d on disk %d is not recorded as its own",
+                                                  id, r.slot, r.disk.value));
+        }
+        if (!slot_users.emplace(std::make_pair(r.disk, r.slot), id).second) {
+          report.errors.push_back(absl::StrFormat("slot %d of disk %d is used twice", r.slot, r.disk.value));
+        }
+      }
+      if (used == 0 && !c.open && !c.rebuilding && c.writes_in_flight == 0) {
+        report.errors.push_back(absl::StrFormat("chunk %d is empty but not freed (leak)", id));
+      }
+    }
+    for (const auto& [id, d] : disks_) {
+      uint64_t owned = 0;
+      for (uint64_t s = 0; s < d.slots; ++s) {
+        if (d.slot_owner[s] == 0) continue;
+        ++owned;
+        auto cit = chunks_.find(d.slot_owner[s]);
+        bool listed = false;
+        if (cit != chunks_.end()) {
+          for (const Replica& r : cit->second.replicas) listed = listed || (r.disk == id && r.slot == s);
+          listed = listed || cit->second.rebuilding;
+        }
+        if (!listed) report.errors.push_back(absl::StrFormat("disk %d slot %d is held by no chunk (leak)", id.value, s));
+      }
+      if (owned != d.used_slots) report.errors.push_back(absl::StrFormat("disk %d used-slot count is wrong", id.value));
+    }
+    return report;
+  }
+
+  // ---------------------------------------------------------------- journal
+  void ChooseMirrors() {
+    std::map<NodeId, DiskId> per_node;
+    for (const auto& [id, d] : disks_) {
+      if (!DiskUsable(d)) continue;
+      auto it = per_node.find(d.node);
+      // Prefer SSD for metadata, then the lowest id (deterministic).
+      if (it == per_node.end() ||
+          (d.tier == Tier::kSsd && disks_.at(it->second).tier != Tier::kSsd)) {
+        per_node[d.node] = id;
+      }
+    }
+    std::vector<DiskId> mirrors;
+    for (const auto& [node, disk] : per_node) {
+      if (static_cast<int>(mirrors.size()) == options_.metadata_mirrors_max) break;
+      mirrors.push_back(disk);
+    }
+    if (mirrors != mirrors_) {
+      mirrors_ = std::move(mirrors);
+      need_checkpoint_ = true;
+    }
+  }
+
+  void Commit(StatusDone done) {
+    commit_waiters_.push_back(std::move(done));
+    if (committing_) return;
+    StartCommit();
+  }
+
+  void StartCommit() {
+    committing_ = true;
+    auto waiters = std::make_shared<std::vector<StatusDone>>(std::move(commit_waiters_));
+    commit_waiters_.clear();
+    auto alive = alive_;
+    // 1. Make every completed data write durable, on every disk.
+    std::vector<BlockDevice*> devs;
+    for (auto& [id, d] : disks_) {
+      if (DiskUsable(d)) devs.push_back(d.dev);
+    }
+    auto after_data = [this, alive, waiters](absl::Status st) {
+      if (!*alive) return;
+      // 2. Then the journal: records queued so far now describe durable data only.
+      std::string records = std::move(pending_records_);
+      pending_records_.clear();
+      auto frees = std::make_shared<std::vector<std::pair<uint64_t, uint32_t>>>(std::move(pending_frees_));
+      pending_frees_.clear();
+      WriteJournal(std::move(records), [this, alive, waiters, frees](absl::Status st) {
+        if (!*alive) return;
+        // 3. Blocks those records freed may now be reused.
+        if (st.ok()) ReleaseFrees(std::move(*frees));
+        else for (auto& f : *frees) pending_frees_.push_back(f);
+        committing_ = false;
+        for (auto& w : *waiters) w(st);
+        if (!commit_waiters_.empty()) StartCommit();
+      });
+    };
+    if (devs.empty()) return after_data(absl::OkStatus());
+    auto g = MakeGather(static_cast<int>(devs.size()), after_data);
+    for (BlockDevice* dev : devs) {
+      dev->Flush([this, alive, g, dev](absl::Status st) {
+        if (!*alive) return;
+        if (!st.ok()) {
+          for (auto& [id, d] : disks_) {
+            if (d.dev == dev) NoteIoError(id, st);
+          }
+        }
+        g->Finish(absl::OkStatus());
+      });
+    }
+  }
+
+  std::string MakeBatch(const std::string& payload, uint64_t seq, uint32_t flags) const {
+    std::string out(RoundUp(kBatchHeaderBytes + payload.size(), kBlockBytes), '\0');
+    Encoder h;
+    h.U32(kBatchMagic);
+    h.U32(0);  // header crc, filled below
+    h.U64(epoch_);
+    h.U64(seq);
+    h.U32(static_cast<uint32_t>(payload.size()));
+    h.U32(Crc32c(payload.data(), payload.size()));
+    h.U32(flags);
+    std::memcpy(out.data(), h.out().data(), h.out().size());
+    const uint32_t crc = Crc32c(out.data() + 8, kBatchHeaderBytes - 8);
+    std::memcpy(out.data() + 4, &crc, 4);
+    std::memcpy(out.data() + kBatchHeaderBytes, payload.data(), payload.size());
+    return out;
+  }
+
+  // Writes `records` as one journal batch to every mirror (or a whole checkpoint when
+  // one is due or the batch does not fit), then flushes the mirrors.
+  void WriteJournal(std::string records, StatusDone done) {
+    ChooseMirrors();
+    if (mirrors_.empty()) {
+      pending_records_.insert(0, records);
+      return loop_->Post([done] { done(absl::UnavailableError("no healthy disk for metadata")); });
+    }
+    const uint64_t batch_bytes = RoundUp(kBatchHeaderBytes + records.size(), kBlockBytes);
+    std::vector<std::string> batches;
+    uint64_t offset;
+    if (need_checkpoint_ || journal_pos_ + batch_bytes > half_bytes_) {
+      absl::StatusOr<std::vector<std::string>> ckpt = EncodeCheckpoint();
+      if (!ckpt.ok()) {
+        pending_records_.insert(0, records);
+        return loop_->Post([done, st = ckpt.status()] { done(st); });
+      }
+      ++epoch_;
+      offset = (epoch_ % 2) * half_bytes_;
+      for (size_t i = 0; i < ckpt->size(); ++i) {
+        uint32_t flags = (i == 0 ? kFlagCheckpointBegin : 0) | (i + 1 == ckpt->size() ? kFlagCheckpointEnd : 0);
+        batches.push_back(MakeBatch((*ckpt)[i], ++sequence_, flags));
+      }
+      journal_pos_ = 0;
+      need_checkpoint_ = false;
+    } else {
+      if (records.empty()) return loop_->Post([done] { done(absl::OkStatus()); });
+      offset = (epoch_ % 2) * half_bytes_ + journal_pos_;
+      batches.push_back(MakeBatch(records, ++sequence_, 0));
+    }
+    auto data = std::make_shared<AlignedBuffer>(0);
+    size_t total = 0;
+    for (auto& b : batches) total += b.size();
+    *data = AlignedBuffer(total);
+    size_t pos = 0;
+    for (auto& b : batches) {
+      std::memcpy(data->data() + pos, b.data(), b.size());
+      pos += b.size();
+    }
+    journal_pos_ += total;
+    const uint64_t at = kSuperblockBytes + offset;
+    auto ok_mirrors = std::make_shared<int>(0);
+    auto alive = alive_;
+    std::vector<DiskId> mirrors = mirrors_;
+    auto g = MakeGather(static_cast<int>(mirrors.size()),
+                        [this, alive, ok_mirrors, done, data](absl::Status) {
+                          if (!*alive) return;
+                          if (*ok_mirrors == 0) {
+                            need_checkpoint_ = true;
+                            return done(absl::UnavailableError("metadata journal write failed on every mirror"));
+                          }
+                          done(absl::OkStatus());
+                        });
+    for (DiskId m : mirrors) {
+      BlockDevice* dev = disks_.at(m).dev;
+      dev->Write(at, total, data->data(), [this, alive, g, ok_mirrors, dev, m, data](absl::Status st) {
+        if (!*alive) return;
+        if (!st.ok()) {
+          need_checkpoint_ = true;  // this mirror missed a batch: rewrite all later
+          NoteIoError(m, st);
+          return g->Finish(absl::OkStatus());
+        }
+        dev->Flush([this, alive, g, ok_mirrors, m](absl::Status st) {
+          if (!*alive) return;
+          if (st.ok()) {
+            ++*ok_mirrors;
+          } else {
+            need_checkpoint_ = true;
+            NoteIoError(m, st);
+          }
+          g->Finish(absl::OkStatus());
+        });
+      });
+    }
+  }
+
+  // The whole metadata state as records, split into batches.
+  absl::StatusOr<std::vector<std::string>> EncodeCheckpoint() const {
+    std::vector<std::string> out(1);
+    size_t total = 0;
+    auto add = [&](const std::string& rec) {
+      if (out.back().size() + rec.size() > kCheckpointBatchBytes) out.emplace_back();
+      out.back().append(rec);
+      total += RoundUp(kBatchHeaderBytes + rec.size(), 1);
+    };
+    {
+      Encoder e;
+      e.U8(kRecCounters);
+      e.U64(next_disk_);
+      e.U64(next_chunk_);
+      e.U64(next_vsd_);
+      e.U64(next_snapshot_);
+      add(e.out());
+    }
+    for (const auto& [id, d] : disks_) {
+      Encoder e;
+      e.U8(kRecAddDisk);
+      e.U64(id.value);
+      e.U64(d.node.value);
+      e.U8(static_cast<uint8_t>(d.tier));
+      e.U64(d.data_start + d.slots * kChunkBytes);
+      add(e.out());
+      if (d.failed) {
+        Encoder f;
+        f.U8(kRecFailDisk);
+        f.U64(id.value);
+        f.U8(d.evicted ? 1 : 0);
+        add(f.out());
+      }
+    }
+    for (const auto& [id, c] : chunks_) {
+      Encoder e;
+      e.U8(kRecAddChunk);
+      e.U64(id);
+      e.U8(static_cast<uint8_t>(c.replication));
+      e.U32(static_cast<uint32_t>(c.replicas.size()));
+      for (const Replica& r : c.replicas) {
+        e.U64(r.disk.value);
+        e.U64(r.slot);
+        e.U8(r.stale ? 1 : 0);
+      }
+      add(e.out());
+    }
+    // Tree nodes, children before parents, each shared node once.
+    std::map<const BlockMap::Node*, uint64_t> ids;
+    std::function<uint64_t(const BlockMap::Node*)> emit = [&](const BlockMap::Node* n) -> uint64_t {
+      if (n == nullptr) return 0;
+      auto it = ids.find(n);
+      if (it != ids.end()) return it->second;
+      std::vector<std::pair<uint32_t, uint64_t>> kids;
+      if (n->level > 0) {
+        for (uint32_t i = 0; i < BlockMap::kFanout; ++i) {
+          if (n->children[i]) kids.push_back({i, emit(n->children[i].get())});
+        }
+      }
+      const uint64_t id = ids.size() + 1;
+      ids[n] = id;
+      Encoder e;
+      e.U8(kRecCkptNode);
+      e.U64(id);
+      e.U8(static_cast<uint8_t>(n->level));
+      if (n->level == 0) {
+        e.U32(n->mapped);
+        for (uint32_t i = 0; i < BlockMap::kFanout; ++i) {
+          const MapEntry& m = n->entries[i];
+          if (!m.mapped()) continue;
+          e.U32(i);
+          e.U64(m.chunk);
+          e.U32(m.block);
+          e.U32(m.crc);
+        }
+      } else {
+        e.U32(static_cast<uint32_t>(kids.size()));
+        for (auto [i, kid] : kids) {
+          e.U32(i);
+          e.U64(kid);
+        }
+      }
+      add(e.out());
+      return id;
+    };
+    for (const auto& [id, v] : vsds_) {
+      const uint64_t root = emit(v->map.root().get());
+      Encoder e;
+      e.U8(kRecCkptVsd);
+      e.U64(id.value);
+      e.Str(v->name);
+      e.U64(v->size_bytes);
+      e.U8(static_cast<uint8_t>(v->replication));
+      e.U8(static_cast<uint8_t>(v->flash_priority));
+      e.U8(static_cast<uint8_t>(v->map.levels()));
+      e.U64(root);
+      add(e.out());
+    }
+    for (const auto& [id, s] : snapshots_) {
+      const uint64_t root = emit(s->map.root().get());
+      Encoder e;
+      e.U8(kRecCkptSnapshot);
+      e.U64(id.value);
+      e.U64(s->vsd.value);
+      e.Str(s->name);
+      e.U64(s->generation);
+      e.U64(s->size_bytes);
+      e.U8(static_cast<uint8_t>(s->map.levels()));
+      e.U64(root);
+      add(e.out());
+    }
+    Encoder end;
+    end.U8(kRecCkptEnd);
+    add(end.out());
+    uint64_t bytes = 0;
+    for (const auto& b : out) bytes += RoundUp(kBatchHeaderBytes + b.size(), kBlockBytes);
+    // Leave room in the half for journal batches after the checkpoint.
+    if (bytes > half_bytes_ * 3 / 4) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "metadata needs %d bytes, more than the journal holds; raise PoolOptions::metadata_bytes "
+          "(now %d)",
+          bytes, options_.metadata_bytes));
+    }
+    (void)total;
+    return out;
+  }
+
+  // ---------------------------------------------------------------- recovery
+  struct Candidate {
+    uint64_t epoch = 0;
+    uint64_t last_seq = 0;
+    std::vector<std::string> payloads;
+  };
+
+  // Parses one half of a metadata region: a complete checkpoint and the batches after it.
+  Candidate ParseHalf(const uint8_t* p, uint64_t bytes) const {
+    Candidate c;
+    uint64_t pos = 0;
+    bool complete = false;
+    uint64_t epoch = 0, seq = 0;
+    while (pos + kBatchHeaderBytes <= bytes) {
+      Decoder h(reinterpret_cast<const char*>(p + pos), kBatchHeaderBytes);
+      if (h.U32() != kBatchMagic) break;
+      const uint32_t hcrc = h.U32();
+      if (hcrc != Crc32c(p + pos + 8, kBatchHeaderBytes - 8)) break;
+      const uint64_t e = h.U64();
+      const uint64_t s = h.U64();
+      const uint32_t len = h.U32();
+      const uint32_t pcrc = h.U32();
+      const uint32_t flags = h.U32();
+      if (pos == 0) {
+        if (!(flags & kFlagCheckpointBegin)) break;
+        epoch = e;
+      } else if (e != epoch || s != seq + 1) {
+        break;
+      }
+      if (pos + kBatchHeaderBytes + len > bytes) break;
+      if (Crc32c(p + pos + kBatchHeaderBytes, len) != pcrc) break;
+      seq = s;
+      c.payloads.emplace_back(reinterpret_cast<const char*>(p + pos + kBatchHeaderBytes), len);
+      if (flags & kFlagCheckpointEnd) complete = true;
+      pos += RoundUp(kBatchHeaderBytes + len, kBlockBytes);
+    }
+    if (!complete) return Candidate{};
+    c.epoch = epoch;
+    c.last_seq = seq;
+    return c;
+  }
+
+  void Recover(std::vector<DiskSpec> disks, Done<std::unique_ptr<Pool>> done,
+               std::unique_ptr<Pool> self) {
+    auto holder = std::make_shared<std::unique_ptr<Pool>>(std::move(self));
+    const uint64_t region = kSuperblockBytes + 2 * half_bytes_;
+    auto bufs = std::make_shared<std::vector<AlignedBuffer>>();
+    for (size_t i = 0; i < disks.size(); ++i) bufs->emplace_back(region);
+    auto statuses = std::make_shared<std::vector<absl::Status>>(disks.size());
+    auto alive = alive_;
+    auto g = MakeGather(static_cast<int>(disks.size()) + 1, [=, this](absl::Status) {
+      if (!*alive) return;
+      // Superblocks say which disk is which; the best journal wins.
+      std::map<DiskId, BlockDevice*> devs;
+      Candidate best;
+      uint64_t uuid = 0;
+      for (size_t i = 0; i < disks.size(); ++i) {
+        Superblock sb;
+        if (!(*statuses)[i].ok() || !DecodeSuperblock((*bufs)[i].data(), &sb)) continue;
+        if (sb.metadata_bytes != options_.metadata_bytes) continue;
+        if (uuid == 0) uuid = sb.pool_uuid;
+        if (sb.pool_uuid != uuid) continue;
+        devs[sb.disk] = disks[i].device;
+        for (int half = 0; half < 2; ++half) {
+          Candidate c = ParseHalf((*bufs)[i].data() + kSuperblockBytes + half * half_bytes_, half_bytes_);
+          if (c.epoch > best.epoch || (c.epoch == best.epoch && c.last_seq > best.last_seq)) {
+            best = std::move(c);
+          }
+        }
+      }
+      if (best.epoch == 0) {
+        return done(absl::DataLossError("no disk holds a valid pool metadata journal"));
+      }
+      pool_uuid_ = uuid;
+      for (const std::string& payload : best.payloads) {
+        Decoder d(payload.data(), payload.size());
+        while (!d.done() && d.ok()) Apply(d);
+        if (!d.ok()) return done(absl::DataLossError("metadata journal record is malformed"));
+      }
+      pending_records_.clear();
+      epoch_ = best.epoch;
+      sequence_ = best.last_seq;
+      for (auto& [id, d] : disks_) {
+        auto it = devs.find(id);
+        d.dev = it == devs.end() ? nullptr : it->second;
+      }
+      // Blocks freed by replayed records are free now: their freeing is durable.
+      auto frees = std::move(pending_frees_);
+      pending_frees_.clear();
+      ReleaseFrees(std::move(frees));
+      pending_records_.clear();
+      need_checkpoint_ = true;  // start a fresh epoch on the current mirrors
+      ChooseMirrors();
+      Heal();
+      Commit([holder, done](absl::Status st) {
+        if (!st.ok()) return done(st);
+        done(std::move(*holder));
+      });
+    });
+    for (size_t i = 0; i < disks.size(); ++i) {
+      if (disks[i].device == nullptr || disks[i].device->size_bytes() < region) {
+        (*statuses)[i] = absl::InvalidArgumentError("disk too small");
+        g->Finish(absl::OkStatus());
+        continue;
+      }
+      disks[i].device->Read(0, region, (*bufs)[i].data(), [g, statuses, i](absl::Status st) {
+        (*statuses)[i] = st;
+        g->Finish(absl::OkStatus());
+      });
+    }
+    g->Finish(absl::OkStatus());
+  }
+
+  void RefFromMap(const MapEntry& e) { RefBlock(e); }
+  void UnrefFromMap(const MapEntry& e) { UnrefBlock(e); }
+
+ private:
+  static constexpr int kErrorsToFailDisk = 3;
+
+  Loop* loop_;
+  Random* random_;
+  PoolOptions options_;
+  Refs refs_;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  uint64_t pool_uuid_ = 0;
+  uint64_t half_bytes_ = 0;
+
+  std::map<DiskId, DiskState> disks_;
+  std::map<NodeId, bool> nodes_online_;
+  std::map<DiskId, int> d_errors_;
+  std::map<uint64_t, ChunkState> chunks_;
+  std::map<VsdId, std::unique_ptr<VsdState>> vsds_;
+  std::map<std::string, VsdId> vsd_by_name_;
+  std::map<SnapshotId, std::unique_ptr<SnapshotState>> snapshots_;
+  std::map<uint64_t, std::shared_ptr<BlockMap::Node>> ckpt_nodes_;
+  std::set<DiskId> pending_resets_;
+
+  uint64_t next_disk_ = 1, next_chunk_ = 1, next_vsd_ = 1, next_snapshot_ = 1;
+
+  // Journal state.
+  std::vector<DiskId> mirrors_;
+  uint64_t epoch_ = 0;
+  uint64_t sequence_ = 0;
+  uint64_t journal_pos_ = 0;
+  bool need_checkpoint_ = true;
+  std::string pending_records_;
+  std::vector<std::pair<uint64_t, uint32_t>> pending_frees_;
+  bool committing_ = false;
+  std::vector<StatusDone> commit_waiters_;
+
+  bool heal_scheduled_ = false;
+  uint64_t rebuilds_in_flight_ = 0;
+  uint64_t chunks_rebuilt_ = 0;
+  uint64_t repaired_ = 0;
+  uint64_t checksum_failures_ = 0;
+  uint64_t io_errors_ = 0;
+  uint64_t read_rr_ = 0;
+};
+
+void Refs::Ref(const MapEntry& e) { pool_->RefFromMap(e); }
+void Refs::Unref(const MapEntry& e) { pool_->UnrefFromMap(e); }
+
+}  // namespace
+
+void Pool::Create(Loop* loop, Random* random, PoolOptions options, std::vector<DiskSpec> disks,
+                  Done<std::unique_ptr<Pool>> done) {
+  if (options.metadata_bytes < 64 * kBlockBytes || options.metadata_mirrors_max < 1) {
+    return loop->Post([done] {
+      done(absl::InvalidArgumentError("metadata_bytes must be at least 256 KiB, mirrors at least 1"));
+    });
+  }
+  if (disks.empty()) {
+    return loop->Post([done] { done(absl::InvalidArgumentError("a pool needs at least one disk")); });
+  }
+  auto pool = std::make_unique<PoolImpl>(loop, random, options);
+  PoolImpl* raw = pool.get();
+  raw->Format(std::move(disks), std::move(done), std::move(pool));
+}
+
+void Pool::Open(Loop* loop, Random* random, PoolOptions options, std::vector<DiskSpec> disks,
+                Done<std::unique_ptr<Pool>> done) {
+  if (disks.empty()) {
+    return loop->Post([done] { done(absl::InvalidArgumentError("a pool needs at least one disk")); });
+  }
+  auto pool = std::make_unique<PoolImpl>(loop, random, options);
+  PoolImpl* raw = pool.get();
+  raw->Recover(std::move(disks), std::move(done), std::move(pool));
+}
+
+}  // namespace scribe

@@ -1,0 +1,114 @@
+// In-memory state of a Pool and the metadata records that change it. Every change to
+// pool metadata is a record: applied to memory at once and appended to the journal, and
+// replayed through the same Apply() on recovery, so live and recovered state cannot
+// drift apart.
+#ifndef SCRIBE_CLUSTER_POOL_INTERNAL_H_
+#define SCRIBE_CLUSTER_POOL_INTERNAL_H_
+
+#include <array>
+#include <bitset>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/btree_map.h"
+#include "absl/container/btree_set.h"
+#include "libscribe/volume/block_map.h"
+#include "scribe/pool.h"
+
+namespace scribe {
+
+constexpr uint64_t kBlockBytes = 4096;
+constexpr uint64_t kChunkBytes = 1ull << 20;
+constexpr uint32_t kBlocksPerChunk = kChunkBytes / kBlockBytes;
+constexpr uint64_t kSuperblockBytes = 4096;
+
+enum RecordType : uint8_t {
+  kRecCounters = 1,
+  kRecAddDisk,
+  kRecFailDisk,
+  kRecResetDisk,
+  kRecAddChunk,
+  kRecFreeChunk,
+  kRecSetReplica,   // chunk, index, disk, slot (index == size: append)
+  kRecStale,        // chunk, disk, stale
+  kRecCreateVsd,
+  kRecDeleteVsd,
+  kRecResizeVsd,
+  kRecMap,          // vsd, lba, chunk, block, crc
+  kRecUnmap,        // vsd, lba, count
+  kRecSnapshot,
+  kRecDeleteSnapshot,
+  kRecClone,        // new vsd from a snapshot or a vsd
+  kRecRevert,
+  kRecCkptNode,     // checkpoint: one tree node
+  kRecCkptVsd,      // checkpoint: a VSD with its root node
+  kRecCkptSnapshot, // checkpoint: a snapshot with its root node
+  kRecCkptEnd,
+};
+
+struct DiskState {
+  DiskId id;
+  NodeId node;
+  Tier tier = Tier::kHdd;
+  BlockDevice* dev = nullptr;  // null: named in metadata but not present
+  uint64_t data_start = 0;
+  uint64_t slots = 0;
+  std::vector<uint64_t> slot_owner;  // chunk id or 0
+  uint64_t used_slots = 0;
+  bool failed = false;
+  bool evicted = false;
+};
+
+struct Replica {
+  DiskId disk;
+  uint64_t slot = 0;
+  bool stale = false;  // missed writes while its node was away
+};
+
+struct ChunkState {
+  uint64_t id = 0;
+  int replication = 2;
+  std::vector<Replica> replicas;
+  std::array<uint32_t, kBlocksPerChunk> refs{};
+  std::array<uint32_t, kBlocksPerChunk> crc{};  // of each block with refs > 0
+  std::bitset<kBlocksPerChunk> busy;  // allocated to a write in flight, or freed but not yet durable
+  uint32_t used = 0;                  // blocks with refs > 0 or busy
+  int writes_in_flight = 0;
+  bool open = false;       // some VSD allocates from it
+  bool rebuilding = false;
+};
+
+struct LockWaiter {
+  uint64_t b0, b1;
+  std::function<void()> fn;
+};
+
+struct VsdState {
+  VsdId id;
+  std::string name;
+  uint64_t size_bytes = 0;
+  int replication = 2;
+  int flash_priority = 4;
+  BlockMap map;
+  uint64_t open_chunk = 0;
+  std::vector<SnapshotId> snapshots;
+  absl::btree_set<uint64_t> locked;
+  std::deque<LockWaiter> waiters;
+};
+
+struct SnapshotState {
+  SnapshotId id;
+  VsdId vsd;
+  std::string name;
+  uint64_t generation = 0;
+  uint64_t size_bytes = 0;
+  BlockMap map;
+};
+
+}  // namespace scribe
+
+#endif  // SCRIBE_CLUSTER_POOL_INTERNAL_H_

@@ -1,0 +1,220 @@
+// The SCRIBE storage pool: every disk of every node in one pool of mirrored,
+// wide-striped, thin virtual disks (VSDs) with instant snapshots and clones.
+//
+// Model. A disk is a BlockDevice carved into 1 MiB chunk slots after a reserved
+// metadata region. A chunk is `replication` slots on distinct nodes holding identical
+// 4 KiB blocks. A VSD maps each 4 KiB logical block to (chunk, block, crc32c) through a
+// copy-on-write radix tree; writes always go to fresh blocks (redirect-on-write), so a
+// crash never tears a block, a snapshot is a pinned root (O(1)), a clone is a new VSD
+// sharing that root (O(1), no parent chain), and a diff walks only subtrees that differ.
+// Block reference counts are the number of tree leaves naming a block; a block is
+// freed when its last leaf goes, and only after the metadata that stopped using it is
+// durable.
+//
+// Durability. A completed Write is visible to reads but, like a disk's volatile cache,
+// may be lost in a power cut until a Flush (or a write with `fua`) completes; a lost
+// write leaves each 4 KiB block entirely old. Metadata changes go to a journal that is
+// mirrored on up to three disks of distinct nodes; a flush makes data durable on every
+// copy first, then the journal.
+//
+// Threading. Single-threaded: every method must be called on the pool's Loop thread
+// and every callback runs there.
+#ifndef SCRIBE_POOL_H_
+#define SCRIBE_POOL_H_
+
+#include <compare>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "scribe/env.h"
+
+namespace scribe {
+
+// Strong ids: a VsdId cannot be passed where a SnapshotId is meant.
+template <typename Tag>
+struct Id {
+  uint64_t value = 0;
+  auto operator<=>(const Id&) const = default;
+  bool valid() const { return value != 0; }
+};
+using NodeId = Id<struct NodeTag>;
+using DiskId = Id<struct DiskTag>;
+using VsdId = Id<struct VsdTag>;
+using SnapshotId = Id<struct SnapshotTag>;
+
+enum class Tier { kSsd = 0, kHdd = 1 };
+
+struct PoolOptions {
+  // Bytes reserved at the start of every disk for the mirrored metadata journal.
+  uint64_t metadata_bytes = 64ull << 20;
+  // How many disks (on distinct nodes) carry the metadata journal.
+  int metadata_mirrors_max = 3;
+  // Times a read retries when every copy of a block fails its checksum (the block may
+  // have been rewritten and reused underneath it).
+  int read_retries_max = 4;
+  // Re-mirroring copies this many chunks at once.
+  int rebuild_chunks_in_flight_max = 4;
+};
+
+struct DiskSpec {
+  NodeId node;
+  Tier tier = Tier::kHdd;
+  BlockDevice* device = nullptr;  // not owned; must outlive the pool
+};
+
+struct VsdOptions {
+  std::string name;
+  uint64_t size_bytes = 0;
+  int replication = 2;     // 2 or 3 copies
+  int flash_priority = 4;  // 0..11: how strongly HEAT favours SSD for this VSD
+};
+
+struct DiskInfo {
+  DiskId id;
+  NodeId node;
+  Tier tier;
+  uint64_t capacity_bytes = 0;  // space for chunks
+  uint64_t used_bytes = 0;      // chunk slots in use
+  uint64_t chunks = 0;
+  bool failed = false;
+  bool online = true;  // false while its node is down
+};
+
+struct VsdInfo {
+  VsdId id;
+  std::string name;
+  uint64_t size_bytes = 0;
+  int replication = 2;
+  int flash_priority = 4;
+  uint64_t allocated_bytes = 0;  // mapped 4 KiB blocks of the live VSD
+  uint64_t unique_bytes = 0;     // blocks nothing else (no snapshot, no clone) uses
+  uint64_t shared_bytes = 0;     // allocated_bytes - unique_bytes
+  size_t snapshots = 0;
+};
+
+struct SnapshotInfo {
+  SnapshotId id;
+  VsdId vsd;
+  std::string name;
+  uint64_t generation = 0;  // pool metadata sequence at creation
+  uint64_t unique_bytes = 0;  // freed if this snapshot alone were deleted
+};
+
+struct Extent {
+  uint64_t offset_bytes = 0;
+  uint64_t length_bytes = 0;
+  bool operator==(const Extent&) const = default;
+};
+
+struct PoolStats {
+  uint64_t capacity_bytes[2] = {0, 0};  // by Tier
+  uint64_t used_bytes[2] = {0, 0};
+  uint64_t chunks = 0;
+  uint64_t degraded_chunks = 0;  // fewer healthy copies than their VSD's replication
+  uint64_t rebuilds_in_flight = 0;
+  uint64_t chunks_rebuilt = 0;
+  uint64_t metadata_sequence = 0;
+};
+
+struct ScrubReport {
+  uint64_t chunks_checked = 0;
+  uint64_t blocks_checked = 0;
+  uint64_t bad_copies = 0;     // a copy that failed its checksum or read
+  uint64_t repaired = 0;       // of those, rewritten from a good copy
+  uint64_t unrecoverable = 0;  // blocks with no good copy left
+};
+
+struct FsckReport {
+  uint64_t blocks_referenced = 0;
+  uint64_t chunks = 0;
+  std::vector<std::string> errors;  // empty when consistent
+  bool ok() const { return errors.empty(); }
+};
+
+class Pool {
+ public:
+  template <typename T>
+  using Done = std::function<void(absl::StatusOr<T>)>;
+  using StatusDone = std::function<void(absl::Status)>;
+
+  // Formats `disks` as a new pool (destroying their contents). `loop` and `random` must
+  // outlive the pool.
+  static void Create(Loop* loop, Random* random, PoolOptions options,
+                     std::vector<DiskSpec> disks, Done<std::unique_ptr<Pool>> done);
+  // Opens the pool on `disks` after a clean stop or a crash: every flushed write and
+  // every completed metadata operation is there.
+  static void Open(Loop* loop, Random* random, PoolOptions options, std::vector<DiskSpec> disks,
+                   Done<std::unique_ptr<Pool>> done);
+
+  virtual ~Pool() = default;
+
+  // --- Membership ---
+  // Adds a disk (formatting it); its space is usable as soon as `done` runs.
+  virtual void AddDisk(DiskSpec disk, Done<DiskId> done) = 0;
+  // Marks a disk failed: no more I/O goes to it and its chunks are re-mirrored.
+  virtual void FailDisk(DiskId disk, StatusDone done) = 0;
+  // A node going down (crash, partition): its disks are skipped; chunks written while it
+  // is away remember that its copies are stale. `SetNodeOnline(true)` brings it back:
+  // stale copies are caught up (or, if already re-mirrored elsewhere, freed).
+  virtual void SetNodeOnline(NodeId node, bool online) = 0;
+  // Declares an offline node lost: its copies are re-mirrored onto the other nodes.
+  virtual void EvictNode(NodeId node, StatusDone done) = 0;
+
+  // --- VSDs ---
+  virtual void CreateVsd(VsdOptions options, Done<VsdId> done) = 0;
+  virtual void DeleteVsd(VsdId vsd, StatusDone done) = 0;
+  virtual void ResizeVsd(VsdId vsd, uint64_t size_bytes, StatusDone done) = 0;
+  virtual absl::StatusOr<VsdId> FindVsd(const std::string& name) const = 0;
+  virtual absl::StatusOr<VsdInfo> GetVsdInfo(VsdId vsd) const = 0;
+  virtual std::vector<VsdInfo> ListVsds() const = 0;
+
+  // I/O at 512-byte granularity; `buf` needs no alignment and must stay valid until
+  // `done` runs. Unwritten space reads as zeros.
+  virtual void Read(VsdId vsd, uint64_t offset_bytes, size_t length_bytes, void* buf,
+                    StatusDone done) = 0;
+  virtual void Write(VsdId vsd, uint64_t offset_bytes, size_t length_bytes, const void* buf,
+                     bool fua, StatusDone done) = 0;
+  virtual void Discard(VsdId vsd, uint64_t offset_bytes, uint64_t length_bytes,
+                       StatusDone done) = 0;
+  virtual void Flush(StatusDone done) = 0;
+
+  // --- Snapshots and clones ---
+  virtual void CreateSnapshot(VsdId vsd, std::string name, Done<SnapshotId> done) = 0;
+  // One point in time across several VSDs (a VM's disks); ids in `vsds` order.
+  virtual void CreateGroupSnapshot(std::vector<VsdId> vsds, std::string name,
+                                   Done<std::vector<SnapshotId>> done) = 0;
+  virtual void DeleteSnapshot(SnapshotId snapshot, StatusDone done) = 0;
+  virtual std::vector<SnapshotInfo> ListSnapshots(VsdId vsd) const = 0;
+  virtual void ReadSnapshot(SnapshotId snapshot, uint64_t offset_bytes, size_t length_bytes,
+                            void* buf, StatusDone done) = 0;
+  // A new independent VSD with the contents of a snapshot or of a live VSD.
+  virtual void CloneFromSnapshot(SnapshotId snapshot, std::string name, Done<VsdId> done) = 0;
+  virtual void CloneVsd(VsdId vsd, std::string name, Done<VsdId> done) = 0;
+  // Brings the VSD back to the snapshot's contents (writes since are discarded).
+  virtual void RevertToSnapshot(VsdId vsd, SnapshotId snapshot, StatusDone done) = 0;
+
+  // Extents that differ between two snapshots (or `to` = a snapshot and `from` invalid:
+  // everything mapped), in time proportional to what changed. Works across a clone
+  // boundary: the snapshots may belong to a clone and its source.
+  virtual absl::StatusOr<std::vector<Extent>> Diff(SnapshotId from, SnapshotId to) const = 0;
+
+  // --- Health and accounting ---
+  virtual std::vector<DiskInfo> ListDisks() const = 0;
+  virtual PoolStats Stats() const = 0;
+  // Reads every copy of every used block, verifies checksums, repairs bad copies.
+  virtual void Scrub(Done<ScrubReport> done) = 0;
+  // Checks metadata invariants: reference counts exact, no leaks, no double references,
+  // every chunk's copies on distinct nodes.
+  virtual FsckReport Fsck() const = 0;
+  // True when no chunk is degraded and no rebuild is running.
+  virtual bool FullyRedundant() const = 0;
+};
+
+}  // namespace scribe
+
+#endif  // SCRIBE_POOL_H_

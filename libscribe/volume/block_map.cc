@@ -1,0 +1,202 @@
+#include "libscribe/volume/block_map.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "scribe/status.h"
+
+namespace scribe {
+
+BlockMap::Node::Node(int level, BlockRefs* refs) : level(level), refs(refs) {
+  if (level == 0) {
+    entries.resize(kFanout);
+  } else {
+    children.resize(kFanout);
+  }
+}
+
+BlockMap::Node::Node(const Node& other)
+    : level(other.level),
+      refs(other.refs),
+      mapped(other.mapped),
+      entries(other.entries),
+      children(other.children) {
+  for (const MapEntry& e : entries) {
+    if (e.mapped()) refs->Ref(e);
+  }
+}
+
+BlockMap::Node::~Node() {
+  for (const MapEntry& e : entries) {
+    if (e.mapped()) refs->Unref(e);
+  }
+}
+
+int BlockMap::LevelsFor(uint64_t capacity_blocks) {
+  int levels = 1;
+  uint64_t span = kFanout;
+  while (span < capacity_blocks) {
+    span <<= kFanoutBits;
+    ++levels;
+  }
+  return levels;
+}
+
+BlockMap::BlockMap(BlockRefs* refs, uint64_t capacity_blocks)
+    : refs_(refs), capacity_blocks_(capacity_blocks), levels_(LevelsFor(capacity_blocks)) {}
+
+BlockMap BlockMap::FromRoot(BlockRefs* refs, uint64_t capacity_blocks, int levels,
+                            std::shared_ptr<Node> root) {
+  BlockMap m(refs, capacity_blocks);
+  SCRIBE_CHECK(levels >= m.levels_);
+  m.levels_ = levels;
+  m.root_ = std::move(root);
+  SCRIBE_CHECK(!m.root_ || m.root_->level == levels - 1);
+  return m;
+}
+
+MapEntry BlockMap::Get(uint64_t lba) const {
+  SCRIBE_CHECK(lba < capacity_blocks_);
+  const Node* n = root_.get();
+  while (n != nullptr) {
+    const uint64_t idx = (lba >> (n->level * kFanoutBits)) & (kFanout - 1);
+    if (n->level == 0) return n->entries[idx];
+    n = n->children[idx].get();
+  }
+  return MapEntry{};
+}
+
+void BlockMap::Set(uint64_t lba, const MapEntry& entry) {
+  SCRIBE_CHECK(lba < capacity_blocks_);
+  std::shared_ptr<Node>* slot = &root_;
+  for (int level = levels_ - 1;; --level) {
+    if (!*slot) {
+      if (!entry.mapped()) return;  // clearing an unmapped block
+      *slot = std::make_shared<Node>(level, refs_);
+    } else if (slot->use_count() > 1) {
+      *slot = std::make_shared<Node>(**slot);  // shadow a shared node
+    }
+    Node* n = slot->get();
+    const uint64_t idx = (lba >> (level * kFanoutBits)) & (kFanout - 1);
+    if (level == 0) {
+      MapEntry& e = n->entries[idx];
+      if (entry.mapped()) refs_->Ref(entry);
+      if (e.mapped()) {
+        refs_->Unref(e);
+        --n->mapped;
+      }
+      e = entry;
+      if (e.mapped()) ++n->mapped;
+      return;
+    }
+    slot = &n->children[idx];
+  }
+}
+
+void BlockMap::Grow(uint64_t capacity_blocks) {
+  SCRIBE_CHECK(capacity_blocks >= capacity_blocks_);
+  capacity_blocks_ = capacity_blocks;
+  const int want = LevelsFor(capacity_blocks);
+  while (levels_ < want) {
+    if (root_) {
+      auto parent = std::make_shared<Node>(levels_, refs_);
+      parent->children[0] = std::move(root_);
+      root_ = std::move(parent);
+    }
+    ++levels_;
+  }
+}
+
+namespace {
+
+void Walk(const BlockMap::Node* n, uint64_t base,
+          const std::function<void(uint64_t, const MapEntry&)>& fn) {
+  if (n == nullptr) return;
+  if (n->level == 0) {
+    for (uint64_t i = 0; i < BlockMap::kFanout; ++i) {
+      if (n->entries[i].mapped()) fn(base + i, n->entries[i]);
+    }
+    return;
+  }
+  const int shift = n->level * BlockMap::kFanoutBits;
+  for (uint64_t i = 0; i < BlockMap::kFanout; ++i) {
+    Walk(n->children[i].get(), base + (i << shift), fn);
+  }
+}
+
+void DiffNodes(const BlockMap::Node* a, const BlockMap::Node* b, int level, uint64_t base,
+               const std::function<void(uint64_t)>& fn) {
+  if (a == b) return;  // the same subtree: nothing changed below
+  if (a == nullptr || b == nullptr) {
+    Walk(a ? a : b, base, [&](uint64_t lba, const MapEntry&) { fn(lba); });
+    return;
+  }
+  if (level == 0) {
+    for (uint64_t i = 0; i < BlockMap::kFanout; ++i) {
+      const MapEntry& x = a->entries[i];
+      const MapEntry& y = b->entries[i];
+      if (x.mapped() != y.mapped() || (x.mapped() && !x.SameBlock(y))) fn(base + i);
+    }
+    return;
+  }
+  const int shift = level * BlockMap::kFanoutBits;
+  for (uint64_t i = 0; i < BlockMap::kFanout; ++i) {
+    DiffNodes(a->children[i].get(), b->children[i].get(), level - 1, base + (i << shift), fn);
+  }
+}
+
+// Maps of different depths: the deeper one's extra levels hold the shallower root at
+// child 0 (Grow), so descend it along child 0 and compare the rest against nothing.
+const BlockMap::Node* Descend(const BlockMap::Node* n, int from_level, int to_level,
+                              const std::function<void(uint64_t)>& fn) {
+  for (int level = from_level; level > to_level && n != nullptr; --level) {
+    const int shift = level * BlockMap::kFanoutBits;
+    for (uint64_t i = 1; i < BlockMap::kFanout; ++i) {
+      Walk(n->children[i].get(), i << shift, [&](uint64_t lba, const MapEntry&) { fn(lba); });
+    }
+    n = n->children[0].get();
+  }
+  return n;
+}
+
+}  // namespace
+
+void BlockMap::ForEachMapped(const std::function<void(uint64_t, const MapEntry&)>& fn) const {
+  Walk(root_.get(), 0, fn);
+}
+
+void BlockMap::Diff(const BlockMap& a, const BlockMap& b, const std::function<void(uint64_t)>& fn) {
+  const int level = std::min(a.levels_, b.levels_) - 1;
+  // Extents only the deeper map can address are reported by Descend, in order after
+  // the common part would be; collect them to keep the output ascending.
+  std::vector<uint64_t> beyond;
+  auto collect = [&](uint64_t lba) { beyond.push_back(lba); };
+  const Node* ra = Descend(a.root_.get(), a.levels_ - 1, level, collect);
+  const Node* rb = Descend(b.root_.get(), b.levels_ - 1, level, collect);
+  DiffNodes(ra, rb, level, 0, fn);
+  std::sort(beyond.begin(), beyond.end());
+  for (uint64_t lba : beyond) fn(lba);
+}
+
+BlockMap::Usage BlockMap::ComputeUsage(
+    const std::function<uint32_t(const MapEntry&)>& refcount) const {
+  Usage usage;
+  std::function<void(const std::shared_ptr<Node>&, bool)> visit =
+      [&](const std::shared_ptr<Node>& n, bool shared) {
+        if (!n) return;
+        shared = shared || n.use_count() > 1;
+        if (n->level == 0) {
+          for (const MapEntry& e : n->entries) {
+            if (!e.mapped()) continue;
+            ++usage.mapped;
+            if (!shared && refcount(e) == 1) ++usage.unique;
+          }
+          return;
+        }
+        for (const auto& c : n->children) visit(c, shared);
+      };
+  visit(root_, false);
+  return usage;
+}
+
+}  // namespace scribe

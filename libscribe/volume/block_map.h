@@ -1,0 +1,96 @@
+// A VSD's block map: 4 KiB logical block -> (chunk, block, crc32c), as a copy-on-write
+// radix tree whose nodes are shared between a VSD, its snapshots and its clones.
+//
+// Sharing is by reference count (std::shared_ptr): a node referenced from one place
+// only is changed in place; a shared node is copied first ("shadowing"), so copying a
+// BlockMap (a snapshot or a clone) is O(1) and later writes copy only the path they
+// touch. Each data block's reference count is the number of leaves naming it: copying a
+// leaf adds a reference to each of its blocks, and destroying one drops them, through
+// the BlockRefs the map was made with. Diff compares two maps subtree by subtree and
+// skips subtrees that are the same node, so it costs what changed, not the map's size.
+//
+// Not thread-safe; the owner (the pool) serialises all access.
+#ifndef SCRIBE_VOLUME_BLOCK_MAP_H_
+#define SCRIBE_VOLUME_BLOCK_MAP_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+namespace scribe {
+
+struct MapEntry {
+  uint64_t chunk = 0;  // 0: unmapped (reads as zeros)
+  uint32_t block = 0;  // index within the chunk
+  uint32_t crc = 0;    // crc32c of the block's 4 KiB
+  bool mapped() const { return chunk != 0; }
+  bool SameBlock(const MapEntry& o) const { return chunk == o.chunk && block == o.block; }
+};
+
+// Reference counting of data blocks, implemented by the pool.
+class BlockRefs {
+ public:
+  virtual ~BlockRefs() = default;
+  virtual void Ref(const MapEntry& e) = 0;
+  virtual void Unref(const MapEntry& e) = 0;
+};
+
+class BlockMap {
+ public:
+  static constexpr int kFanoutBits = 8;
+  static constexpr uint64_t kFanout = 1ull << kFanoutBits;
+
+  struct Node {
+    explicit Node(int level, BlockRefs* refs);
+    Node(const Node& other);  // a shadow copy: leaves add references to their blocks
+    ~Node();
+    int level;  // 0: leaf
+    BlockRefs* refs;
+    uint32_t mapped = 0;  // leaf: entries mapped
+    std::vector<MapEntry> entries;                // leaf
+    std::vector<std::shared_ptr<Node>> children;  // interior
+  };
+
+  BlockMap() = default;
+  BlockMap(BlockRefs* refs, uint64_t capacity_blocks);
+
+  uint64_t capacity_blocks() const { return capacity_blocks_; }
+  int levels() const { return levels_; }
+
+  MapEntry Get(uint64_t lba) const;
+  // Maps `lba` (copying shared nodes on its path); the old block loses a reference.
+  void Set(uint64_t lba, const MapEntry& entry);
+  void Clear(uint64_t lba) { Set(lba, MapEntry{}); }
+  // Grows the addressable range (never shrinks).
+  void Grow(uint64_t capacity_blocks);
+
+  // Calls fn(lba, entry) for each mapped block in ascending order.
+  void ForEachMapped(const std::function<void(uint64_t, const MapEntry&)>& fn) const;
+  // Calls fn(lba) for each block mapped differently in `a` and `b`, ascending.
+  static void Diff(const BlockMap& a, const BlockMap& b, const std::function<void(uint64_t)>& fn);
+
+  // Counts mapped blocks; `unique` counts those referenced from this map alone (no other
+  // map shares their leaf and the block has a single reference).
+  struct Usage {
+    uint64_t mapped = 0;
+    uint64_t unique = 0;
+  };
+  Usage ComputeUsage(const std::function<uint32_t(const MapEntry&)>& refcount) const;
+
+  const std::shared_ptr<Node>& root() const { return root_; }
+  // Rebuilds a map around an existing root (metadata recovery).
+  static BlockMap FromRoot(BlockRefs* refs, uint64_t capacity_blocks, int levels,
+                           std::shared_ptr<Node> root);
+
+ private:
+  static int LevelsFor(uint64_t capacity_blocks);
+  BlockRefs* refs_ = nullptr;
+  uint64_t capacity_blocks_ = 0;
+  int levels_ = 1;  // a tree of `levels_` levels addresses kFanout^levels_ blocks
+  std::shared_ptr<Node> root_;
+};
+
+}  // namespace scribe
+
+#endif  // SCRIBE_VOLUME_BLOCK_MAP_H_

@@ -1,0 +1,80 @@
+#include "libscribe/volume/block_map.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+
+namespace scribe {
+namespace {
+
+// Counts references exactly as the pool does.
+class CountingRefs : public BlockRefs {
+ public:
+  void Ref(const MapEntry& e) override { refs[{e.chunk, e.block}]++; }
+  void Unref(const MapEntry& e) override {
+    auto it = refs.find({e.chunk, e.block});
+    ASSERT_NE(it, refs.end());
+    if (--it->second == 0) refs.erase(it);
+  }
+  std::map<std::pair<uint64_t, uint32_t>, int> refs;
+};
+
+MapEntry E(uint64_t chunk, uint32_t block) { return MapEntry{chunk, block, 0}; }
+
+TEST(BlockMap, SetGetClearAndRefcounts) {
+  CountingRefs refs;
+  {
+    BlockMap m(&refs, 1 << 20);
+    EXPECT_FALSE(m.Get(5).mapped());
+    m.Set(5, E(1, 2));
+    m.Set(70000, E(1, 3));
+    EXPECT_TRUE(m.Get(5).SameBlock(E(1, 2)));
+    EXPECT_EQ(refs.refs.size(), 2u);
+    m.Set(5, E(2, 0));  // overwrite drops the old block's reference
+    EXPECT_EQ(refs.refs.count({1, 2}), 0u);
+    m.Clear(70000);
+    EXPECT_EQ(refs.refs.size(), 1u);
+  }
+  EXPECT_TRUE(refs.refs.empty());  // destroying the map releases everything
+}
+
+TEST(BlockMap, SnapshotSharesUntilWrittenThenShadowsOnlyThePath) {
+  CountingRefs refs;
+  BlockMap live(&refs, 1 << 16);
+  for (uint64_t i = 0; i < 1000; ++i) live.Set(i, E(1 + i / 256, i % 256));
+  BlockMap snap = live;  // O(1): shares the root
+  EXPECT_EQ(snap.root().get(), live.root().get());
+  live.Set(3, E(100, 0));
+  EXPECT_NE(snap.root().get(), live.root().get());
+  EXPECT_TRUE(snap.Get(3).SameBlock(E(1, 3)));
+  EXPECT_TRUE(live.Get(3).SameBlock(E(100, 0)));
+  // The copied leaf added one reference to each block it names.
+  EXPECT_EQ((refs.refs[{1, 4}]), 2);
+  EXPECT_EQ((refs.refs[{2, 4}]), 1);  // other leaves are still shared, not copied
+  int changed = 0;
+  BlockMap::Diff(snap, live, [&](uint64_t lba) {
+    EXPECT_EQ(lba, 3u);
+    ++changed;
+  });
+  EXPECT_EQ(changed, 1);
+  auto usage = live.ComputeUsage([&](const MapEntry& e) { return refs.refs[{e.chunk, e.block}]; });
+  EXPECT_EQ(usage.mapped, 1000u);
+  EXPECT_EQ(usage.unique, 1u);  // only the rewritten block is live's alone
+}
+
+TEST(BlockMap, GrowKeepsContentsAndDiffsAcrossDepths) {
+  CountingRefs refs;
+  BlockMap m(&refs, 256);
+  m.Set(7, E(1, 7));
+  BlockMap small = m;
+  m.Grow(1 << 20);
+  EXPECT_GT(m.levels(), small.levels());
+  EXPECT_TRUE(m.Get(7).SameBlock(E(1, 7)));
+  m.Set(500000, E(2, 1));
+  std::vector<uint64_t> diff;
+  BlockMap::Diff(small, m, [&](uint64_t lba) { diff.push_back(lba); });
+  EXPECT_EQ(diff, std::vector<uint64_t>{500000});
+}
+
+}  // namespace
+}  // namespace scribe
