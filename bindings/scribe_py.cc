@@ -10,6 +10,7 @@
 namespace py = pybind11;
 
 namespace scribe::python {
+void RegisterPool(py::module_& m);
 namespace {
 
 constexpr char kVersion[] = "0.1.0";
@@ -29,6 +30,7 @@ PYBIND11_MODULE(scribe, m) {
   m.doc() = "Python bindings of libscribe, the SCRIBE block engine.";
   m.attr("__version__") = scribe::python::kVersion;
   scribe::python::RegisterStatusExceptions(m);
+  scribe::python::RegisterPool(m);
   m.def("_raise_status", &scribe::python::RaiseStatus, py::arg("code"), py::arg("message"),
         "Test hook: raises the exception a Status(code, message) maps to; "
         "returns None for code 0 (OK).");

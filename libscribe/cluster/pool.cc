@@ -963,6 +963,7 @@ class PoolImpl : public Pool {
                           [this, alive, buf, r](absl::Status st) {
                             if (!*alive) return;
                             if (st.ok()) {
+                              dirty_disks_.insert(r.disk);
                               ++repaired_;
                             } else {
                               NoteIoError(r.disk, st);
@@ -1077,6 +1078,24 @@ class PoolImpl : public Pool {
     if (!st.ok()) return PostError(done, st);
     if (length_bytes == 0) return fua ? Flush(done) : PostError(done, absl::OkStatus());
     // The caller's buffer is copied now; it may be reused as soon as we return.
+    if (offset_bytes % kBlockBytes == 0 && length_bytes % kBlockBytes == 0) {
+      // Whole blocks: copy once, straight into the aligned buffer the disks write from.
+      auto aligned = std::make_shared<AlignedBuffer>(length_bytes);
+      std::memcpy(aligned->data(), buf, length_bytes);
+      const uint64_t b0 = offset_bytes / kBlockBytes;
+      const uint64_t b1 = b0 + length_bytes / kBlockBytes;
+      auto alive = alive_;
+      LockBlocks(v, b0, b1, [this, alive, vsd, aligned, fua, done, b0, b1] {
+        if (!*alive) return;
+        WriteNewBlocks(vsd, b0, b1, aligned, [this, alive, vsd, b0, b1, fua, done](absl::Status st) {
+          if (!*alive) return;
+          UnlockBlocks(vsd, b0, b1);
+          if (st.ok() && fua) return Commit(done);
+          done(st);
+        });
+      });
+      return;
+    }
     auto data = std::make_shared<std::string>(static_cast<const char*>(buf), length_bytes);
     WriteBytes(vsd, offset_bytes, std::move(data), fua, std::move(done));
   }
@@ -1226,6 +1245,8 @@ class PoolImpl : public Pool {
             [this, alive, rg, ok_copies, r, chunk_id, buf](absl::Status st) {
               if (!*alive) return;
               if (st.ok()) {
+                // Marked on completion: a commit flushes only writes that completed.
+                dirty_disks_.insert(r.disk);
                 ++*ok_copies;
               } else {
                 NoteIoError(r.disk, st);
@@ -1680,6 +1701,7 @@ class PoolImpl : public Pool {
       if (!td || !DiskUsable(*td)) return finish(false);
       td->dev->Write(ReplicaOffset(target, 0), kChunkBytes, buf->data(), [=, this](absl::Status st) {
         if (!*alive) return;
+        if (st.ok()) dirty_disks_.insert(target.disk);
         if (!st.ok()) NoteIoError(target.disk, st);
         finish(st.ok());
       });
@@ -1923,10 +1945,13 @@ class PoolImpl : public Pool {
     commit_waiters_.clear();
     auto alive = alive_;
     // 1. Make every completed data write durable, on every disk.
+    // Only disks written since the last commit need a flush.
     std::vector<BlockDevice*> devs;
-    for (auto& [id, d] : disks_) {
-      if (DiskUsable(d)) devs.push_back(d.dev);
+    for (DiskId id : dirty_disks_) {
+      DiskState* d = FindDisk(id);
+      if (d && DiskUsable(*d)) devs.push_back(d->dev);
     }
+    dirty_disks_.clear();
     auto after_data = [this, alive, waiters](absl::Status st) {
       if (!*alive) return;
       // 2. Then the journal: records queued so far now describe durable data only.
@@ -2315,6 +2340,7 @@ class PoolImpl : public Pool {
   std::map<SnapshotId, std::unique_ptr<SnapshotState>> snapshots_;
   std::map<uint64_t, std::shared_ptr<BlockMap::Node>> ckpt_nodes_;
   std::set<DiskId> pending_resets_;
+  std::set<DiskId> dirty_disks_;  // written since the last commit's data flush
 
   uint64_t next_disk_ = 1, next_chunk_ = 1, next_vsd_ = 1, next_snapshot_ = 1;
 

@@ -1,0 +1,261 @@
+// Measures the Pool on real files (O_DIRECT + libaio) beside the raw device in the same
+// run, and prints the figures docs/BENCHMARKS.md records:
+//   bazel run -c opt //libscribe/bench:pool_benchmark -- [--dir=/var/tmp] [--gib=1]
+// Snapshot and clone latency include the durable metadata commit (fdatasync).
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "scribe/pool.h"
+#include "scribe/real_env.h"
+#include "scribe/sim_env.h"
+#include "scribe/status.h"
+
+namespace scribe {
+namespace {
+
+double Seconds(Loop* loop, int64_t since) { return (loop->NowNanos() - since) / 1e9; }
+
+template <typename T>
+T Must(Loop* loop, std::function<void(Pool::Done<T>)> op) {
+  std::optional<absl::StatusOr<T>> r;
+  op([&](absl::StatusOr<T> v) { r = std::move(v); });
+  loop->RunUntil([&] { return r.has_value(); }, 3600'000'000'000);
+  if (!r || !r->ok()) {
+    std::fprintf(stderr, "operation failed: %s\n", r ? r->status().ToString().c_str() : "timeout");
+    std::exit(1);
+  }
+  return std::move(**r);
+}
+
+void MustOk(Loop* loop, std::function<void(Pool::StatusDone)> op) {
+  std::optional<absl::Status> r;
+  op([&](absl::Status st) { r = st; });
+  loop->RunUntil([&] { return r.has_value(); }, 3600'000'000'000);
+  if (!r || !r->ok()) {
+    std::fprintf(stderr, "operation failed: %s\n", r ? r->ToString().c_str() : "timeout");
+    std::exit(1);
+  }
+}
+
+// Runs `ops` operations keeping `depth` in flight; `issue(i, done)` starts op i.
+double RunQueue(Loop* loop, int ops, int depth, const std::function<void(int, std::function<void(absl::Status)>)>& issue) {
+  int next = 0, completed = 0, in_flight = 0;
+  std::function<void()> pump;
+  pump = [&] {
+    while (in_flight < depth && next < ops) {
+      ++in_flight;
+      issue(next++, [&](absl::Status st) {
+        SCRIBE_CHECK(st.ok());
+        --in_flight;
+        ++completed;
+        pump();
+      });
+    }
+  };
+  const int64_t start = loop->NowNanos();
+  pump();
+  loop->RunUntil([&] { return completed == ops; }, 3600'000'000'000);
+  return Seconds(loop, start);
+}
+
+struct Files {
+  std::vector<std::string> paths;
+  std::vector<std::unique_ptr<BlockDevice>> devs;
+  ~Files() {
+    devs.clear();
+    for (auto& p : paths) unlink(p.c_str());
+  }
+};
+
+void OpenFiles(RealLoop* loop, Files* f, const std::string& dir, int n, uint64_t bytes, const char* tag) {
+  for (int i = 0; i < n; ++i) {
+    std::string path = dir + "/scribe_bench_" + tag + std::to_string(i) + "." + std::to_string(getpid());
+    unlink(path.c_str());
+    AioDeviceOptions o;
+    o.create_size_bytes = bytes;
+    auto d = OpenAioDevice(loop, path, o);
+    SCRIBE_CHECK(d.ok());
+    f->paths.push_back(path);
+    f->devs.push_back(std::move(*d));
+  }
+}
+
+std::unique_ptr<Pool> MakePool(RealLoop* loop, Random* random, Files* f, int per_node) {
+  std::vector<DiskSpec> specs;
+  for (size_t i = 0; i < f->devs.size(); ++i) {
+    specs.push_back(DiskSpec{NodeId{1 + i / per_node}, Tier::kHdd, f->devs[i].get()});
+  }
+  PoolOptions o;
+  o.metadata_bytes = 256ull << 20;
+  return Must<std::unique_ptr<Pool>>(loop, [&](auto done) { Pool::Create(loop, random, o, specs, done); });
+}
+
+int Main(int argc, char** argv) {
+  std::string dir = "/var/tmp";
+  uint64_t gib = 1;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a.rfind("--dir=", 0) == 0) dir = a.substr(6);
+    if (a.rfind("--gib=", 0) == 0) gib = std::stoull(a.substr(6));
+  }
+  auto loop = RealLoop::Create();
+  SeededRandom random(1);
+  const uint64_t data_bytes = gib << 30;
+
+  // ---- Throughput: raw files vs the pool (3 nodes, RF 2) on the same device.
+  {
+    Files raw;
+    OpenFiles(loop.get(), &raw, dir, 3, data_bytes + (64 << 20), "raw");
+    AlignedBuffer big(1 << 20), small(4096);
+    std::memset(big.data(), 0x5a, big.size());
+    const int seq_ops = static_cast<int>(data_bytes >> 20);
+    double t = RunQueue(loop.get(), seq_ops * 3, 8, [&](int i, auto done) {
+      raw.devs[i % 3]->Write(static_cast<uint64_t>(i / 3) << 20, 1 << 20, big.data(), done);
+    });
+    MustOk(loop.get(), [&](auto d) { raw.devs[0]->Flush(d); });
+    const double raw_seq = seq_ops * 3 / t;
+    const int rr_ops = 60000;
+    t = RunQueue(loop.get(), rr_ops, 32, [&](int i, auto done) {
+      uint64_t blk = random.Uniform(data_bytes / 4096);
+      raw.devs[i % 3]->Read(blk * 4096, 4096, small.data(), done);
+    });
+    const double raw_rr = rr_ops / t;
+    t = RunQueue(loop.get(), rr_ops, 32, [&](int i, auto done) {
+      uint64_t blk = random.Uniform(data_bytes / 4096);
+      raw.devs[i % 3]->Write(blk * 4096, 4096, small.data(), done);
+    });
+    const double raw_rw = rr_ops / t;
+
+    Files pf;
+    OpenFiles(loop.get(), &pf, dir, 3, data_bytes * 2 + (512 << 20), "pool");
+    auto pool = MakePool(loop.get(), &random, &pf, 1);
+    VsdId v = Must<VsdId>(loop.get(), [&](auto done) { pool->CreateVsd(VsdOptions{"bench", data_bytes * 3 / 2, 2}, done); });
+    t = RunQueue(loop.get(), seq_ops, 8, [&](int i, auto done) {
+      pool->Write(v, static_cast<uint64_t>(i) << 20, 1 << 20, big.data(), false, done);
+    });
+    MustOk(loop.get(), [&](auto d) { pool->Flush(d); });
+    const double pool_seq = seq_ops / t;
+    t = RunQueue(loop.get(), rr_ops, 32, [&](int, auto done) {
+      uint64_t blk = random.Uniform(data_bytes / 4096);
+      pool->Read(v, blk * 4096, 4096, small.data(), done);
+    });
+    const double pool_rr = rr_ops / t;
+    t = RunQueue(loop.get(), rr_ops, 32, [&](int, auto done) {
+      uint64_t blk = random.Uniform(data_bytes / 4096);
+      pool->Write(v, blk * 4096, 4096, small.data(), false, done);
+    });
+    const double pool_rw = rr_ops / t;
+    std::printf("seq 1MiB write QD8: raw %.0f MiB/s, pool RF2 %.0f MiB/s, ratio %.2f\n", raw_seq, pool_seq, pool_seq / raw_seq);
+    std::printf("rand 4KiB read QD32: raw %.0f IOPS, pool %.0f IOPS, ratio %.2f\n", raw_rr, pool_rr, pool_rr / raw_rr);
+    std::printf("rand 4KiB write QD32: raw %.0f IOPS, pool RF2 %.0f IOPS, ratio %.2f\n", raw_rw, pool_rw, pool_rw / raw_rw);
+  }
+
+  // ---- Wide striping: 1 GiB sequential onto 6 equal disks on 3 nodes.
+  {
+    Files pf;
+    OpenFiles(loop.get(), &pf, dir, 6, (2ull << 30), "stripe");
+    auto pool = MakePool(loop.get(), &random, &pf, 2);
+    VsdId v = Must<VsdId>(loop.get(), [&](auto done) { pool->CreateVsd(VsdOptions{"s", 1ull << 30, 2}, done); });
+    AlignedBuffer big(1 << 20);
+    RunQueue(loop.get(), 1024, 8, [&](int i, auto done) {
+      pool->Write(v, static_cast<uint64_t>(i) << 20, 1 << 20, big.data(), false, done);
+    });
+    uint64_t lo = UINT64_MAX, hi = 0;
+    for (const DiskInfo& d : pool->ListDisks()) {
+      lo = std::min(lo, d.chunks);
+      hi = std::max(hi, d.chunks);
+    }
+    std::printf("striping 1 GiB over 6 disks: chunks per disk min %lu max %lu, ratio %.3f\n",
+                static_cast<unsigned long>(lo), static_cast<unsigned long>(hi), double(hi) / double(lo));
+  }
+
+  // ---- Snapshots, clones and diffs on thin VSDs.
+  {
+    Files pf;
+    OpenFiles(loop.get(), &pf, dir, 3, (3ull << 30), "snap");
+    auto pool = MakePool(loop.get(), &random, &pf, 1);
+    VsdId v = Must<VsdId>(loop.get(), [&](auto done) { pool->CreateVsd(VsdOptions{"v64", 64ull << 30, 2}, done); });
+    AlignedBuffer big(1 << 20), small(4096);
+    // 256 MiB written, spread over the 64 GiB address space.
+    RunQueue(loop.get(), 256, 8, [&](int i, auto done) {
+      pool->Write(v, static_cast<uint64_t>(i) << 28, 1 << 20, big.data(), false, done);
+    });
+    std::vector<double> lat_ms;
+    for (int i = 0; i < 1000; ++i) {
+      MustOk(loop.get(), [&](auto d) { pool->Write(v, random.Uniform(16 << 20) * 4096, 4096, small.data(), false, d); });
+      const int64_t start = loop->NowNanos();
+      Must<SnapshotId>(loop.get(), [&](auto done) { pool->CreateSnapshot(v, "s" + std::to_string(i), done); });
+      lat_ms.push_back(Seconds(loop.get(), start) * 1e3);
+    }
+    double avg_first = 0, avg_last = 0;
+    for (int i = 0; i < 10; ++i) {
+      avg_first += lat_ms[i] / 10;
+      avg_last += lat_ms[990 + i] / 10;
+    }
+    std::printf("snapshot create, 64 GiB VSD (durable): 1st %.3f ms, 1000th %.3f ms (avg of snapshots 1-10: %.3f ms, 991-1000: %.3f ms)\n",
+                lat_ms[0], lat_ms[999], avg_first, avg_last);
+    // Clone time versus VSD size.
+    VsdId small_v = Must<VsdId>(loop.get(), [&](auto done) { pool->CreateVsd(VsdOptions{"v1", 1ull << 30, 2}, done); });
+    RunQueue(loop.get(), 64, 8, [&](int i, auto done) {
+      pool->Write(small_v, static_cast<uint64_t>(i) << 24, 1 << 20, big.data(), false, done);
+    });
+    int64_t start = loop->NowNanos();
+    Must<VsdId>(loop.get(), [&](auto done) { pool->CloneVsd(small_v, "clone1", done); });
+    const double clone_small = Seconds(loop.get(), start) * 1e3;
+    start = loop->NowNanos();
+    Must<VsdId>(loop.get(), [&](auto done) { pool->CloneVsd(v, "clone64", done); });
+    const double clone_big = Seconds(loop.get(), start) * 1e3;
+    std::printf("clone (durable): 1 GiB VSD %.3f ms, 64 GiB VSD with 1000 snapshots %.3f ms\n", clone_small, clone_big);
+  }
+  {
+    // Diff cost: 1% vs 100% of a fully written VSD changed.
+    Files pf;
+    OpenFiles(loop.get(), &pf, dir, 3, data_bytes * 3 + (512 << 20), "diff");
+    auto pool = MakePool(loop.get(), &random, &pf, 1);
+    VsdId v = Must<VsdId>(loop.get(), [&](auto done) { pool->CreateVsd(VsdOptions{"d", data_bytes, 2}, done); });
+    AlignedBuffer big(1 << 20);
+    const int mib = static_cast<int>(data_bytes >> 20);
+    auto write_range = [&](int first_mib, int count) {
+      RunQueue(loop.get(), count, 8, [&](int i, auto done) {
+        pool->Write(v, static_cast<uint64_t>(first_mib + i) << 20, 1 << 20, big.data(), false, done);
+      });
+    };
+    write_range(0, mib);
+    SnapshotId s0 = Must<SnapshotId>(loop.get(), [&](auto done) { pool->CreateSnapshot(v, "s0", done); });
+    write_range(mib / 2, std::max(1, mib / 100));
+    SnapshotId s1 = Must<SnapshotId>(loop.get(), [&](auto done) { pool->CreateSnapshot(v, "s1", done); });
+    write_range(0, mib);
+    SnapshotId s2 = Must<SnapshotId>(loop.get(), [&](auto done) { pool->CreateSnapshot(v, "s2", done); });
+    auto time_diff = [&](SnapshotId a, SnapshotId b, uint64_t* bytes) {
+      const int reps = 20;
+      const int64_t start = loop->NowNanos();
+      for (int r = 0; r < reps; ++r) {
+        auto d = pool->Diff(a, b);
+        SCRIBE_CHECK(d.ok());
+        *bytes = 0;
+        for (auto& e : *d) *bytes += e.length_bytes;
+      }
+      return Seconds(loop.get(), start) * 1e3 / reps;
+    };
+    uint64_t b1 = 0, b100 = 0;
+    const double d1 = time_diff(s0, s1, &b1);
+    const double d100 = time_diff(s1, s2, &b100);
+    std::printf("diff of a %lu GiB VSD: 1%% changed (%lu MiB) %.3f ms, 100%% changed (%lu MiB) %.3f ms, speedup %.1fx\n",
+                static_cast<unsigned long>(gib), static_cast<unsigned long>(b1 >> 20), d1,
+                static_cast<unsigned long>(b100 >> 20), d100, d100 / d1);
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace scribe
+
+int main(int argc, char** argv) { return scribe::Main(argc, argv); }
