@@ -151,35 +151,45 @@ class PoolImpl : public Pool {
     std::string enc = EncodeSuperblock(sb);
     std::memcpy(buf->data(), enc.data(), enc.size());
     BlockDevice* dev = spec.device;
-    // Clear the start of the metadata region so an older pool's journal is not replayed.
-    auto meta = std::make_shared<AlignedBuffer>(kBlockBytes * 2);
     auto alive = alive_;
-    dev->Write(0, kSuperblockBytes, buf->data(), [=, this](absl::Status st) {
+    auto finish = [=, this](absl::Status st) {
       if (!*alive) return;
       if (!st.ok()) return done(st);
-      dev->Write(kSuperblockBytes, kBlockBytes, meta->data(), [=, this](absl::Status st) {
+      Encoder e;
+      e.U8(kRecAddDisk);
+      e.U64(id.value);
+      e.U64(spec.node.value);
+      e.U8(static_cast<uint8_t>(spec.tier));
+      e.U64(dev->size_bytes());
+      Mutate(e.out());
+      disks_[id].dev = dev;
+      done(id);
+    };
+    // Zero the whole metadata region: an older pool's journal must not be replayed,
+    // and later journal writes then overwrite allocated space, which keeps their
+    // flushes cheap on files. Then the superblock, then a flush.
+    ZeroRange(dev, kSuperblockBytes, 2 * half_bytes_, [=, this](absl::Status st) {
+      if (!*alive) return;
+      if (!st.ok()) return finish(st);
+      dev->Write(0, kSuperblockBytes, buf->data(), [=](absl::Status st) {
         if (!*alive) return;
-        if (!st.ok()) return done(st);
-        dev->Write(kSuperblockBytes + half_bytes_, kBlockBytes, meta->data(),
-                   [=, this](absl::Status st) {
-                     if (!*alive) return;
-                     if (!st.ok()) return done(st);
-                     dev->Flush([=, this](absl::Status st) {
-                       if (!*alive) return;
-                       if (!st.ok()) return done(st);
-                       Encoder e;
-                       e.U8(kRecAddDisk);
-                       e.U64(id.value);
-                       e.U64(spec.node.value);
-                       e.U8(static_cast<uint8_t>(spec.tier));
-                       e.U64(dev->size_bytes());
-                       Mutate(e.out());
-                       disks_[id].dev = dev;
-                       (void)buf;
-                       done(id);
-                     });
-                   });
+        if (!st.ok()) return finish(st);
+        dev->Flush([=](absl::Status st) { finish(st); });
       });
+    });
+  }
+
+  void ZeroRange(BlockDevice* dev, uint64_t offset, uint64_t length, StatusDone done,
+                 std::shared_ptr<AlignedBuffer> zeros = nullptr) {
+    constexpr uint64_t kPieceBytes = 4 << 20;
+    if (length == 0) return done(absl::OkStatus());
+    if (!zeros) zeros = std::make_shared<AlignedBuffer>(kPieceBytes);
+    const uint64_t n = std::min(length, kPieceBytes);
+    auto alive = alive_;
+    dev->Write(offset, n, zeros->data(), [=, this](absl::Status st) {
+      if (!*alive) return;
+      if (!st.ok()) return done(st);
+      ZeroRange(dev, offset + n, length - n, done, zeros);
     });
   }
 
@@ -190,6 +200,11 @@ class PoolImpl : public Pool {
     Apply(d);
     SCRIBE_CHECK(d.ok() && d.done());
     pending_records_.append(rec);
+    // Bound what a crash can lose and what one batch holds: commit in the background
+    // once enough metadata is pending, even if nobody flushes.
+    if (pending_records_.size() > kPendingRecordBytesMax && !committing_) {
+      Commit([](absl::Status) {});
+    }
   }
 
   DiskState* FindDisk(DiskId id) {
@@ -343,15 +358,24 @@ class PoolImpl : public Pool {
         break;
       }
       case kRecMap: {
+        // A run: `count` consecutive logical blocks onto consecutive blocks of a chunk.
         VsdState* v = FindVsdState(VsdId{d.U64()});
         const uint64_t lba = d.U64();
         MapEntry e;
         e.chunk = d.U64();
-        e.block = d.U32();
-        e.crc = d.U32();
+        const uint32_t first = d.U32();
+        const uint32_t count = d.U32();
         ChunkState* c = FindChunk(e.chunk);
-        if (c) c->crc[e.block] = e.crc;
-        if (v && lba < v->map.capacity_blocks()) v->map.Set(lba, e);
+        if (count > kBlocksPerChunk || first > kBlocksPerChunk - count) {
+          d.Raw(nullptr, SIZE_MAX);  // malformed: fail the batch
+          break;
+        }
+        for (uint32_t i = 0; i < count && d.ok(); ++i) {
+          e.block = first + i;
+          e.crc = d.U32();
+          if (c) c->crc[e.block] = e.crc;
+          if (v && lba + i < v->map.capacity_blocks()) v->map.Set(lba + i, e);
+        }
         break;
       }
       case kRecUnmap: {
@@ -1044,26 +1068,30 @@ class PoolImpl : public Pool {
 
   // Per-VSD block locks serialise writes that touch the same 4 KiB block (a partial
   // block write is a read-modify-write).
+  static bool Overlaps(const std::map<uint64_t, uint64_t>& locked, uint64_t b0, uint64_t b1) {
+    auto it = locked.upper_bound(b0);
+    if (it != locked.begin() && std::prev(it)->second > b0) return true;
+    return it != locked.end() && it->first < b1;
+  }
+
   void LockBlocks(VsdState* v, uint64_t b0, uint64_t b1, std::function<void()> fn) {
-    auto it = v->locked.lower_bound(b0);
-    if ((it != v->locked.end() && *it < b1) || !v->waiters.empty()) {
+    if (Overlaps(v->locked, b0, b1) || !v->waiters.empty()) {
       v->waiters.push_back(LockWaiter{b0, b1, std::move(fn)});
       return;
     }
-    for (uint64_t b = b0; b < b1; ++b) v->locked.insert(b);
+    v->locked.emplace(b0, b1);
     fn();
   }
 
   void UnlockBlocks(VsdId vsd, uint64_t b0, uint64_t b1) {
     VsdState* v = FindVsdState(vsd);
     if (!v) return;
-    for (uint64_t b = b0; b < b1; ++b) v->locked.erase(b);
+    v->locked.erase(b0);
     // Start waiters in arrival order while they can run.
     while (!v->waiters.empty()) {
       LockWaiter& w = v->waiters.front();
-      auto it = v->locked.lower_bound(w.b0);
-      if (it != v->locked.end() && *it < w.b1) break;
-      for (uint64_t b = w.b0; b < w.b1; ++b) v->locked.insert(b);
+      if (Overlaps(v->locked, w.b0, w.b1)) break;
+      v->locked.emplace(w.b0, w.b1);
       auto fn = std::move(w.fn);
       v->waiters.pop_front();
       loop_->Post(std::move(fn));
@@ -1077,17 +1105,22 @@ class PoolImpl : public Pool {
     absl::Status st = CheckIo(v, offset_bytes, length_bytes);
     if (!st.ok()) return PostError(done, st);
     if (length_bytes == 0) return fua ? Flush(done) : PostError(done, absl::OkStatus());
-    // The caller's buffer is copied now; it may be reused as soon as we return.
     if (offset_bytes % kBlockBytes == 0 && length_bytes % kBlockBytes == 0) {
-      // Whole blocks: copy once, straight into the aligned buffer the disks write from.
-      auto aligned = std::make_shared<AlignedBuffer>(length_bytes);
-      std::memcpy(aligned->data(), buf, length_bytes);
+      // Whole blocks: the disks write straight from the caller's buffer when it is
+      // aligned for direct I/O (it stays valid until `done`), else from one copy.
+      const uint8_t* data = static_cast<const uint8_t*>(buf);
+      std::shared_ptr<AlignedBuffer> copy;
+      if (reinterpret_cast<uintptr_t>(buf) % BlockDevice::kBufferAlignment != 0) {
+        copy = std::make_shared<AlignedBuffer>(length_bytes);
+        std::memcpy(copy->data(), buf, length_bytes);
+        data = copy->data();
+      }
       const uint64_t b0 = offset_bytes / kBlockBytes;
       const uint64_t b1 = b0 + length_bytes / kBlockBytes;
       auto alive = alive_;
-      LockBlocks(v, b0, b1, [this, alive, vsd, aligned, fua, done, b0, b1] {
+      LockBlocks(v, b0, b1, [this, alive, vsd, data, copy, fua, done, b0, b1] {
         if (!*alive) return;
-        WriteNewBlocks(vsd, b0, b1, aligned, [this, alive, vsd, b0, b1, fua, done](absl::Status st) {
+        WriteNewBlocks(vsd, b0, b1, data, copy, [this, alive, vsd, b0, b1, fua, done](absl::Status st) {
           if (!*alive) return;
           UnlockBlocks(vsd, b0, b1);
           if (st.ok() && fua) return Commit(done);
@@ -1096,6 +1129,7 @@ class PoolImpl : public Pool {
       });
       return;
     }
+    // Partial blocks: the caller's bytes are kept until the edge blocks are read.
     auto data = std::make_shared<std::string>(static_cast<const char*>(buf), length_bytes);
     WriteBytes(vsd, offset_bytes, std::move(data), fua, std::move(done));
   }
@@ -1123,7 +1157,7 @@ class PoolImpl : public Pool {
         if (!*alive) return;
         if (!st.ok()) return unlock_done(st);
         std::memcpy(buf->data() + head, data->data(), data->size());
-        WriteNewBlocks(vsd, b0, b1, buf, unlock_done);
+        WriteNewBlocks(vsd, b0, b1, buf->data(), buf, unlock_done);
       };
       const bool partial_head = head != 0;
       const bool partial_tail = end != (b1 - b0) * kBlockBytes;
@@ -1147,15 +1181,17 @@ class PoolImpl : public Pool {
 
   // Writes whole blocks [b0, b1) from `buf` to newly allocated blocks on every copy,
   // then points the map at them.
-  void WriteNewBlocks(VsdId vsd, uint64_t b0, uint64_t b1, std::shared_ptr<AlignedBuffer> buf,
-                      StatusDone done) {
+  // `data` is aligned for direct I/O and stays valid (held by `hold`, or by the caller
+  // until `done`) while the disks write it.
+  void WriteNewBlocks(VsdId vsd, uint64_t b0, uint64_t b1, const uint8_t* data,
+                      std::shared_ptr<AlignedBuffer> hold, StatusDone done) {
     VsdState* v = FindVsdState(vsd);
     if (!v) return done(NotFound(vsd));
     auto blocks = AllocateBlocks(v, b1 - b0);
     if (!blocks.ok()) return done(blocks.status());
     auto entries = std::make_shared<std::vector<MapEntry>>(std::move(*blocks));
     for (uint64_t i = 0; i < entries->size(); ++i) {
-      (*entries)[i].crc = Crc32c(buf->data() + i * kBlockBytes, kBlockBytes);
+      (*entries)[i].crc = Crc32c(data + i * kBlockBytes, kBlockBytes);
     }
     // Group consecutive blocks of one chunk into one device write per copy.
     struct Run {
@@ -1185,24 +1221,32 @@ class PoolImpl : public Pool {
                                 "write failed on every copy of a chunk"));
                           }
                           VsdState* v = FindVsdState(vsd);
-                          for (size_t i = 0; i < entries->size(); ++i) {
-                            const MapEntry& e = (*entries)[i];
+                          for (const MapEntry& e : *entries) {
                             ChunkState* c = FindChunk(e.chunk);
-                            // The map now references it: no longer merely reserved.
+                            // The map is about to reference it: no longer merely reserved.
                             c->busy[e.block] = false;
                             --c->used;
-                            if (v) {
-                              Encoder rec;
-                              rec.U8(kRecMap);
-                              rec.U64(vsd.value);
-                              rec.U64(b0 + i);
-                              rec.U64(e.chunk);
-                              rec.U32(e.block);
-                              rec.U32(e.crc);
-                              Mutate(rec.out());
-                            } else {
-                              MaybeFreeChunk(c);
+                          }
+                          if (!v) {
+                            for (const MapEntry& e : *entries) MaybeFreeChunk(FindChunk(e.chunk));
+                          }
+                          // One record per run of consecutive blocks in one chunk.
+                          for (size_t i = 0; v && i < entries->size();) {
+                            size_t j = i + 1;
+                            while (j < entries->size() && (*entries)[j].chunk == (*entries)[i].chunk &&
+                                   (*entries)[j].block == (*entries)[j - 1].block + 1) {
+                              ++j;
                             }
+                            Encoder rec;
+                            rec.U8(kRecMap);
+                            rec.U64(vsd.value);
+                            rec.U64(b0 + i);
+                            rec.U64((*entries)[i].chunk);
+                            rec.U32((*entries)[i].block);
+                            rec.U32(static_cast<uint32_t>(j - i));
+                            for (size_t k = i; k < j; ++k) rec.U32((*entries)[k].crc);
+                            Mutate(rec.out());
+                            i = j;
                           }
                           done(v ? absl::OkStatus() : NotFound(vsd));
                         });
@@ -1241,8 +1285,8 @@ class PoolImpl : public Pool {
       for (const Replica& r : targets) {
         disks_.at(r.disk).dev->Write(
             ReplicaOffset(r, first.block), run.count * kBlockBytes,
-            buf->data() + run.first * kBlockBytes,
-            [this, alive, rg, ok_copies, r, chunk_id, buf](absl::Status st) {
+            data + run.first * kBlockBytes,
+            [this, alive, rg, ok_copies, r, chunk_id, hold](absl::Status st) {
               if (!*alive) return;
               if (st.ok()) {
                 // Marked on completion: a commit flushes only writes that completed.
@@ -2322,6 +2366,7 @@ class PoolImpl : public Pool {
 
  private:
   static constexpr int kErrorsToFailDisk = 3;
+  static constexpr size_t kPendingRecordBytesMax = 4 << 20;
 
   Loop* loop_;
   Random* random_;

@@ -38,7 +38,7 @@ enum RecordType : uint8_t {
   kRecCreateVsd,
   kRecDeleteVsd,
   kRecResizeVsd,
-  kRecMap,          // vsd, lba, chunk, block, crc
+  kRecMap,          // vsd, lba, chunk, first block, count, crc x count
   kRecUnmap,        // vsd, lba, count
   kRecSnapshot,
   kRecDeleteSnapshot,
@@ -96,7 +96,7 @@ struct VsdState {
   BlockMap map;
   uint64_t open_chunk = 0;
   std::vector<SnapshotId> snapshots;
-  absl::btree_set<uint64_t> locked;
+  std::map<uint64_t, uint64_t> locked;  // write-locked block ranges [b0, b1)
   std::deque<LockWaiter> waiters;
 };
 
