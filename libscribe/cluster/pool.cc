@@ -171,11 +171,11 @@ class PoolImpl : public Pool {
     ZeroRange(dev, kSuperblockBytes, 2 * half_bytes_, [=, this](absl::Status st) {
       if (!*alive) return;
       if (!st.ok()) return finish(st);
-      dev->Write(0, kSuperblockBytes, buf->data(), [=](absl::Status st) {
+      dev->Write(0, kSuperblockBytes, buf->data(), Timed([=](absl::Status st) {
         if (!*alive) return;
         if (!st.ok()) return finish(st);
-        dev->Flush([=](absl::Status st) { finish(st); });
-      });
+        dev->Flush(Timed([=](absl::Status st) { finish(st); }));
+      }));
     });
   }
 
@@ -186,11 +186,40 @@ class PoolImpl : public Pool {
     if (!zeros) zeros = std::make_shared<AlignedBuffer>(kPieceBytes);
     const uint64_t n = std::min(length, kPieceBytes);
     auto alive = alive_;
-    dev->Write(offset, n, zeros->data(), [=, this](absl::Status st) {
+    dev->Write(offset, n, zeros->data(), Timed([=, this](absl::Status st) {
       if (!*alive) return;
       if (!st.ok()) return done(st);
       ZeroRange(dev, offset + n, length - n, done, zeros);
+    }));
+  }
+
+  // Wraps a device callback so it runs exactly once: on completion, or with UNAVAILABLE
+  // after `io_timeout_ns` when the disk (or, later, its node) stops answering. The
+  // original callback, and the buffers it holds, live until the device really finishes.
+  BlockDevice::Callback Timed(BlockDevice::Callback cb) {
+    struct State {
+      bool fired = false;
+      BlockDevice::Callback cb;
+    };
+    auto state = std::make_shared<State>();
+    state->cb = std::move(cb);
+    auto alive = alive_;
+    const Loop::TimerId timer = loop_->RunAfter(options_.io_timeout_ns, [state, alive] {
+      if (!*alive || state->fired) return;
+      state->fired = true;
+      BlockDevice::Callback copy = state->cb;
+      copy(absl::UnavailableError("I/O timed out: the disk stopped answering"));
     });
+    return [this, state, alive, timer](absl::Status st) {
+      if (state->fired) {
+        state->cb = nullptr;
+        return;
+      }
+      state->fired = true;
+      if (*alive) loop_->Cancel(timer);
+      BlockDevice::Callback cb = std::move(state->cb);
+      cb(st);
+    };
   }
 
   // ---------------------------------------------------------------- records
@@ -955,7 +984,7 @@ class PoolImpl : public Pool {
     if (it == disks_.end() || !DiskUsable(it->second)) return TryReplica(s, i + 1);
     auto alive = alive_;
     it->second.dev->Read(ReplicaOffset(r, s->block), s->count * kBlockBytes, s->buf.data(),
-                         [this, alive, s, i, r](absl::Status st) {
+                         Timed([this, alive, s, i, r](absl::Status st) {
                            if (!*alive) return;
                            if (!st.ok()) {
                              NoteIoError(r.disk, st);
@@ -972,7 +1001,7 @@ class PoolImpl : public Pool {
                            std::memcpy(s->dst, s->buf.data(), s->count * kBlockBytes);
                            for (const Replica& b : s->bad) Repair(b, s->chunk, s->block, s->count, s->buf.data());
                            s->done(absl::OkStatus());
-                         });
+                         }));
   }
 
   // Rewrites a copy that failed its checksum with good data (the block's contents never
@@ -984,15 +1013,15 @@ class PoolImpl : public Pool {
     std::memcpy(buf->data(), good, count * kBlockBytes);
     auto alive = alive_;
     it->second.dev->Write(ReplicaOffset(r, block), count * kBlockBytes, buf->data(),
-                          [this, alive, buf, r](absl::Status st) {
+                          Timed([this, alive, buf, r, chunk](absl::Status st) {
                             if (!*alive) return;
                             if (st.ok()) {
-                              dirty_disks_.insert(r.disk);
+                              unflushed_chunks_[r.disk].insert(chunk);
                               ++repaired_;
                             } else {
                               NoteIoError(r.disk, st);
                             }
-                          });
+                          }));
   }
 
   // An I/O error on a disk: EIO-class errors fail the disk (its chunks are re-mirrored).
@@ -1006,6 +1035,26 @@ class PoolImpl : public Pool {
     if (++d_errors_[disk] < kErrorsToFailDisk) return;
     FailDiskNow(disk, false);
     Commit([](absl::Status) {});
+  }
+
+  // Marks the copies on `disk` of `chunks` stale (they may lack recent writes).
+  void MarkStale(DiskId disk, std::set<uint64_t> chunks) {  // a copy: Mutate may commit
+    bool any = false;
+    for (uint64_t id : chunks) {
+      ChunkState* c = FindChunk(id);
+      if (!c) continue;
+      for (const Replica& r : c->replicas) {
+        if (r.disk != disk || r.stale) continue;
+        Encoder rec;
+        rec.U8(kRecStale);
+        rec.U64(id);
+        rec.U64(disk.value);
+        rec.U8(1);
+        Mutate(rec.out());
+        any = true;
+      }
+    }
+    if (any) Heal();
   }
 
   void FailDiskNow(DiskId disk, bool evicted) {
@@ -1286,11 +1335,11 @@ class PoolImpl : public Pool {
         disks_.at(r.disk).dev->Write(
             ReplicaOffset(r, first.block), run.count * kBlockBytes,
             data + run.first * kBlockBytes,
-            [this, alive, rg, ok_copies, r, chunk_id, hold](absl::Status st) {
+            Timed([this, alive, rg, ok_copies, r, chunk_id, hold](absl::Status st) {
               if (!*alive) return;
               if (st.ok()) {
                 // Marked on completion: a commit flushes only writes that completed.
-                dirty_disks_.insert(r.disk);
+                unflushed_chunks_[r.disk].insert(chunk_id);
                 ++*ok_copies;
               } else {
                 NoteIoError(r.disk, st);
@@ -1306,7 +1355,7 @@ class PoolImpl : public Pool {
                 }
               }
               rg->Finish(absl::OkStatus());
-            });
+            }));
       }
     }
   }
@@ -1508,6 +1557,15 @@ class PoolImpl : public Pool {
 
   void SetNodeOnline(NodeId node, bool online) override {
     nodes_online_[node] = online;
+    if (!online) {
+      // Writes its disks took since their last flush may be lost if the node crashed.
+      for (auto& [id, d] : disks_) {
+        if (d.node != node) continue;
+        MarkStale(id, unflushed_chunks_[id]);
+        MarkStale(id, flushing_chunks_[id]);
+        unflushed_chunks_.erase(id);
+      }
+    }
     for (auto& [id, v] : vsds_) {
       if (ChunkState* c = v->open_chunk ? FindChunk(v->open_chunk) : nullptr) {
         for (const Replica& r : c->replicas) {
@@ -1743,12 +1801,12 @@ class PoolImpl : public Pool {
       if (!st.ok() || !c) return finish(false);
       DiskState* td = FindDisk(target.disk);
       if (!td || !DiskUsable(*td)) return finish(false);
-      td->dev->Write(ReplicaOffset(target, 0), kChunkBytes, buf->data(), [=, this](absl::Status st) {
+      td->dev->Write(ReplicaOffset(target, 0), kChunkBytes, buf->data(), Timed([=, this](absl::Status st) {
         if (!*alive) return;
-        if (st.ok()) dirty_disks_.insert(target.disk);
+        if (st.ok()) unflushed_chunks_[target.disk].insert(chunk_id);
         if (!st.ok()) NoteIoError(target.disk, st);
         finish(st.ok());
-      });
+      }));
     });
     return true;
   }
@@ -1762,7 +1820,7 @@ class PoolImpl : public Pool {
     DiskState* d = FindDisk(r.disk);
     if (!d || !DiskUsable(*d)) return ReadWholeChunk(chunk_id, sources, i + 1, buf, done);
     auto alive = alive_;
-    d->dev->Read(ReplicaOffset(r, 0), kChunkBytes, buf->data(), [=, this](absl::Status st) {
+    d->dev->Read(ReplicaOffset(r, 0), kChunkBytes, buf->data(), Timed([=, this](absl::Status st) {
       if (!*alive) return;
       ChunkState* c = FindChunk(chunk_id);
       if (!c) return done(absl::NotFoundError("chunk freed"));
@@ -1800,7 +1858,7 @@ class PoolImpl : public Pool {
         one->done = [g](absl::Status st) { g->Finish(st); };
         TryReplica(one, 0);
       }
-    });
+    }));
   }
 
   // ---------------------------------------------------------------- scrub
@@ -1862,10 +1920,10 @@ class PoolImpl : public Pool {
     });
     for (size_t k = 0; k < copies.size(); ++k) {
       disks_.at(copies[k].disk).dev->Read(ReplicaOffset(copies[k], 0), kChunkBytes, (*bufs)[k].data(),
-                                          [g, statuses, k](absl::Status st) {
+                                          Timed([g, statuses, k](absl::Status st) {
                                             (*statuses)[k] = st;
                                             g->Finish(absl::OkStatus());
-                                          });
+                                          }));
     }
     g->Finish(absl::OkStatus());
   }
@@ -1988,14 +2046,15 @@ class PoolImpl : public Pool {
     auto waiters = std::make_shared<std::vector<StatusDone>>(std::move(commit_waiters_));
     commit_waiters_.clear();
     auto alive = alive_;
-    // 1. Make every completed data write durable, on every disk.
-    // Only disks written since the last commit need a flush.
-    std::vector<BlockDevice*> devs;
-    for (DiskId id : dirty_disks_) {
+    // 1. Make every completed data write durable: flush each disk written since the
+    // last commit.
+    std::vector<DiskId> devs;
+    flushing_chunks_ = std::move(unflushed_chunks_);
+    unflushed_chunks_.clear();
+    for (const auto& [id, chunks] : flushing_chunks_) {
       DiskState* d = FindDisk(id);
-      if (d && DiskUsable(*d)) devs.push_back(d->dev);
+      if (d && DiskUsable(*d)) devs.push_back(id);
     }
-    dirty_disks_.clear();
     auto after_data = [this, alive, waiters](absl::Status st) {
       if (!*alive) return;
       // 2. Then the journal: records queued so far now describe durable data only.
@@ -2015,16 +2074,18 @@ class PoolImpl : public Pool {
     };
     if (devs.empty()) return after_data(absl::OkStatus());
     auto g = MakeGather(static_cast<int>(devs.size()), after_data);
-    for (BlockDevice* dev : devs) {
-      dev->Flush([this, alive, g, dev](absl::Status st) {
+    for (DiskId id : devs) {
+      disks_.at(id).dev->Flush(Timed([this, alive, g, id](absl::Status st) {
         if (!*alive) return;
         if (!st.ok()) {
-          for (auto& [id, d] : disks_) {
-            if (d.dev == dev) NoteIoError(id, st);
-          }
+          // Its recent writes may not be durable: those copies are stale until rebuilt
+          // from the others.
+          NoteIoError(id, st);
+          MarkStale(id, flushing_chunks_[id]);
         }
+        flushing_chunks_.erase(id);
         g->Finish(absl::OkStatus());
-      });
+      }));
     }
   }
 
@@ -2100,14 +2161,14 @@ class PoolImpl : public Pool {
                         });
     for (DiskId m : mirrors) {
       BlockDevice* dev = disks_.at(m).dev;
-      dev->Write(at, total, data->data(), [this, alive, g, ok_mirrors, dev, m, data](absl::Status st) {
+      dev->Write(at, total, data->data(), Timed([this, alive, g, ok_mirrors, dev, m, data](absl::Status st) {
         if (!*alive) return;
         if (!st.ok()) {
           need_checkpoint_ = true;  // this mirror missed a batch: rewrite all later
           NoteIoError(m, st);
           return g->Finish(absl::OkStatus());
         }
-        dev->Flush([this, alive, g, ok_mirrors, m](absl::Status st) {
+        dev->Flush(Timed([this, alive, g, ok_mirrors, m](absl::Status st) {
           if (!*alive) return;
           if (st.ok()) {
             ++*ok_mirrors;
@@ -2116,8 +2177,8 @@ class PoolImpl : public Pool {
             NoteIoError(m, st);
           }
           g->Finish(absl::OkStatus());
-        });
-      });
+        }));
+      }));
     }
   }
 
@@ -2338,6 +2399,12 @@ class PoolImpl : public Pool {
       auto frees = std::move(pending_frees_);
       pending_frees_.clear();
       ReleaseFrees(std::move(frees));
+      // Chunks allocated for writes that never completed before the crash hold nothing.
+      std::vector<uint64_t> ids;
+      for (const auto& [id, c] : chunks_) ids.push_back(id);
+      for (uint64_t id : ids) {
+        if (ChunkState* c = FindChunk(id)) MaybeFreeChunk(c);
+      }
       pending_records_.clear();
       need_checkpoint_ = true;  // start a fresh epoch on the current mirrors
       ChooseMirrors();
@@ -2385,7 +2452,10 @@ class PoolImpl : public Pool {
   std::map<SnapshotId, std::unique_ptr<SnapshotState>> snapshots_;
   std::map<uint64_t, std::shared_ptr<BlockMap::Node>> ckpt_nodes_;
   std::set<DiskId> pending_resets_;
-  std::set<DiskId> dirty_disks_;  // written since the last commit's data flush
+  // Chunks written on each disk since its last flush, and those in the flush running
+  // now: the copies a crash or outage of that disk may have lost.
+  std::map<DiskId, std::set<uint64_t>> unflushed_chunks_;
+  std::map<DiskId, std::set<uint64_t>> flushing_chunks_;
 
   uint64_t next_disk_ = 1, next_chunk_ = 1, next_vsd_ = 1, next_snapshot_ = 1;
 

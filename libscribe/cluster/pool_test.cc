@@ -272,6 +272,41 @@ TEST(Pool, NodeOutageThenRejoinCatchesUp) {
   EXPECT_EQ(*p.Read(v, 0, 8192), Pattern('o', 2 << 20).substr(0, 4096) + Pattern('p', 4096));
 }
 
+TEST(Pool, NodeCrashLosingUnflushedWritesIsCaughtUpOnRejoin) {
+  SimPool p(2, 1);
+  VsdId v = p.Create("d", 4 << 20);
+  ASSERT_TRUE(p.Write(v, 0, Pattern('u', 1 << 20)).ok());  // acked, not flushed
+  p.pool_->SetNodeOnline(NodeId{2}, false);
+  p.disks_[1]->PowerCut(PowerLossMode::kDropAll);  // node 2 crashed: its copy is gone
+  ASSERT_TRUE(p.Flush().ok());                      // durable on node 1 only
+  p.pool_->SetNodeOnline(NodeId{2}, true);
+  ASSERT_TRUE(p.WaitRedundant());
+  // Node 2's copy must have been caught up: read with node 1 away.
+  p.pool_->SetNodeOnline(NodeId{1}, false);
+  EXPECT_EQ(*p.Read(v, 0, 1 << 20), Pattern('u', 1 << 20));
+}
+
+TEST(Pool, DiskThatStopsAnsweringTimesOutInsteadOfHanging) {
+  SimPool p(3, 1);
+  VsdId v = p.Create("d", 4 << 20);
+  ASSERT_TRUE(p.Write(v, 0, Pattern('t', 8192)).ok());
+  // A power cut drops the disk's in-flight operations: they never complete.
+  for (int i = 0; i < 3; ++i) {
+    bool done = false;
+    absl::Status st;
+    p.pool_->Write(v, 8192, 4096, Pattern('x', 4096).data(), false, [&](absl::Status s) {
+      st = s;
+      done = true;
+    });
+    p.disks_[0]->PowerCut(PowerLossMode::kDropAll);
+    ASSERT_TRUE(p.loop_.RunUntil([&] { return done; }, 120'000'000'000));
+  }
+  ASSERT_TRUE(p.Flush().ok());
+  EXPECT_EQ(*p.Read(v, 0, 8192), Pattern('t', 8192));
+  ASSERT_TRUE(p.WaitRedundant());
+  EXPECT_TRUE(p.pool_->Fsck().ok());
+}
+
 TEST(Pool, EvictedNodeReturnsWithItsStaleCopiesFreed) {
   SimPool p(4, 1);
   VsdId v = p.Create("d", 8 << 20);

@@ -59,6 +59,9 @@ struct PoolOptions {
   int read_retries_max = 4;
   // Re-mirroring copies this many chunks at once.
   int rebuild_chunks_in_flight_max = 4;
+  // A disk operation not answered in this time fails with UNAVAILABLE (its copy is
+  // treated as bad; three such errors fail the disk).
+  int64_t io_timeout_ns = 30'000'000'000;
 };
 
 struct DiskSpec {
