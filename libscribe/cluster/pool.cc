@@ -171,7 +171,7 @@ class PoolImpl : public Pool {
     ZeroRange(dev, kSuperblockBytes, 2 * half_bytes_, [=, this](absl::Status st) {
       if (!*alive) return;
       if (!st.ok()) return finish(st);
-      dev->Write(0, kSuperblockBytes, buf->data(), Timed([=](absl::Status st) {
+      dev->Write(0, kSuperblockBytes, buf->data(), Timed([=, this](absl::Status st) {
         if (!*alive) return;
         if (!st.ok()) return finish(st);
         dev->Flush(Timed([=](absl::Status st) { finish(st); }));
