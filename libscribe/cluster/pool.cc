@@ -577,6 +577,12 @@ class PoolImpl : public Pool {
     ChunkState* c = FindChunk(e.chunk);
     SCRIBE_CHECK(c != nullptr && c->refs[e.block] > 0);
     if (--c->refs[e.block] == 0) {
+      if (replaying_) {
+        // Replayed records are durable already: the block is free at once (a later
+        // record may reuse it).
+        --c->used;
+        return;
+      }
       // Not reusable until the metadata that dropped it is durable.
       SCRIBE_CHECK(!c->busy[e.block]);
       c->busy[e.block] = true;
@@ -2046,6 +2052,31 @@ class PoolImpl : public Pool {
     auto waiters = std::make_shared<std::vector<StatusDone>>(std::move(commit_waiters_));
     commit_waiters_.clear();
     auto alive = alive_;
+    // The batch is what is pending now: records of writes that complete while the
+    // flushes below run describe data those flushes may miss, so they wait for the
+    // next commit.
+    auto records = std::make_shared<std::string>(std::move(pending_records_));
+    pending_records_.clear();
+    auto frees = std::make_shared<std::vector<std::pair<uint64_t, uint32_t>>>(std::move(pending_frees_));
+    pending_frees_.clear();
+    // A checkpoint, when due, is encoded now too: it must describe exactly the state
+    // these records lead to, not writes completing later.
+    ChooseMirrors();
+    auto mirrors = std::make_shared<std::vector<DiskId>>(mirrors_);
+    std::shared_ptr<std::vector<std::string>> ckpt;
+    if (need_checkpoint_ ||
+        journal_pos_ + RoundUp(kBatchHeaderBytes + records->size(), kBlockBytes) > half_bytes_) {
+      absl::StatusOr<std::vector<std::string>> c = EncodeCheckpoint();
+      if (!c.ok()) {
+        pending_records_.insert(0, *records);
+        for (auto& f : *frees) pending_frees_.push_back(f);
+        committing_ = false;
+        for (auto& w : *waiters) w(c.status());
+        return;
+      }
+      ckpt = std::make_shared<std::vector<std::string>>(std::move(*c));
+      need_checkpoint_ = false;
+    }
     // 1. Make every completed data write durable: flush each disk written since the
     // last commit.
     std::vector<DiskId> devs;
@@ -2055,14 +2086,10 @@ class PoolImpl : public Pool {
       DiskState* d = FindDisk(id);
       if (d && DiskUsable(*d)) devs.push_back(id);
     }
-    auto after_data = [this, alive, waiters](absl::Status st) {
+    auto after_data = [this, alive, waiters, records, frees, ckpt, mirrors](absl::Status st) {
       if (!*alive) return;
-      // 2. Then the journal: records queued so far now describe durable data only.
-      std::string records = std::move(pending_records_);
-      pending_records_.clear();
-      auto frees = std::make_shared<std::vector<std::pair<uint64_t, uint32_t>>>(std::move(pending_frees_));
-      pending_frees_.clear();
-      WriteJournal(std::move(records), [this, alive, waiters, frees](absl::Status st) {
+      // 2. Then the journal: the batch now describes durable data only.
+      WriteJournal(std::move(*records), ckpt.get(), *mirrors, [this, alive, waiters, frees](absl::Status st) {
         if (!*alive) return;
         // 3. Blocks those records freed may now be reused.
         if (st.ok()) ReleaseFrees(std::move(*frees));
@@ -2108,21 +2135,19 @@ class PoolImpl : public Pool {
 
   // Writes `records` as one journal batch to every mirror (or a whole checkpoint when
   // one is due or the batch does not fit), then flushes the mirrors.
-  void WriteJournal(std::string records, StatusDone done) {
-    ChooseMirrors();
-    if (mirrors_.empty()) {
+  // Writes `records` as one journal batch (or the checkpoint `ckpt`, which already
+  // includes them) to `mirrors`, then flushes them.
+  void WriteJournal(std::string records, const std::vector<std::string>* ckpt,
+                    std::vector<DiskId> mirrors, StatusDone done) {
+    std::erase_if(mirrors, [this](DiskId m) { return !DiskUsable(disks_.at(m)); });
+    if (mirrors.empty()) {
       pending_records_.insert(0, records);
+      need_checkpoint_ = true;
       return loop_->Post([done] { done(absl::UnavailableError("no healthy disk for metadata")); });
     }
-    const uint64_t batch_bytes = RoundUp(kBatchHeaderBytes + records.size(), kBlockBytes);
     std::vector<std::string> batches;
     uint64_t offset;
-    if (need_checkpoint_ || journal_pos_ + batch_bytes > half_bytes_) {
-      absl::StatusOr<std::vector<std::string>> ckpt = EncodeCheckpoint();
-      if (!ckpt.ok()) {
-        pending_records_.insert(0, records);
-        return loop_->Post([done, st = ckpt.status()] { done(st); });
-      }
+    if (ckpt != nullptr) {
       ++epoch_;
       offset = (epoch_ % 2) * half_bytes_;
       for (size_t i = 0; i < ckpt->size(); ++i) {
@@ -2130,7 +2155,6 @@ class PoolImpl : public Pool {
         batches.push_back(MakeBatch((*ckpt)[i], ++sequence_, flags));
       }
       journal_pos_ = 0;
-      need_checkpoint_ = false;
     } else {
       if (records.empty()) return loop_->Post([done] { done(absl::OkStatus()); });
       offset = (epoch_ % 2) * half_bytes_ + journal_pos_;
@@ -2149,7 +2173,6 @@ class PoolImpl : public Pool {
     const uint64_t at = kSuperblockBytes + offset;
     auto ok_mirrors = std::make_shared<int>(0);
     auto alive = alive_;
-    std::vector<DiskId> mirrors = mirrors_;
     auto g = MakeGather(static_cast<int>(mirrors.size()),
                         [this, alive, ok_mirrors, done, data](absl::Status) {
                           if (!*alive) return;
@@ -2383,11 +2406,16 @@ class PoolImpl : public Pool {
         return done(absl::DataLossError("no disk holds a valid pool metadata journal"));
       }
       pool_uuid_ = uuid;
+      replaying_ = true;
       for (const std::string& payload : best.payloads) {
         Decoder d(payload.data(), payload.size());
         while (!d.done() && d.ok()) Apply(d);
-        if (!d.ok()) return done(absl::DataLossError("metadata journal record is malformed"));
+        if (!d.ok()) {
+          replaying_ = false;
+          return done(absl::DataLossError("metadata journal record is malformed"));
+        }
       }
+      replaying_ = false;
       pending_records_.clear();
       epoch_ = best.epoch;
       sequence_ = best.last_seq;
@@ -2470,6 +2498,7 @@ class PoolImpl : public Pool {
   bool committing_ = false;
   std::vector<StatusDone> commit_waiters_;
 
+  bool replaying_ = false;  // applying journal records at recovery
   bool heal_scheduled_ = false;
   uint64_t rebuilds_in_flight_ = 0;
   uint64_t chunks_rebuilt_ = 0;
