@@ -1012,14 +1012,17 @@ class PoolImpl : public Pool {
 
   // Rewrites a copy that failed its checksum with good data (the block's contents never
   // change while it is referenced, so this races with nothing but its own freeing).
-  void Repair(const Replica& r, uint64_t chunk, uint32_t block, uint32_t count, const uint8_t* good) {
+  void Repair(const Replica& r, uint64_t chunk, uint32_t block, uint32_t count, const uint8_t* good,
+              StatusDone done = [](absl::Status) {}) {
     auto it = disks_.find(r.disk);
-    if (it == disks_.end() || !DiskUsable(it->second)) return;
+    if (it == disks_.end() || !DiskUsable(it->second)) {
+      return PostError(done, absl::UnavailableError("copy to repair is unreachable"));
+    }
     auto buf = std::make_shared<AlignedBuffer>(count * kBlockBytes);
     std::memcpy(buf->data(), good, count * kBlockBytes);
     auto alive = alive_;
     it->second.dev->Write(ReplicaOffset(r, block), count * kBlockBytes, buf->data(),
-                          Timed([this, alive, buf, r, chunk](absl::Status st) {
+                          Timed([this, alive, buf, r, chunk, done](absl::Status st) {
                             if (!*alive) return;
                             if (st.ok()) {
                               unflushed_chunks_[r.disk].insert(chunk);
@@ -1027,6 +1030,7 @@ class PoolImpl : public Pool {
                             } else {
                               NoteIoError(r.disk, st);
                             }
+                            done(st);
                           }));
   }
 
@@ -1899,6 +1903,10 @@ class PoolImpl : public Pool {
     auto g = MakeGather(static_cast<int>(copies.size()) + 1, [=, this](absl::Status) {
       if (!*alive) return;
       ChunkState* c = FindChunk(chunk_id);
+      // The next chunk starts once this chunk's repairs have landed.
+      auto repairs = MakeGather(1, [=, this](absl::Status) {
+        if (*alive) ScrubNext(ids, i + 1, report, done);
+      });
       if (c) {
         for (uint32_t b = 0; b < kBlocksPerChunk; ++b) {
           if (c->refs[b] == 0 || c->busy[b]) continue;
@@ -1917,12 +1925,16 @@ class PoolImpl : public Pool {
             continue;
           }
           for (size_t k : bad) {
-            Repair(copies[k], chunk_id, b, 1, (*bufs)[good].data() + b * kBlockBytes);
-            report->repaired++;
+            ++repairs->remaining;
+            Repair(copies[k], chunk_id, b, 1, (*bufs)[good].data() + b * kBlockBytes,
+                   [report, repairs](absl::Status st) {
+                     if (st.ok()) report->repaired++;
+                     repairs->Finish(absl::OkStatus());
+                   });
           }
         }
       }
-      ScrubNext(ids, i + 1, report, done);
+      repairs->Finish(absl::OkStatus());
     });
     for (size_t k = 0; k < copies.size(); ++k) {
       disks_.at(copies[k].disk).dev->Read(ReplicaOffset(copies[k], 0), kChunkBytes, (*bufs)[k].data(),
