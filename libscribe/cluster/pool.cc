@@ -172,6 +172,7 @@ class PoolImpl : public Pool {
       if (!*alive) return;
       if (!st.ok()) return finish(st);
       dev->Write(0, kSuperblockBytes, buf->data(), Timed([=, this](absl::Status st) {
+        (void)buf;  // the device reads it until it completes
         if (!*alive) return;
         if (!st.ok()) return finish(st);
         dev->Flush(Timed([=](absl::Status st) { finish(st); }));
@@ -1812,6 +1813,7 @@ class PoolImpl : public Pool {
       DiskState* td = FindDisk(target.disk);
       if (!td || !DiskUsable(*td)) return finish(false);
       td->dev->Write(ReplicaOffset(target, 0), kChunkBytes, buf->data(), Timed([=, this](absl::Status st) {
+        (void)buf;  // the device reads it until it completes
         if (!*alive) return;
         if (st.ok()) unflushed_chunks_[target.disk].insert(chunk_id);
         if (!st.ok()) NoteIoError(target.disk, st);
@@ -1938,7 +1940,7 @@ class PoolImpl : public Pool {
     });
     for (size_t k = 0; k < copies.size(); ++k) {
       disks_.at(copies[k].disk).dev->Read(ReplicaOffset(copies[k], 0), kChunkBytes, (*bufs)[k].data(),
-                                          Timed([g, statuses, k](absl::Status st) {
+                                          Timed([g, statuses, k, bufs](absl::Status st) {
                                             (*statuses)[k] = st;
                                             g->Finish(absl::OkStatus());
                                           }));
@@ -2460,10 +2462,10 @@ class PoolImpl : public Pool {
         g->Finish(absl::OkStatus());
         continue;
       }
-      disks[i].device->Read(0, region, (*bufs)[i].data(), [g, statuses, i](absl::Status st) {
+      disks[i].device->Read(0, region, (*bufs)[i].data(), Timed([g, statuses, i, bufs](absl::Status st) {
         (*statuses)[i] = st;
         g->Finish(absl::OkStatus());
-      });
+      }));
     }
     g->Finish(absl::OkStatus());
   }

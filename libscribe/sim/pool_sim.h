@@ -49,6 +49,9 @@ struct PoolSimConfig {
   PoolOptions pool_options = PoolSimDefaultPoolOptions();
   // Injects faults between operations; false runs the workload on a healthy pool.
   bool faults = true;
+  // Prints every operation-log line to stderr as it happens, so a run the engine
+  // aborts (a failed SCRIBE_CHECK) still shows what led up to it.
+  bool trace = false;
   // Test seam: when set, every pool the simulator creates or opens is passed through
   // it (tests wrap the engine in a deliberately broken decorator to prove the checker
   // catches it). Null in real runs.

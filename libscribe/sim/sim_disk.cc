@@ -104,13 +104,13 @@ void SimDisk::Write(uint64_t offset_bytes, size_t length_bytes, const void* buf,
     return;
   }
   const bool inject = TakeInjectedError(offset_bytes, length_bytes);
-  // The device takes its own copy at submission, as DMA would read the buffer.
-  auto data = std::make_shared<std::vector<uint8_t>>(
-      static_cast<const uint8_t*>(buf), static_cast<const uint8_t*>(buf) + length_bytes);
+  // The buffer is read when the write completes, not when it is issued: like DMA, the
+  // device may read it at any time until then, so a caller that frees or reuses it
+  // early writes garbage here, and the simulator's checksums notice.
   Complete(
-      [this, offset_bytes, length_bytes, data, inject]() -> absl::Status {
+      [this, offset_bytes, length_bytes, buf, inject]() -> absl::Status {
         if (inject) return absl::UnavailableError("EIO: injected write error");
-        WriteSectors(offset_bytes, length_bytes, data->data());
+        WriteSectors(offset_bytes, length_bytes, static_cast<const uint8_t*>(buf));
         return absl::OkStatus();
       },
       std::move(done));

@@ -1,0 +1,590 @@
+// NbdServer: KJ sockets on the RealLoop, NBD framing from nbd_protocol.h, I/O through
+// the Pool. One Connection per client runs as one KJ promise chain: the handshake, then
+// a read loop that keeps taking requests while earlier ones run in the pool, while pool
+// completions queue replies that a single writer drains to the socket in batches.
+//
+// Every KJ continuation that touches the pool or the connection's bookkeeping runs
+// through RealLoop::Dispatch so a RunUntil in progress re-checks its predicate. Pool
+// completions arrive on the loop already (from RunUntil) and call into KJ directly.
+#include "scribe/nbd_server.h"
+
+#include <kj/debug.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "libscribe/env/real_loop_internal.h"
+#include "libscribe/nbd/nbd_protocol.h"
+#include "scribe/status.h"
+
+namespace scribe {
+
+namespace {
+
+// Replies gathered into one socket write at most.
+constexpr size_t kRepliesPerWriteMax = 64;
+// Longest export name quoted back in an error message (messages must stay <= 4096 bytes).
+constexpr size_t kQuotedNameBytesMax = 256;
+// Preferred block size advertised in NBD_INFO_BLOCK_SIZE: the pool's 4 KiB block (smaller
+// writes are read-modify-write).
+constexpr uint32_t kPreferredBlockBytes = 4096;
+constexpr uint32_t kMinimumBlockBytes = BlockDevice::kSectorBytes;
+// After a failed accept (descriptor or memory exhaustion), wait this long before the next.
+constexpr int64_t kAcceptRetryDelayNs = 100'000'000;
+
+std::string Quote(const std::string& name) {
+  return name.size() <= kQuotedNameBytesMax ? name : name.substr(0, kQuotedNameBytesMax) + "...";
+}
+
+class Connection;
+
+}  // namespace
+
+struct NbdServer::Impl : public kj::TaskSet::ErrorHandler {
+  Impl(RealLoop* loop, Pool* pool, std::string path, NbdServerOptions options)
+      : loop(loop), pool(pool), path(std::move(path)), options(options) {}
+
+  // Connection tasks catch their own failures and the accept loop retries its own.
+  void taskFailed(kj::Exception&& exception) override { (void)exception; }
+
+  kj::Promise<void> AcceptLoop();
+
+  RealLoop* loop;
+  Pool* pool;
+  std::string path;
+  NbdServerOptions options;
+  NbdServerStats stats;
+  // Destroyed bottom-up: connections (and the accept loop) before the listening socket.
+  kj::Own<kj::ConnectionReceiver> listener;
+  kj::TaskSet tasks{*this};
+};
+
+namespace {
+
+struct ExportLookup {
+  bool found = false;
+  VsdId vsd;
+  uint64_t size_bytes = 0;
+};
+
+// One client connection. Owned by its Run() promise in the server's TaskSet; destroyed
+// when that promise completes (after every request it accepted has finished) or when the
+// server goes away.
+class Connection final : public kj::TaskSet::ErrorHandler {
+ public:
+  Connection(NbdServer::Impl* server, kj::Own<kj::AsyncIoStream> stream)
+      : server_(server),
+        loop_(server->loop),
+        stream_(kj::mv(stream)),
+        alive_(std::make_shared<bool>(true)) {
+    limits_.payload_bytes_max = server_->options.max_request_bytes;
+    limits_.block_bytes_min = kMinimumBlockBytes;
+    ++server_->stats.connections_active;
+  }
+
+  // KJ promises may throw from destructors; a connection going away must not.
+  ~Connection() noexcept {
+    *alive_ = false;
+    --server_->stats.connections_active;
+  }
+
+  void taskFailed(kj::Exception&& exception) override { (void)exception; }
+
+  kj::Promise<void> Run() {
+    auto timeout = server_->loop->impl()
+                       ->io.provider->getTimer()
+                       .afterDelay(server_->options.handshake_timeout_ns * kj::NANOSECONDS)
+                       .then([this]() -> kj::Promise<bool> {
+                         return ProtocolError<bool>("handshake timed out");
+                       });
+    return Handshake()
+        .exclusiveJoin(kj::mv(timeout))
+        .then([this](bool go) -> kj::Promise<void> {
+          if (!go) return kj::READY_NOW;
+          return ReadRequests();
+        })
+        .catch_([this](kj::Exception&& e) {
+          (void)e;
+          loop_->Dispatch([this] { HardClose(); });
+        })
+        .then([this] { return WhenIdle(); })
+        .then([this] {
+          if (!closed_) ShutdownWrite();
+        });
+  }
+
+ private:
+  struct Reply {
+    uint8_t header[nbd::kSimpleReplyHeaderBytes];
+    std::shared_ptr<AlignedBuffer> data;  // READ payload, or null
+    size_t data_bytes = 0;
+    uint64_t held_bytes = 0;  // payload bytes this request counted against the limit
+  };
+
+  template <typename T>
+  kj::Promise<T> ProtocolError(const std::string& what) {
+    ++server_->stats.protocol_errors;
+    return KJ_EXCEPTION(FAILED, "NBD protocol error", what.c_str());
+  }
+
+  // Writes handshake bytes; the handshake has one message outstanding at a time.
+  kj::Promise<void> Send(std::string bytes) {
+    auto owned = kj::heap<std::string>(std::move(bytes));
+    auto promise = kj::evalNow([&] { return stream_->write(owned->data(), owned->size()); });
+    return promise.attach(kj::mv(owned));
+  }
+
+  // --------------------------------------------------------------- handshake
+  // Resolves true to enter transmission, false to close (ABORT, unknown EXPORT_NAME).
+  kj::Promise<bool> Handshake() {
+    return Send(nbd::EncodeGreeting())
+        .then([this] { return stream_->read(small_, nbd::kClientFlagsBytes); })
+        .then([this]() -> kj::Promise<bool> {
+          auto flags = nbd::ParseClientFlags(small_);
+          if (!flags.ok()) return ProtocolError<bool>(std::string(flags.status().message()));
+          no_zeroes_ = flags->no_zeroes;
+          return NextOption();
+        });
+  }
+
+  kj::Promise<bool> NextOption() {
+    return stream_->read(small_, nbd::kOptionHeaderBytes).then([this]() -> kj::Promise<bool> {
+      auto header = nbd::ParseOptionHeader(small_);
+      if (!header.ok()) return ProtocolError<bool>(std::string(header.status().message()));
+      if (++options_seen_ > server_->options.max_options_per_connection) {
+        return ProtocolError<bool>("too many options");
+      }
+      auto data = kj::heap<std::string>(header->length_bytes, '\0');
+      if (data->empty()) return HandleOption(*header, std::string());
+      auto read = stream_->read(data->data(), data->size());
+      return read.then([this, h = *header, data = kj::mv(data)]() mutable {
+        return HandleOption(h, std::move(*data));
+      });
+    });
+  }
+
+  ExportLookup Lookup(const std::string& name) {
+    ExportLookup out;
+    loop_->Dispatch([&] {
+      auto id = server_->pool->FindVsd(name);
+      if (!id.ok()) return;
+      auto info = server_->pool->GetVsdInfo(*id);
+      if (!info.ok()) return;
+      out = ExportLookup{true, *id, info->size_bytes};
+    });
+    return out;
+  }
+
+  kj::Promise<bool> ReplyAndContinue(std::string bytes) {
+    return Send(std::move(bytes)).then([this] { return NextOption(); });
+  }
+
+  kj::Promise<bool> HandleOption(nbd::OptionHeader h, std::string data) {
+    using namespace nbd;
+    switch (h.option) {
+      case kOptExportName: {
+        auto name = ParseExportName(data);
+        if (!name.ok()) return ProtocolError<bool>(std::string(name.status().message()));
+        ExportLookup e = Lookup(*name);
+        // EXPORT_NAME cannot return an error: the session must end.
+        if (!e.found) return false;
+        Enter(e);
+        return Send(EncodeExportNameReply(e.size_bytes, kTransmissionFlags, no_zeroes_)).then([] {
+          return true;
+        });
+      }
+      case kOptAbort:
+        // The client may already have gone; either way the session ends.
+        return Send(EncodeOptionReply(h.option, kRepAck))
+            .then([] { return false; }, [](kj::Exception&&) { return false; });
+      case kOptList: {
+        if (!data.empty()) {
+          return ReplyAndContinue(
+              EncodeOptionReply(h.option, kRepErrInvalid, "NBD_OPT_LIST takes no data"));
+        }
+        std::string out;
+        loop_->Dispatch([&] {
+          for (const VsdInfo& v : server_->pool->ListVsds()) {
+            out += EncodeOptionReply(h.option, kRepServer, EncodeServerReplyData(v.name));
+          }
+        });
+        out += EncodeOptionReply(h.option, kRepAck);
+        return ReplyAndContinue(std::move(out));
+      }
+      case kOptInfo:
+      case kOptGo: {
+        auto req = ParseInfoRequest(data);
+        if (!req.ok()) {
+          return ReplyAndContinue(
+              EncodeOptionReply(h.option, kRepErrInvalid, std::string(req.status().message())));
+        }
+        ExportLookup e = Lookup(req->export_name);
+        if (!e.found) {
+          return ReplyAndContinue(EncodeOptionReply(
+              h.option, kRepErrUnknown,
+              absl::StrFormat("no VSD named '%s' on this server", Quote(req->export_name))));
+        }
+        std::string out = EncodeOptionReply(h.option, kRepInfo,
+                                            EncodeInfoExportData(e.size_bytes, kTransmissionFlags));
+        // Sent whether asked or not: the pool's 512-byte granularity is not the default
+        // of 1, and the spec says such a server SHOULD advertise it.
+        out += EncodeOptionReply(h.option, kRepInfo,
+                                 EncodeInfoBlockSizeData(kMinimumBlockBytes, kPreferredBlockBytes,
+                                                         server_->options.max_request_bytes));
+        out += EncodeOptionReply(h.option, kRepAck);
+        if (h.option == kOptInfo) return ReplyAndContinue(std::move(out));
+        Enter(e);
+        return Send(std::move(out)).then([] { return true; });
+      }
+      case kOptStructuredReply:
+        return ReplyAndContinue(
+            EncodeOptionReply(h.option, kRepErrUnsup, "this server sends simple replies only"));
+      default:
+        return ReplyAndContinue(EncodeOptionReply(
+            h.option, kRepErrUnsup, absl::StrFormat("option %d is not supported", h.option)));
+    }
+  }
+
+  void Enter(const ExportLookup& e) {
+    vsd_ = e.vsd;
+    export_size_bytes_ = e.size_bytes;
+  }
+
+  // ------------------------------------------------------------ transmission
+  kj::Promise<void> ReadRequests() {
+    return WhenRoom(0)
+        .then([this] {
+          return stream_->tryRead(request_, nbd::kRequestHeaderBytes, nbd::kRequestHeaderBytes);
+        })
+        .then([this](size_t n) -> kj::Promise<void> {
+          if (n == 0) return kj::READY_NOW;  // the client hung up between requests
+          if (n < nbd::kRequestHeaderBytes) {
+            return KJ_EXCEPTION(DISCONNECTED, "connection closed inside a request header");
+          }
+          auto parsed = nbd::ParseRequestHeader(request_);
+          if (!parsed.ok()) return ProtocolError<void>(std::string(parsed.status().message()));
+          const nbd::Request req = *parsed;
+          ++server_->stats.requests;
+          if (req.type == nbd::kCmdDisc) return kj::READY_NOW;  // replies drain, then close
+          const nbd::RequestCheck check = nbd::ValidateRequest(req, export_size_bytes_, limits_);
+          if (check.disconnect) return ProtocolError<void>("request payload over the limit");
+          // Bytes held until the reply is sent: a write's payload or a read's data.
+          const uint64_t held =
+              req.type == nbd::kCmdWrite || (req.type == nbd::kCmdRead && check.ok())
+                  ? req.length_bytes
+                  : 0;
+          return WhenRoom(held).then([this, req, check, held]() -> kj::Promise<void> {
+            Reserve(held);
+            const uint32_t payload_bytes = nbd::RequestPayloadBytes(req);
+            if (payload_bytes == 0) {
+              loop_->Dispatch([&] { Start(req, check, held, nullptr); });
+              return ReadRequests();
+            }
+            auto payload = std::make_shared<AlignedBuffer>(payload_bytes);
+            return stream_->read(payload->data(), payload_bytes)
+                .then([this, req, check, held, payload]() {
+                  loop_->Dispatch([&] { Start(req, check, held, payload); });
+                  return ReadRequests();
+                });
+          });
+        });
+  }
+
+  // Runs one request in the pool. `held` was reserved; Complete() releases it.
+  void Start(const nbd::Request& req, nbd::RequestCheck check, uint64_t held,
+             std::shared_ptr<AlignedBuffer> payload) {
+    const uint64_t handle = req.handle;
+    if (!check.ok()) return Complete(handle, check.error, nullptr, held);
+    Pool* pool = server_->pool;
+    auto alive = alive_;
+    auto finish = [this, alive, handle, held](absl::Status st) {
+      if (*alive) Complete(handle, nbd::ErrorFromStatus(st), nullptr, held);
+    };
+    const bool fua = (req.flags & nbd::kCmdFlagFua) != 0;
+    switch (req.type) {
+      case nbd::kCmdRead: {
+        auto data = std::make_shared<AlignedBuffer>(req.length_bytes);
+        pool->Read(vsd_, req.offset_bytes, req.length_bytes, data->data(),
+                   [this, alive, handle, held, data](absl::Status st) {
+                     if (!*alive) return;
+                     Complete(handle, nbd::ErrorFromStatus(st), st.ok() ? data : nullptr, held);
+                   });
+        return;
+      }
+      case nbd::kCmdWrite:
+        // `payload` rides in the callback: the pool may use it until then.
+        pool->Write(vsd_, req.offset_bytes, req.length_bytes, payload->data(), fua,
+                    [finish, payload](absl::Status st) { finish(st); });
+        return;
+      case nbd::kCmdFlush:
+        pool->Flush(finish);
+        return;
+      case nbd::kCmdTrim:
+      case nbd::kCmdWriteZeroes:
+        // Discarded space reads as zeros, which is what WRITE_ZEROES needs. NO_HOLE
+        // ("keep it provisioned") has no meaning for a redirect-on-write pool: a later
+        // write allocates fresh blocks however the range was zeroed.
+        pool->Discard(vsd_, req.offset_bytes, req.length_bytes,
+                      [pool, alive, fua, finish](absl::Status st) {
+                        if (!*alive) return;
+                        if (st.ok() && fua) return pool->Flush(finish);
+                        finish(st);
+                      });
+        return;
+      default:
+        SCRIBE_CHECK(false);  // ValidateRequest admits only the commands above
+    }
+  }
+
+  // A request finished in the pool (or was refused): queue its reply.
+  void Complete(uint64_t handle, uint32_t error, std::shared_ptr<AlignedBuffer> data,
+                uint64_t held) {
+    if (error != 0) ++server_->stats.request_errors;
+    if (closed_) return Release(held);
+    Reply r;
+    nbd::EncodeSimpleReplyHeader(error, handle, r.header);
+    r.data_bytes = data ? data->size() : 0;
+    r.data = std::move(data);
+    r.held_bytes = held;
+    replies_.push_back(std::move(r));
+    Pump();
+  }
+
+  // Starts one gathered write of the queued replies unless one is under way.
+  void Pump() {
+    if (writing_ || closed_ || replies_.empty()) return;
+    writing_ = true;
+    const size_t n = std::min(replies_.size(), kRepliesPerWriteMax);
+    batch_.clear();
+    for (size_t i = 0; i < n; ++i) {
+      batch_.push_back(std::move(replies_.front()));
+      replies_.pop_front();
+    }
+    size_t pieces = 0;
+    for (const Reply& r : batch_) pieces += r.data_bytes ? 2 : 1;
+    pieces_ = kj::heapArray<kj::ArrayPtr<const kj::byte>>(pieces);
+    size_t i = 0;
+    for (const Reply& r : batch_) {
+      pieces_[i++] = kj::arrayPtr(r.header, sizeof(r.header));
+      if (r.data_bytes) pieces_[i++] = kj::arrayPtr(r.data->data(), r.data_bytes);
+    }
+    // KJ reports some write errors (EPIPE) by throwing at once; evalNow turns that into a
+    // failed promise, since this runs from pool callbacks, outside any KJ continuation.
+    tasks_.add(kj::evalNow([this] { return stream_->write(pieces_); })
+                   .then([this] { loop_->Dispatch([this] { Written(true); }); },
+                         [this](kj::Exception&&) { loop_->Dispatch([this] { Written(false); }); }));
+  }
+
+  void Written(bool ok) {
+    writing_ = false;
+    std::vector<Reply> done = std::move(batch_);
+    batch_.clear();
+    if (!ok) HardClose();
+    if (closed_) ShutdownWrite();
+    for (const Reply& r : done) Release(r.held_bytes);
+    Pump();
+  }
+
+  void Reserve(uint64_t held) {
+    ++in_flight_;
+    held_bytes_ += held;
+    if (static_cast<uint64_t>(in_flight_) > server_->stats.in_flight_max) {
+      server_->stats.in_flight_max = in_flight_;
+    }
+  }
+
+  void Release(uint64_t held) {
+    SCRIBE_CHECK(in_flight_ > 0 && held_bytes_ >= held);
+    --in_flight_;
+    held_bytes_ -= held;
+    if (room_waiter_ && HasRoom(room_bytes_)) {
+      auto f = kj::mv(room_waiter_);
+      f->fulfill();
+    }
+    if (idle_waiter_ && in_flight_ == 0) {
+      auto f = kj::mv(idle_waiter_);
+      f->fulfill();
+    }
+  }
+
+  bool HasRoom(uint64_t bytes) const {
+    if (in_flight_ >= server_->options.max_in_flight_per_connection) return false;
+    return in_flight_ == 0 ||
+           held_bytes_ + bytes <= server_->options.max_in_flight_bytes_per_connection;
+  }
+
+  kj::Promise<void> WhenRoom(uint64_t bytes) {
+    if (HasRoom(bytes)) return kj::READY_NOW;
+    auto paf = kj::newPromiseAndFulfiller<void>();
+    room_waiter_ = kj::mv(paf.fulfiller);
+    room_bytes_ = bytes;
+    return kj::mv(paf.promise);
+  }
+
+  kj::Promise<void> WhenIdle() {
+    if (in_flight_ == 0) return kj::READY_NOW;
+    auto paf = kj::newPromiseAndFulfiller<void>();
+    idle_waiter_ = kj::mv(paf.fulfiller);
+    return kj::mv(paf.promise);
+  }
+
+  // Stops answering: queued replies are dropped, requests still in the pool finish into
+  // buffers they own, the read loop sees end-of-stream, and the peer sees end-of-stream
+  // now (or once the write under way ends).
+  void HardClose() {
+    if (closed_) return;
+    closed_ = true;
+    std::deque<Reply> dropped = std::move(replies_);
+    replies_.clear();
+    for (const Reply& r : dropped) Release(r.held_bytes);
+    (void)kj::runCatchingExceptions([this] { stream_->abortRead(); });
+    if (!writing_) ShutdownWrite();
+  }
+
+  void ShutdownWrite() {
+    if (shut_down_) return;
+    shut_down_ = true;
+    // The socket may already be broken; that is the same outcome.
+    (void)kj::runCatchingExceptions([this] { stream_->shutdownWrite(); });
+  }
+
+  NbdServer::Impl* server_;
+  RealLoop* loop_;
+  kj::Own<kj::AsyncIoStream> stream_;
+  std::shared_ptr<bool> alive_;
+  nbd::RequestLimits limits_;
+
+  // Handshake state.
+  uint8_t small_[nbd::kOptionHeaderBytes];
+  int options_seen_ = 0;
+  bool no_zeroes_ = false;
+
+  // Transmission state.
+  VsdId vsd_;
+  uint64_t export_size_bytes_ = 0;
+  uint8_t request_[nbd::kRequestHeaderBytes];
+  int in_flight_ = 0;  // requests reserved and not yet answered or dropped
+  uint64_t held_bytes_ = 0;
+  kj::Own<kj::PromiseFulfiller<void>> room_waiter_;
+  uint64_t room_bytes_ = 0;
+  kj::Own<kj::PromiseFulfiller<void>> idle_waiter_;
+  std::deque<Reply> replies_;  // waiting for the writer
+  std::vector<Reply> batch_;   // being written
+  kj::Array<kj::ArrayPtr<const kj::byte>> pieces_;
+  bool writing_ = false;
+  bool closed_ = false;
+  bool shut_down_ = false;
+  // Declared last: pending writes are cancelled before the buffers they point into go.
+  kj::TaskSet tasks_{*this};
+};
+
+}  // namespace
+
+kj::Promise<void> NbdServer::Impl::AcceptLoop() {
+  // accept() reports some errors (EMFILE, ENFILE, ENOMEM) by throwing at once.
+  return kj::evalNow([this] { return listener->accept(); })
+      .then(
+          [this](kj::Own<kj::AsyncIoStream> stream) {
+            loop->Dispatch([&] {
+              if (stats.connections_active >= static_cast<uint64_t>(options.max_connections)) {
+                ++stats.connections_refused;
+                return;  // `stream` goes out of scope: the client sees the socket close
+              }
+              ++stats.connections_accepted;
+              auto connection = kj::heap<Connection>(this, kj::mv(stream));
+              Connection& c = *connection;
+              tasks.add(c.Run().attach(kj::mv(connection)));
+            });
+            return AcceptLoop();
+          },
+          [this](kj::Exception&& e) {
+            // Out of descriptors or memory: keep the listener and try again shortly rather than
+            // stop serving for good.
+            (void)e;
+            ++stats.accept_errors;
+            return loop->impl()
+                ->io.provider->getTimer()
+                .afterDelay(kAcceptRetryDelayNs * kj::NANOSECONDS)
+                .then([this] { return AcceptLoop(); });
+          });
+}
+
+absl::StatusOr<std::unique_ptr<NbdServer>> NbdServer::Create(RealLoop* loop, Pool* pool,
+                                                             std::string unix_socket_path,
+                                                             NbdServerOptions options) {
+  if (loop == nullptr || pool == nullptr) {
+    return absl::InvalidArgumentError("NbdServer needs a loop and a pool");
+  }
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (unix_socket_path.empty() || unix_socket_path.size() >= sizeof(addr.sun_path)) {
+    return absl::InvalidArgumentError(absl::StrFormat("socket path '%s' must be 1 to %d bytes",
+                                                      unix_socket_path, sizeof(addr.sun_path) - 1));
+  }
+  if (options.max_request_bytes < kPreferredBlockBytes ||
+      options.max_request_bytes % kMinimumBlockBytes != 0 ||
+      options.max_in_flight_per_connection < 1 || options.max_connections < 1 ||
+      options.max_options_per_connection < 1 || options.handshake_timeout_ns <= 0) {
+    return absl::InvalidArgumentError(
+        "NbdServerOptions: max_request_bytes must be a multiple of 512 and >= 4096; the "
+        "other limits must be positive");
+  }
+  std::memcpy(addr.sun_path, unix_socket_path.data(), unix_socket_path.size());
+
+  struct stat st;
+  if (lstat(unix_socket_path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) {
+      return absl::AlreadyExistsError(
+          absl::StrFormat("'%s' exists and is not a socket", unix_socket_path));
+    }
+    // A socket file: replace it only if nobody is listening on it.
+    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (probe < 0) return absl::UnavailableError(std::strerror(errno));
+    const bool live = connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+    close(probe);
+    if (live) {
+      return absl::AlreadyExistsError(
+          absl::StrFormat("a server is already listening on '%s'", unix_socket_path));
+    }
+    unlink(unix_socket_path.c_str());
+  }
+
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return absl::UnavailableError(absl::StrFormat("socket: %s", std::strerror(errno)));
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || listen(fd, 128) != 0) {
+    const int err = errno;
+    close(fd);
+    return absl::UnavailableError(
+        absl::StrFormat("cannot listen on '%s': %s", unix_socket_path, std::strerror(err)));
+  }
+
+  auto impl = std::make_unique<Impl>(loop, pool, std::move(unix_socket_path), options);
+  impl->listener = loop->impl()->io.lowLevelProvider->wrapListenSocketFd(
+      fd, kj::LowLevelAsyncIoProvider::TAKE_OWNERSHIP |
+              kj::LowLevelAsyncIoProvider::ALREADY_CLOEXEC |
+              kj::LowLevelAsyncIoProvider::ALREADY_NONBLOCK);
+  impl->tasks.add(impl->AcceptLoop());
+  return std::unique_ptr<NbdServer>(new NbdServer(std::move(impl)));
+}
+
+NbdServer::NbdServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+NbdServer::~NbdServer() {
+  const std::string path = impl_->path;
+  impl_.reset();
+  unlink(path.c_str());
+}
+
+const std::string& NbdServer::socket_path() const { return impl_->path; }
+
+NbdServerStats NbdServer::Stats() const { return impl_->stats; }
+
+}  // namespace scribe

@@ -1,0 +1,1924 @@
+#include "libscribe/sim/pool_sim.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <optional>
+#include <set>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "scribe/sim_env.h"
+#include "scribe/status.h"
+
+namespace scribe {
+namespace {
+
+constexpr uint64_t kSectorBytes = 512;
+constexpr uint64_t kBlockBytes = 4096;
+constexpr uint64_t kSectorsPerBlock = kBlockBytes / kSectorBytes;
+constexpr uint64_t kKiB = 1ull << 10;
+constexpr uint64_t kMiB = 1ull << 20;
+constexpr int64_t kMillisecondNs = 1'000'000;
+constexpr int64_t kSecondNs = 1'000'000'000;
+
+// --- Limits (TIGER_STYLE: put a limit on everything) ---
+constexpr int64_t kOpTimeoutNs = 60 * kSecondNs;
+constexpr int64_t kOpenTimeoutNs = 120 * kSecondNs;
+constexpr int64_t kRedundancyTimeoutNs = 600 * kSecondNs;
+// Time given to I/O already in flight when a node goes offline, before the simulator
+// starts counting I/O to its disks as a violation.
+constexpr int64_t kOfflineSettleNs = 50 * kMillisecondNs;
+// Callbacks one wait may run. A pool that keeps posting zero-delay work never lets
+// virtual time reach a timeout; this bound turns such a livelock into a violation.
+constexpr uint64_t kLoopStepsMax = 4'000'000;
+constexpr size_t kOpLogMax = 30;
+constexpr size_t kVsdsMax = 8;
+constexpr size_t kSnapshotsMax = 24;
+constexpr size_t kSnapshotsPerVsdMax = 6;
+constexpr uint64_t kVsdBytesMin = 1 * kMiB;
+constexpr uint64_t kVsdBytesCreateMax = 16 * kMiB;
+constexpr uint64_t kVsdBytesMax = 32 * kMiB;  // after growing
+constexpr uint64_t kWriteBytesMax = 128 * kKiB;
+constexpr uint64_t kReadBytesMax = 1 * kMiB;
+constexpr uint64_t kDiscardBytesMax = 1 * kMiB;
+constexpr uint64_t kVerifyReadBytes = 1 * kMiB;
+constexpr uint64_t kCorruptBytesMax = 64 * kKiB;
+constexpr uint64_t kMetadataMarginBytes = 64 * kKiB;
+constexpr int kBurstIosMin = 2;
+constexpr int kBurstIosMax = 8;
+constexpr int kBurstReadsMax = 2;
+constexpr int kIoErrorsMax = 4;
+// Above this fraction of healthy capacity in use the workload stops writing and frees
+// space, so a full pool (a legitimate RESOURCE_EXHAUSTED) never masks a bug.
+constexpr double kUsedFractionWritesMax = 0.45;
+// A redundancy-reducing fault is only injected if what is in use would still fit in
+// this fraction of the capacity left afterwards.
+constexpr double kUsedFractionAfterFaultMax = 0.6;
+constexpr double kFaultProbability = 0.07;  // per operation, when no fault is active
+constexpr int kDeepCheckEveryOps = 10;
+
+constexpr uint64_t kGarbageToken = ~0ull;
+
+// --- Sector contents: a deterministic function of (write token, sector index) ---
+//
+// A sector written by write `token` at VSD sector `sector` holds the token, the sector
+// index and 62 words derived from both, so the checker can tell which write a sector
+// came from (and that it landed at the right place) from its bytes alone.
+
+uint64_t Mix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+void FillSector(uint64_t token, uint64_t sector, uint8_t* out) {
+  if (token == 0) {
+    std::memset(out, 0, kSectorBytes);
+    return;
+  }
+  uint64_t words[kSectorBytes / 8];
+  words[0] = token;
+  words[1] = sector;
+  uint64_t x = Mix(token ^ Mix(sector));
+  for (size_t i = 2; i < kSectorBytes / 8; ++i) {
+    x = Mix(x + i);
+    words[i] = x;
+  }
+  std::memcpy(out, words, kSectorBytes);
+}
+
+// The token whose contents `in` holds for `sector`, 0 for zeros, kGarbageToken for
+// anything no write produced.
+uint64_t DecodeSector(const uint8_t* in, uint64_t sector) {
+  uint64_t token;
+  std::memcpy(&token, in, sizeof(token));
+  if (token == 0) {
+    for (size_t i = 0; i < kSectorBytes; ++i) {
+      if (in[i] != 0) return kGarbageToken;
+    }
+    return 0;
+  }
+  if (token == kGarbageToken) return kGarbageToken;
+  uint8_t expected[kSectorBytes];
+  FillSector(token, sector, expected);
+  return std::memcmp(in, expected, kSectorBytes) == 0 ? token : kGarbageToken;
+}
+
+struct SectorRange {
+  uint64_t vsd = 0;
+  uint64_t begin = 0;  // sectors
+  uint64_t end = 0;
+  bool Overlaps(const SectorRange& o) const {
+    return vsd == o.vsd && begin < o.end && o.begin < end;
+  }
+  bool Contains(uint64_t v, uint64_t sector) const {
+    return vsd == v && begin <= sector && sector < end;
+  }
+};
+
+// The model of one live VSD.
+struct VsdModel {
+  VsdId id;
+  std::string name;
+  int replication = 2;
+  // VSDs related by cloning share a family: diffs between their snapshots are legal.
+  uint64_t family = 0;
+  // Token per sector that a read must return now.
+  std::vector<uint64_t> current;
+  // Token per sector as of the last durability point (flush, fua, metadata operation).
+  std::vector<uint64_t> durable;
+  // Sectors written or discarded since their durability point: every token issued
+  // since (0 for a discard). A power cut may leave any of these, or `durable`.
+  std::map<uint64_t, std::vector<uint64_t>> pending;
+  std::vector<uint64_t> snapshots;  // SnapshotId values, oldest first
+  uint64_t size_bytes() const { return current.size() * kSectorBytes; }
+};
+
+struct SnapshotModel {
+  SnapshotId id;
+  VsdId vsd;
+  uint64_t family = 0;
+  std::string name;
+  std::vector<uint64_t> data;  // token per sector, frozen
+};
+
+enum class FaultKind { kNone, kDiskFailure, kCorruption, kIoErrors, kNodeOutage };
+
+// The one redundancy-reducing fault that may be outstanding.
+struct Fault {
+  FaultKind kind = FaultKind::kNone;
+  int ops_left = 0;
+  size_t disk = 0;           // index into the simulator's disks
+  bool disk_marked = false;  // FailDisk has been called (else the disk died silently)
+  NodeId node;
+  bool evict = false;  // the outage ends with EvictNode, then a rejoin
+  bool evicted = false;
+  uint64_t offline_io_baseline = 0;
+  int io_errors = 0;
+};
+
+const char* ModeName(PowerLossMode mode) {
+  switch (mode) {
+    case PowerLossMode::kDropAll:
+      return "drop-all";
+    case PowerLossMode::kKeepAll:
+      return "keep-all";
+    case PowerLossMode::kTear:
+      return "tear";
+  }
+  return "?";
+}
+
+class PoolSim {
+ public:
+  explicit PoolSim(const PoolSimConfig& config)
+      : config_(config),
+        workload_(config.seed),
+        env_random_(Mix(config.seed) ^ 0xd15c),
+        pool_random_(Mix(config.seed) ^ 0x9001) {}
+
+  ~PoolSim() {
+    // The pool first (it holds callbacks into the disks and the loop), then the disks.
+    pool_.reset();
+    disks_.clear();
+  }
+
+  PoolSimResult Run() {
+    if (Setup()) {
+      for (op_ = 1; op_ <= static_cast<uint64_t>(config_.ops) && !stopped_; ++op_) {
+        MaybeFault();
+        if (stopped_) break;
+        RunOneOp();
+        if (stopped_) break;
+        ++result_.ops;
+        CheckAfterOp();
+      }
+      if (!stopped_) Finish();
+    }
+    return result_;
+  }
+
+ private:
+  struct DiskSlot {
+    std::unique_ptr<SimDisk> disk;
+    DiskSpec spec;
+    DiskId id;
+  };
+
+  // ---------------------------------------------------------------------------------
+  // Plumbing
+
+  // Runs the loop until `done()`; OK, DEADLINE_EXCEEDED after `timeout_ns` of virtual
+  // time, or INTERNAL after kLoopStepsMax callbacks (a livelock).
+  absl::Status RunLoop(const std::function<bool()>& done, int64_t timeout_ns) {
+    const int64_t start_ns = loop_.NowNanos();
+    uint64_t steps = 0;
+    bool livelock = false;
+    const bool ok = loop_.RunUntil(
+        [&] {
+          if (done()) return true;
+          livelock = ++steps > kLoopStepsMax;
+          return livelock;
+        },
+        timeout_ns);
+    if (livelock) {
+      return absl::InternalError(absl::StrFormat(
+          "livelock: %d loop callbacks ran in %.6f s of virtual time without finishing",
+          kLoopStepsMax, static_cast<double>(loop_.NowNanos() - start_ns) / kSecondNs));
+    }
+    if (!ok) {
+      return absl::DeadlineExceededError(absl::StrFormat(
+          "did not finish within %d s of virtual time", timeout_ns / kSecondNs));
+    }
+    return absl::OkStatus();
+  }
+
+  // Lets `duration_ns` of virtual time pass (the pool's background work runs).
+  bool Idle(int64_t duration_ns, const std::string& why) {
+    absl::Status st = RunLoop([] { return false; }, duration_ns);
+    if (absl::IsDeadlineExceeded(st)) return true;
+    return ExpectOk(st, why);
+  }
+
+  absl::Status AwaitStatus(const std::function<void(Pool::StatusDone)>& start,
+                           int64_t timeout_ns = kOpTimeoutNs) {
+    auto result = std::make_shared<std::optional<absl::Status>>();
+    auto calls = std::make_shared<int>(0);
+    start([result, calls](absl::Status st) {
+      ++*calls;
+      *result = std::move(st);
+    });
+    RETURN_IF_ERROR(RunLoop([&] { return result->has_value(); }, timeout_ns));
+    if (*calls != 1) return absl::InternalError("callback ran more than once");
+    return **result;
+  }
+
+  template <typename T>
+  absl::StatusOr<T> AwaitValue(const std::function<void(Pool::Done<T>)>& start,
+                               int64_t timeout_ns = kOpTimeoutNs) {
+    auto result = std::make_shared<std::optional<absl::StatusOr<T>>>();
+    start([result](absl::StatusOr<T> v) { *result = std::move(v); });
+    RETURN_IF_ERROR(RunLoop([&] { return result->has_value(); }, timeout_ns));
+    return std::move(**result);
+  }
+
+  absl::Status AwaitDevice(const std::function<void(BlockDevice::Callback)>& start) {
+    return AwaitStatus([&](Pool::StatusDone done) { start(std::move(done)); });
+  }
+
+  void Log(std::string line) {
+    log_.push_back(absl::StrFormat("op %d t=%.6fs %s", op_,
+                                   static_cast<double>(loop_.NowNanos()) / kSecondNs, line));
+    if (config_.trace) std::fprintf(stderr, "%s\n", log_.back().c_str());
+    if (log_.size() > kOpLogMax) log_.pop_front();
+  }
+
+  // Records a violation and stops the run. Always returns false.
+  bool Violation(const std::string& what) {
+    if (stopped_) return false;
+    stopped_ = true;
+    ++result_.violations;
+    std::string msg = absl::StrFormat("seed=%d op=%d t=%.6fs: %s", config_.seed, op_,
+                                      static_cast<double>(loop_.NowNanos()) / kSecondNs,
+                                      what);
+    absl::StrAppend(&msg, "\n  recent operations (oldest first):");
+    for (const auto& line : log_) absl::StrAppend(&msg, "\n    ", line);
+    if (config_.trace) std::fprintf(stderr, "VIOLATION %s\n", msg.c_str());
+    result_.violation_messages.push_back(std::move(msg));
+    return false;
+  }
+
+  bool ExpectOk(const absl::Status& st, const std::string& what) {
+    if (st.ok()) return true;
+    return Violation(absl::StrCat(what, " failed: ", st.ToString()));
+  }
+
+  std::string TokenName(uint64_t token) const {
+    if (token == 0) return "zeros";
+    if (token == kGarbageToken) return "garbage";
+    auto it = token_op_.find(token);
+    return absl::StrFormat("w%d(op %d)", token,
+                           it == token_op_.end() ? 0 : static_cast<int64_t>(it->second));
+  }
+
+  // What a sector that matched no expectation holds, for the violation message.
+  std::string Describe(const uint8_t* p, uint64_t sector) const {
+    const uint64_t token = DecodeSector(p, sector);
+    if (token != kGarbageToken) return TokenName(token);
+    uint64_t words[2];
+    std::memcpy(words, p, sizeof(words));
+    std::string hex;
+    for (int i = 0; i < 16; ++i) absl::StrAppend(&hex, absl::Hex(p[i], absl::kZeroPad2));
+    return absl::StrFormat("garbage (first bytes %s: token field %d, sector field %d)", hex,
+                           words[0], words[1]);
+  }
+
+  uint64_t NewToken() {
+    const uint64_t token = next_token_++;
+    token_op_[token] = op_;
+    return token;
+  }
+
+  std::vector<DiskSpec> Specs() const {
+    std::vector<DiskSpec> specs;
+    for (const auto& d : disks_) specs.push_back(d.spec);
+    return specs;
+  }
+
+  size_t AddSimDisk(NodeId node, Tier tier) {
+    SimDiskOptions options;
+    options.size_bytes = config_.disk_bytes;
+    DiskSlot slot;
+    slot.disk = std::make_unique<SimDisk>(&loop_, &env_random_, options);
+    slot.spec = DiskSpec{node, tier, slot.disk.get()};
+    disks_.push_back(std::move(slot));
+    return disks_.size() - 1;
+  }
+
+  void InstallPool(std::unique_ptr<Pool> pool) {
+    pool_ = config_.wrap_pool ? config_.wrap_pool(std::move(pool)) : std::move(pool);
+  }
+
+  // ---------------------------------------------------------------------------------
+  // Setup and teardown
+
+  bool Setup() {
+    if (config_.nodes < 1 || config_.disks_per_node < 1) {
+      return Violation("bad config: need at least one node and one disk per node");
+    }
+    for (int n = 1; n <= config_.nodes; ++n) {
+      for (int d = 0; d < config_.disks_per_node; ++d) {
+        // One SSD per node when there are several disks, as in a hybrid HC3 node.
+        const Tier tier = (d == 0 && config_.disks_per_node > 1) ? Tier::kSsd : Tier::kHdd;
+        AddSimDisk(NodeId{static_cast<uint64_t>(n)}, tier);
+      }
+    }
+    Log(absl::StrFormat("create pool: %d nodes x %d disks of %d MiB", config_.nodes,
+                        config_.disks_per_node, config_.disk_bytes / kMiB));
+    auto pool = AwaitValue<std::unique_ptr<Pool>>(
+        [&](Pool::Done<std::unique_ptr<Pool>> done) {
+          Pool::Create(&loop_, &pool_random_, config_.pool_options, Specs(), done);
+        },
+        kOpenTimeoutNs);
+    if (!pool.ok()) return ExpectOk(pool.status(), "Pool::Create");
+    InstallPool(std::move(pool).value());
+    // pool.h gives no way to ask which DiskId a device got; the simulator assumes ids
+    // ascend in the order of the DiskSpecs passed to Create, and checks the nodes agree.
+    std::vector<DiskInfo> infos = pool_->ListDisks();
+    std::sort(infos.begin(), infos.end(),
+              [](const DiskInfo& a, const DiskInfo& b) { return a.id < b.id; });
+    if (infos.size() != disks_.size()) {
+      return Violation(absl::StrFormat("ListDisks after Create has %d disks, expected %d",
+                                       infos.size(), disks_.size()));
+    }
+    for (size_t i = 0; i < infos.size(); ++i) {
+      if (infos[i].node != disks_[i].spec.node || !infos[i].id.valid()) {
+        return Violation(absl::StrFormat(
+            "cannot map DiskIds to devices: disk #%d (id %d) is on node %d, spec says %d", i,
+            infos[i].id.value, infos[i].node.value, disks_[i].spec.node.value));
+      }
+      disks_[i].id = infos[i].id;
+    }
+    return CheckFsck("after Create");
+  }
+
+  void Finish() {
+    op_ = config_.ops + 1;
+    Log("finish: end outstanding fault");
+    for (int i = 0; i < 8 && fault_.kind != FaultKind::kNone && !stopped_; ++i) AdvanceFault();
+    if (stopped_) return;
+    if (fault_.kind != FaultKind::kNone) {
+      Violation("finish: fault still outstanding after 8 steps (simulator bug)");
+      return;
+    }
+    if (!WaitRedundant("finish")) return;
+    if (!VerifyAllExact("final check")) return;
+    Log("final flush");
+    if (!ExpectOk(AwaitStatus([&](Pool::StatusDone done) { pool_->Flush(done); }),
+                  "final Flush")) {
+      return;
+    }
+    CollapseAll({});
+    // A clean stop: after the flush everything must come back exactly.
+    if (!Restart(PowerLossMode::kDropAll, "clean restart after final flush")) return;
+    if (!VerifyAllExact("after clean restart")) return;
+    auto report = AwaitValue<ScrubReport>([&](Pool::Done<ScrubReport> done) {
+      pool_->Scrub(done);
+    });
+    if (!report.ok()) {
+      ExpectOk(report.status(), "final Scrub");
+      return;
+    }
+    Log(absl::StrFormat("final scrub: %d chunks %d blocks bad=%d repaired=%d lost=%d",
+                        report->chunks_checked, report->blocks_checked, report->bad_copies,
+                        report->repaired, report->unrecoverable));
+    if (report->bad_copies != 0 || report->unrecoverable != 0) {
+      Violation(absl::StrFormat(
+          "final Scrub on a healthy, fully redundant pool found %d bad copies (%d "
+          "unrecoverable): copies diverged without any outstanding fault",
+          report->bad_copies, report->unrecoverable));
+      return;
+    }
+    CheckFsck("final");
+  }
+
+  // ---------------------------------------------------------------------------------
+  // Model bookkeeping
+
+  VsdModel* FindModel(VsdId id) {
+    auto it = vsds_.find(id.value);
+    return it == vsds_.end() ? nullptr : &it->second;
+  }
+
+  VsdModel* PickVsd() {
+    if (vsds_.empty()) return nullptr;
+    auto it = vsds_.begin();
+    std::advance(it, workload_.Uniform(vsds_.size()));
+    return &it->second;
+  }
+
+  SnapshotModel* PickSnapshot() {
+    if (snaps_.empty()) return nullptr;
+    auto it = snaps_.begin();
+    std::advance(it, workload_.Uniform(snaps_.size()));
+    return &it->second;
+  }
+
+  void Issue(VsdModel& v, uint64_t begin, uint64_t end, uint64_t token) {
+    for (uint64_t s = begin; s < end; ++s) v.pending[s].push_back(token);
+  }
+
+  void Complete(VsdModel& v, uint64_t begin, uint64_t end, uint64_t token, bool durable) {
+    for (uint64_t s = begin; s < end; ++s) {
+      v.current[s] = token;
+      if (durable) {
+        v.durable[s] = token;
+        v.pending.erase(s);
+      }
+    }
+  }
+
+  // A completed Flush: every sector not written by an I/O that was still in flight when
+  // the flush was issued is durable as it is now.
+  void CollapseAll(const std::vector<SectorRange>& in_flight) {
+    for (auto& [id, v] : vsds_) {
+      for (auto it = v.pending.begin(); it != v.pending.end();) {
+        const uint64_t s = it->first;
+        bool keep = false;
+        for (const auto& r : in_flight) keep = keep || r.Contains(id, s);
+        if (keep) {
+          ++it;
+          continue;
+        }
+        v.durable[s] = v.current[s];
+        it = v.pending.erase(it);
+      }
+    }
+  }
+
+  bool IsCandidate(const VsdModel& v, uint64_t s, uint64_t token) const {
+    if (v.durable[s] == token) return true;
+    auto it = v.pending.find(s);
+    if (it == v.pending.end()) return false;
+    return std::find(it->second.begin(), it->second.end(), token) != it->second.end();
+  }
+
+  std::string Candidates(const VsdModel& v, uint64_t s) const {
+    std::vector<std::string> names = {TokenName(v.durable[s]) + " (durable)"};
+    auto it = v.pending.find(s);
+    if (it != v.pending.end()) {
+      for (uint64_t t : it->second) names.push_back(TokenName(t));
+    }
+    return absl::StrJoin(names, ", ");
+  }
+
+  int MaxReplication() const {
+    int rf = 0;
+    for (const auto& [id, v] : vsds_) rf = std::max(rf, v.replication);
+    return rf;
+  }
+
+  // ---------------------------------------------------------------------------------
+  // Disk and node health, from the pool's own view
+
+  std::set<uint64_t> HealthyNodes(uint64_t skip_node = 0, uint64_t skip_disk = 0) const {
+    std::set<uint64_t> nodes;
+    for (const DiskInfo& d : pool_->ListDisks()) {
+      if (d.failed || !d.online || d.node.value == skip_node || d.id.value == skip_disk) {
+        continue;
+      }
+      nodes.insert(d.node.value);
+    }
+    return nodes;
+  }
+
+  // Whether what is in use would still fit comfortably without `skip_*`.
+  bool CapacityAllows(uint64_t skip_node, uint64_t skip_disk) const {
+    uint64_t used = 0, capacity = 0;
+    for (const DiskInfo& d : pool_->ListDisks()) {
+      if (d.failed) continue;
+      used += d.used_bytes;
+      if (!d.online || d.node.value == skip_node || d.id.value == skip_disk) continue;
+      capacity += d.capacity_bytes;
+    }
+    return static_cast<double>(used) <= kUsedFractionAfterFaultMax * capacity;
+  }
+
+  double UsedFraction() const {
+    uint64_t used = 0, capacity = 0;
+    for (const DiskInfo& d : pool_->ListDisks()) {
+      if (d.failed) continue;
+      used += d.used_bytes;
+      capacity += d.capacity_bytes;
+    }
+    return capacity == 0 ? 1.0 : static_cast<double>(used) / capacity;
+  }
+
+  std::optional<DiskInfo> InfoOf(DiskId id) const {
+    for (const DiskInfo& d : pool_->ListDisks()) {
+      if (d.id == id) return d;
+    }
+    return std::nullopt;
+  }
+
+  std::string DisksSummary() const {
+    std::vector<std::string> parts;
+    for (const DiskInfo& d : pool_->ListDisks()) {
+      parts.push_back(absl::StrFormat("disk%d@node%d%s%s used=%dMiB chunks=%d", d.id.value,
+                                      d.node.value, d.failed ? " FAILED" : "",
+                                      d.online ? "" : " offline", d.used_bytes / kMiB,
+                                      d.chunks));
+    }
+    return absl::StrJoin(parts, "; ");
+  }
+
+  bool WaitRedundant(const std::string& why) {
+    const int64_t start = loop_.NowNanos();
+    absl::Status st = RunLoop([&] { return pool_->FullyRedundant(); }, kRedundancyTimeoutNs);
+    if (!st.ok()) {
+      const PoolStats stats = pool_->Stats();
+      return Violation(absl::StrFormat(
+          "%s: pool not fully redundant (%s; degraded_chunks=%d rebuilds_in_flight=%d "
+          "chunks_rebuilt=%d) disks: %s",
+          why, st.message(), stats.degraded_chunks, stats.rebuilds_in_flight,
+          stats.chunks_rebuilt, DisksSummary()));
+    }
+    const PoolStats stats = pool_->Stats();
+    if (stats.degraded_chunks != 0 || stats.rebuilds_in_flight != 0) {
+      return Violation(absl::StrFormat(
+          "%s: FullyRedundant() is true but Stats() says degraded_chunks=%d "
+          "rebuilds_in_flight=%d",
+          why, stats.degraded_chunks, stats.rebuilds_in_flight));
+    }
+    Log(absl::StrFormat("%s: fully redundant after %.3f s (chunks_rebuilt=%d)", why,
+                        static_cast<double>(loop_.NowNanos() - start) / kSecondNs,
+                        stats.chunks_rebuilt));
+    return !stopped_;
+  }
+
+  bool CheckFsck(const std::string& when) {
+    const FsckReport report = pool_->Fsck();
+    if (report.ok()) return true;
+    std::vector<std::string> first(
+        report.errors.begin(),
+        report.errors.begin() + std::min<size_t>(report.errors.size(), 8));
+    return Violation(absl::StrFormat("Fsck %s: %d errors: %s", when, report.errors.size(),
+                                     absl::StrJoin(first, " | ")));
+  }
+
+  // ---------------------------------------------------------------------------------
+  // Reading and checking
+
+  // Reads [offset, +length) of a VSD (or a snapshot when `snap` is set) into a buffer
+  // that is deliberately misaligned now and then (pool.h promises no alignment need).
+  absl::StatusOr<std::shared_ptr<std::vector<uint8_t>>> ReadRaw(VsdId vsd, SnapshotId snap,
+                                                                uint64_t offset,
+                                                                uint64_t length,
+                                                                size_t* misalign) {
+    *misalign = workload_.Bernoulli(0.25) ? 1 + workload_.Uniform(7) : 0;
+    auto buf = std::make_shared<std::vector<uint8_t>>(length + *misalign, 0xee);
+    uint8_t* p = buf->data() + *misalign;
+    absl::Status st = AwaitStatus([&](Pool::StatusDone done) {
+      auto keep = [buf, done](absl::Status s) { done(std::move(s)); };
+      if (snap.valid()) {
+        pool_->ReadSnapshot(snap, offset, length, p, keep);
+      } else {
+        pool_->Read(vsd, offset, length, p, keep);
+      }
+    });
+    if (!st.ok()) return st;
+    ++result_.reads_checked;
+    return buf;
+  }
+
+  // Reads a live range and compares it with `current` exactly.
+  bool ReadAndCheck(VsdModel& v, uint64_t offset, uint64_t length, const std::string& what) {
+    size_t misalign;
+    auto buf = ReadRaw(v.id, SnapshotId{}, offset, length, &misalign);
+    const std::string where =
+        absl::StrFormat("%s: Read vsd %d [%d, +%d)", what, v.id.value, offset, length);
+    if (!buf.ok()) return ExpectOk(buf.status(), where);
+    const uint8_t* p = (*buf)->data() + misalign;
+    for (uint64_t i = 0; i < length / kSectorBytes; ++i) {
+      const uint64_t s = offset / kSectorBytes + i;
+      const uint64_t got = DecodeSector(p + i * kSectorBytes, s);
+      if (got != v.current[s]) {
+        return Violation(absl::StrFormat("%s: sector %d (byte %d) holds %s, expected %s", where,
+                                         s, s * kSectorBytes, Describe(p + i * kSectorBytes, s),
+                                         TokenName(v.current[s])));
+      }
+    }
+    return true;
+  }
+
+  bool ReadSnapshotAndCheck(const SnapshotModel& snap, uint64_t offset, uint64_t length,
+                            const std::string& what) {
+    size_t misalign;
+    auto buf = ReadRaw(snap.vsd, snap.id, offset, length, &misalign);
+    const std::string where = absl::StrFormat("%s: ReadSnapshot %d (of vsd %d) [%d, +%d)", what,
+                                              snap.id.value, snap.vsd.value, offset, length);
+    if (!buf.ok()) return ExpectOk(buf.status(), where);
+    const uint8_t* p = (*buf)->data() + misalign;
+    for (uint64_t i = 0; i < length / kSectorBytes; ++i) {
+      const uint64_t s = offset / kSectorBytes + i;
+      const uint64_t got = DecodeSector(p + i * kSectorBytes, s);
+      if (got != snap.data[s]) {
+        return Violation(absl::StrFormat("%s: sector %d (byte %d) holds %s, expected %s", where,
+                                         s, s * kSectorBytes, Describe(p + i * kSectorBytes, s),
+                                         TokenName(snap.data[s])));
+      }
+    }
+    return true;
+  }
+
+  bool CheckVsdInfo(const VsdModel& v, const std::string& when) {
+    auto info = pool_->GetVsdInfo(v.id);
+    if (!info.ok()) return ExpectOk(info.status(), absl::StrCat(when, ": GetVsdInfo"));
+    if (info->size_bytes != v.size_bytes() || info->replication != v.replication ||
+        info->name != v.name) {
+      return Violation(absl::StrFormat(
+          "%s: GetVsdInfo(%d) says name=%s size=%d replication=%d, model has %s %d %d", when,
+          v.id.value, info->name, info->size_bytes, info->replication, v.name, v.size_bytes(),
+          v.replication));
+    }
+    return true;
+  }
+
+  // Every VSD and snapshot read back completely and compared exactly.
+  bool VerifyAllExact(const std::string& when) {
+    for (auto& [id, v] : vsds_) {
+      if (!CheckVsdInfo(v, when)) return false;
+      for (uint64_t off = 0; off < v.size_bytes(); off += kVerifyReadBytes) {
+        if (!ReadAndCheck(v, off, std::min(kVerifyReadBytes, v.size_bytes() - off), when)) {
+          return false;
+        }
+      }
+    }
+    for (auto& [id, s] : snaps_) {
+      const uint64_t size = s.data.size() * kSectorBytes;
+      for (uint64_t off = 0; off < size; off += kVerifyReadBytes) {
+        if (!ReadSnapshotAndCheck(s, off, std::min(kVerifyReadBytes, size - off), when)) {
+          return false;
+        }
+      }
+    }
+    Log(absl::StrFormat("%s: %d vsds and %d snapshots verified exactly", when, vsds_.size(),
+                        snaps_.size()));
+    return true;
+  }
+
+  bool CheckListsMatchModel(const std::string& when) {
+    std::set<uint64_t> listed;
+    for (const VsdInfo& info : pool_->ListVsds()) listed.insert(info.id.value);
+    std::set<uint64_t> model;
+    for (const auto& [id, v] : vsds_) model.insert(id);
+    if (listed != model) {
+      return Violation(absl::StrFormat("%s: ListVsds has {%s}, model has {%s}", when,
+                                       absl::StrJoin(listed, ","), absl::StrJoin(model, ",")));
+    }
+    for (const auto& [id, v] : vsds_) {
+      std::set<uint64_t> snaps_listed;
+      for (const SnapshotInfo& s : pool_->ListSnapshots(v.id)) {
+        snaps_listed.insert(s.id.value);
+        if (s.vsd != v.id) {
+          return Violation(absl::StrFormat("%s: ListSnapshots(%d) returned snapshot %d of vsd %d",
+                                           when, id, s.id.value, s.vsd.value));
+        }
+      }
+      const std::set<uint64_t> snaps_model(v.snapshots.begin(), v.snapshots.end());
+      if (snaps_listed != snaps_model) {
+        return Violation(absl::StrFormat("%s: ListSnapshots(%d) has {%s}, model has {%s}", when,
+                                         id, absl::StrJoin(snaps_listed, ","),
+                                         absl::StrJoin(snaps_model, ",")));
+      }
+    }
+    return true;
+  }
+
+  // Accounting that pool.h defines exactly enough to check: a block holding anything
+  // but zeros is mapped, so allocated_bytes can never be below the model's count.
+  bool CheckAccounting(const std::string& when) {
+    for (const auto& [id, v] : vsds_) {
+      auto info = pool_->GetVsdInfo(v.id);
+      if (!info.ok()) return ExpectOk(info.status(), absl::StrCat(when, ": GetVsdInfo"));
+      uint64_t nonzero_blocks = 0;
+      for (uint64_t s = 0; s < v.current.size(); s += kSectorsPerBlock) {
+        bool nonzero = false;
+        for (uint64_t i = s; i < std::min<uint64_t>(s + kSectorsPerBlock, v.current.size());
+             ++i) {
+          nonzero = nonzero || v.current[i] != 0;
+        }
+        nonzero_blocks += nonzero;
+      }
+      if (info->allocated_bytes < nonzero_blocks * kBlockBytes ||
+          info->shared_bytes + info->unique_bytes != info->allocated_bytes ||
+          info->snapshots != v.snapshots.size()) {
+        return Violation(absl::StrFormat(
+            "%s: GetVsdInfo(%d) allocated=%d unique=%d shared=%d snapshots=%d; model has %d "
+            "non-zero 4 KiB blocks and %d snapshots",
+            when, id, info->allocated_bytes, info->unique_bytes, info->shared_bytes,
+            info->snapshots, nonzero_blocks, v.snapshots.size()));
+      }
+    }
+    for (const DiskInfo& d : pool_->ListDisks()) {
+      if (d.used_bytes > d.capacity_bytes) {
+        return Violation(absl::StrFormat("%s: disk %d uses %d of %d bytes", when, d.id.value,
+                                         d.used_bytes, d.capacity_bytes));
+      }
+    }
+    return true;
+  }
+
+  void CheckAfterOp() {
+    if (!CheckFsck("after operation")) return;
+    if (!CheckListsMatchModel("after operation")) return;
+    if (op_ % kDeepCheckEveryOps == 0 && !CheckAccounting("after operation")) return;
+    if (fault_.kind == FaultKind::kNone && !pool_->FullyRedundant()) {
+      const PoolStats stats = pool_->Stats();
+      Violation(absl::StrFormat(
+          "pool not fully redundant with no fault outstanding (degraded_chunks=%d "
+          "rebuilds_in_flight=%d) disks: %s",
+          stats.degraded_chunks, stats.rebuilds_in_flight, DisksSummary()));
+    }
+  }
+
+  // ---------------------------------------------------------------------------------
+  // Workload
+
+  // A random 512-byte aligned range inside the VSD, biased to 4 KiB alignment now and
+  // then so both the read-modify-write and the whole-block paths are exercised.
+  std::pair<uint64_t, uint64_t> RandomRange(const VsdModel& v, uint64_t max_bytes) {
+    const uint64_t sectors = v.current.size();
+    uint64_t len_sectors;
+    switch (workload_.Uniform(4)) {
+      case 0:
+        len_sectors = 1 + workload_.Uniform(8);
+        break;
+      case 1:
+        len_sectors = kSectorsPerBlock * (1 + workload_.Uniform(16));
+        break;
+      default:
+        len_sectors = 1 + workload_.Uniform(max_bytes / kSectorBytes);
+        break;
+    }
+    len_sectors = std::min({len_sectors, max_bytes / kSectorBytes, sectors});
+    uint64_t start = workload_.Uniform(sectors - len_sectors + 1);
+    if (workload_.Bernoulli(0.5)) start -= start % kSectorsPerBlock;
+    return {start * kSectorBytes, len_sectors * kSectorBytes};
+  }
+
+  std::shared_ptr<std::vector<uint8_t>> MakeWriteData(uint64_t token, uint64_t offset,
+                                                      uint64_t length, size_t misalign) {
+    auto buf = std::make_shared<std::vector<uint8_t>>(length + misalign);
+    for (uint64_t i = 0; i < length / kSectorBytes; ++i) {
+      FillSector(token, offset / kSectorBytes + i,
+                 buf->data() + misalign + i * kSectorBytes);
+    }
+    return buf;
+  }
+
+  void RunOneOp() {
+    if (vsds_.empty()) {
+      OpCreateVsd();
+      return;
+    }
+    const bool pressure = UsedFraction() > kUsedFractionWritesMax;
+    struct Choice {
+      double weight;
+      void (PoolSim::*op)();
+    };
+    const std::vector<Choice> choices = {
+        {pressure ? 0.0 : 26, &PoolSim::OpWrite},
+        {pressure ? 0.0 : 5, &PoolSim::OpFuaWrite},
+        {pressure ? 0.0 : 8, &PoolSim::OpBurst},
+        {16, &PoolSim::OpRead},
+        {pressure ? 12.0 : 4, &PoolSim::OpDiscard},
+        {5, &PoolSim::OpFlush},
+        {vsds_.size() < kVsdsMax && !pressure ? 2.5 : 0, &PoolSim::OpCreateVsd},
+        {snaps_.size() < kSnapshotsMax ? 5.0 : 0, &PoolSim::OpSnapshot},
+        {snaps_.size() + 1 < kSnapshotsMax ? 2.0 : 0, &PoolSim::OpGroupSnapshot},
+        {5, &PoolSim::OpReadSnapshot},
+        {vsds_.size() < kVsdsMax && !pressure ? 3.0 : 0, &PoolSim::OpClone},
+        {2, &PoolSim::OpRevert},
+        {pressure || snaps_.size() >= kSnapshotsMax ? 10.0 : 3, &PoolSim::OpDeleteSnapshot},
+        {pressure || vsds_.size() >= kVsdsMax ? 4.0 : 1.2, &PoolSim::OpDeleteVsd},
+        {pressure ? 0.0 : 2, &PoolSim::OpResize},
+        {4, &PoolSim::OpDiff},
+        {1, &PoolSim::OpBadRequest},
+    };
+    double total = 0;
+    for (const auto& c : choices) total += c.weight;
+    double x = static_cast<double>(workload_.Next64() >> 11) * 0x1.0p-53 * total;
+    for (const auto& c : choices) {
+      if (x < c.weight) {
+        (this->*c.op)();
+        return;
+      }
+      x -= c.weight;
+    }
+    (this->*choices.back().op)();
+  }
+
+  void OpCreateVsd() {
+    VsdOptions options;
+    options.name = absl::StrCat("vsd-", ++names_);
+    options.size_bytes =
+        kVsdBytesMin + 64 * kKiB * workload_.Uniform((kVsdBytesCreateMax - kVsdBytesMin) /
+                                                          (64 * kKiB) + 1);
+    // Sometimes a size that is not a multiple of 64 KiB (the engine wants 4 KiB).
+    if (workload_.Bernoulli(0.15)) options.size_bytes += kBlockBytes * (1 + workload_.Uniform(15));
+    const bool rf3_possible = config_.nodes >= 3 && HealthyNodes().size() >= 3;
+    options.replication = rf3_possible && workload_.Bernoulli(0.4) ? 3 : 2;
+    options.flash_priority = static_cast<int>(workload_.Uniform(12));
+    Log(absl::StrFormat("CreateVsd %s size=%d rf=%d", options.name, options.size_bytes,
+                        options.replication));
+    auto id = AwaitValue<VsdId>([&](Pool::Done<VsdId> done) { pool_->CreateVsd(options, done); });
+    if (!id.ok()) {
+      ExpectOk(id.status(), "CreateVsd");
+      return;
+    }
+    if (!id->valid() || vsds_.count(id->value)) {
+      Violation(absl::StrFormat("CreateVsd returned id %d, invalid or already in use",
+                                id->value));
+      return;
+    }
+    VsdModel v;
+    v.id = *id;
+    v.name = options.name;
+    v.replication = options.replication;
+    v.family = id->value;
+    v.current.assign(options.size_bytes / kSectorBytes, 0);
+    v.durable = v.current;
+    Log(absl::StrFormat("  -> vsd %d", id->value));
+    auto [it, inserted] = vsds_.emplace(id->value, std::move(v));
+    auto found = pool_->FindVsd(options.name);
+    if (!found.ok() || *found != *id) {
+      Violation(absl::StrFormat("FindVsd(%s) = %s, expected %d", options.name,
+                                found.ok() ? absl::StrCat(found->value) : found.status().ToString(),
+                                id->value));
+      return;
+    }
+    CheckVsdInfo(it->second, "after CreateVsd");
+  }
+
+  bool DoWrite(VsdModel& v, uint64_t offset, uint64_t length, bool fua) {
+    const uint64_t token = NewToken();
+    const size_t misalign = workload_.Bernoulli(0.25) ? 1 + workload_.Uniform(7) : 0;
+    auto buf = MakeWriteData(token, offset, length, misalign);
+    Log(absl::StrFormat("Write vsd %d [%d, +%d) w%d%s", v.id.value, offset, length, token,
+                        fua ? " fua" : ""));
+    const uint64_t begin = offset / kSectorBytes, end = (offset + length) / kSectorBytes;
+    Issue(v, begin, end, token);
+    absl::Status st = AwaitStatus([&](Pool::StatusDone done) {
+      pool_->Write(v.id, offset, length, buf->data() + misalign, fua,
+                   [buf, done](absl::Status s) { done(std::move(s)); });
+    });
+    if (!ExpectOk(st, absl::StrFormat("Write vsd %d [%d, +%d)", v.id.value, offset, length))) {
+      return false;
+    }
+    Complete(v, begin, end, token, fua);
+    return true;
+  }
+
+  void OpWrite() {
+    VsdModel* v = PickVsd();
+    auto [offset, length] = RandomRange(*v, kWriteBytesMax);
+    DoWrite(*v, offset, length, false);
+  }
+
+  void OpFuaWrite() {
+    VsdModel* v = PickVsd();
+    auto [offset, length] = RandomRange(*v, kWriteBytesMax);
+    DoWrite(*v, offset, length, true);
+  }
+
+  void OpRead() {
+    VsdModel* v = PickVsd();
+    // A whole-VSD read now and then: after corruption this is what finds it.
+    if (workload_.Bernoulli(0.1)) {
+      Log(absl::StrFormat("Read all of vsd %d", v->id.value));
+      for (uint64_t off = 0; off < v->size_bytes() && !stopped_; off += kVerifyReadBytes) {
+        ReadAndCheck(*v, off, std::min(kVerifyReadBytes, v->size_bytes() - off), "read");
+      }
+      return;
+    }
+    auto [offset, length] = RandomRange(*v, kReadBytesMax);
+    Log(absl::StrFormat("Read vsd %d [%d, +%d)", v->id.value, offset, length));
+    ReadAndCheck(*v, offset, length, "read");
+  }
+
+  void OpDiscard() {
+    VsdModel* v = PickVsd();
+    auto [offset, length] = RandomRange(*v, kDiscardBytesMax);
+    Log(absl::StrFormat("Discard vsd %d [%d, +%d)", v->id.value, offset, length));
+    const uint64_t begin = offset / kSectorBytes, end = (offset + length) / kSectorBytes;
+    Issue(*v, begin, end, 0);
+    absl::Status st = AwaitStatus([&](Pool::StatusDone done) {
+      pool_->Discard(v->id, offset, length, done);
+    });
+    if (!ExpectOk(st, absl::StrFormat("Discard vsd %d [%d, +%d)", v->id.value, offset, length))) {
+      return;
+    }
+    Complete(*v, begin, end, 0, false);
+  }
+
+  void OpFlush() {
+    Log("Flush");
+    if (!ExpectOk(AwaitStatus([&](Pool::StatusDone done) { pool_->Flush(done); }), "Flush")) {
+      return;
+    }
+    CollapseAll({});
+  }
+
+  // 2..8 writes to disjoint ranges (possibly sharing 4 KiB blocks, possibly on different
+  // VSDs) in flight at once, with a few reads of untouched ranges and sometimes a flush.
+  void OpBurst() {
+    struct Io {
+      bool is_write = true;
+      uint64_t vsd = 0;
+      uint64_t offset = 0, length = 0;
+      uint64_t token = 0;
+      bool fua = false;
+      size_t misalign = 0;
+      std::shared_ptr<std::vector<uint8_t>> buf;
+      std::vector<uint64_t> expected;  // reads: tokens at issue
+      std::optional<absl::Status> status;
+    };
+    struct Burst {
+      std::vector<Io> ios;
+      std::optional<absl::Status> flush_status;
+      bool abandoned = false;  // a power cut struck: completions no longer count
+    };
+    auto burst = std::make_shared<Burst>();
+    std::vector<SectorRange> ranges;
+    const int writes = kBurstIosMin + static_cast<int>(workload_.Uniform(
+                                          kBurstIosMax - kBurstIosMin + 1));
+    const int reads = static_cast<int>(workload_.Uniform(kBurstReadsMax + 1));
+    for (int i = 0; i < writes + reads; ++i) {
+      for (int attempt = 0; attempt < 10; ++attempt) {
+        VsdModel* v = PickVsd();
+        auto [offset, length] = RandomRange(*v, i < writes ? kWriteBytesMax : 64 * kKiB);
+        SectorRange r{v->id.value, offset / kSectorBytes, (offset + length) / kSectorBytes};
+        bool overlaps = false;
+        for (const auto& o : ranges) overlaps = overlaps || o.Overlaps(r);
+        if (overlaps) continue;
+        ranges.push_back(r);
+        Io io;
+        io.is_write = i < writes;
+        io.vsd = v->id.value;
+        io.offset = offset;
+        io.length = length;
+        io.misalign = workload_.Bernoulli(0.25) ? 1 + workload_.Uniform(7) : 0;
+        if (io.is_write) {
+          io.token = NewToken();
+          io.fua = workload_.Bernoulli(0.2);
+          io.buf = MakeWriteData(io.token, offset, length, io.misalign);
+        } else {
+          io.buf = std::make_shared<std::vector<uint8_t>>(length + io.misalign, 0xee);
+          io.expected.assign(v->current.begin() + r.begin, v->current.begin() + r.end);
+        }
+        burst->ios.push_back(std::move(io));
+        break;
+      }
+    }
+    const bool with_flush = workload_.Bernoulli(0.3);
+    std::vector<std::string> parts;
+    for (const Io& io : burst->ios) {
+      parts.push_back(io.is_write ? absl::StrFormat("W vsd %d [%d, +%d) w%d%s", io.vsd,
+                                                    io.offset, io.length, io.token,
+                                                    io.fua ? " fua" : "")
+                                  : absl::StrFormat("R vsd %d [%d, +%d)", io.vsd, io.offset,
+                                                    io.length));
+    }
+    if (with_flush) parts.push_back("Flush");
+    Log(absl::StrCat("Burst: ", absl::StrJoin(parts, "; ")));
+
+    std::vector<SectorRange> write_ranges;
+    for (size_t i = 0; i < burst->ios.size(); ++i) {
+      Io& io = burst->ios[i];
+      VsdModel& v = vsds_.at(io.vsd);
+      const uint64_t begin = io.offset / kSectorBytes, end = (io.offset + io.length) / kSectorBytes;
+      if (io.is_write) {
+        write_ranges.push_back(SectorRange{io.vsd, begin, end});
+        Issue(v, begin, end, io.token);
+        pool_->Write(v.id, io.offset, io.length, io.buf->data() + io.misalign, io.fua,
+                     [this, burst, i, begin, end](absl::Status st) {
+                       if (burst->abandoned) return;
+                       Io& io = burst->ios[i];
+                       if (io.status.has_value()) {
+                         io.status = absl::InternalError("callback ran twice");
+                         return;
+                       }
+                       if (st.ok()) Complete(vsds_.at(io.vsd), begin, end, io.token, io.fua);
+                       io.status = std::move(st);
+                     });
+      } else {
+        pool_->Read(v.id, io.offset, io.length, io.buf->data() + io.misalign,
+                    [burst, i, buf = io.buf](absl::Status st) {
+                      if (burst->abandoned) return;
+                      burst->ios[i].status = std::move(st);
+                    });
+      }
+    }
+    if (with_flush) {
+      pool_->Flush([this, burst, write_ranges](absl::Status st) {
+        if (burst->abandoned) return;
+        // Only what completed before the flush was issued is covered by it: nothing of
+        // this burst's writes.
+        if (st.ok()) CollapseAll(write_ranges);
+        burst->flush_status = std::move(st);
+      });
+    }
+    auto all_done = [&] {
+      for (const Io& io : burst->ios) {
+        if (!io.status.has_value()) return false;
+      }
+      return !with_flush || burst->flush_status.has_value();
+    };
+
+    // Sometimes the power goes while the burst is in flight.
+    if (config_.faults && fault_.kind == FaultKind::kNone && workload_.Bernoulli(0.1)) {
+      const int64_t delay_ns = static_cast<int64_t>(workload_.Uniform(3 * kMillisecondNs));
+      absl::Status st = RunLoop(all_done, delay_ns);
+      if (!st.ok() && !absl::IsDeadlineExceeded(st)) {
+        burst->abandoned = true;
+        ExpectOk(st, "burst");
+        return;
+      }
+      int completed = 0;
+      for (const Io& io : burst->ios) completed += io.status.has_value();
+      burst->abandoned = true;
+      Log(absl::StrFormat("  power cut %d us into the burst (%d of %d I/Os completed)",
+                          delay_ns / 1000, completed, burst->ios.size()));
+      for (const Io& io : burst->ios) {
+        if (io.status.has_value() && !io.status->ok()) {
+          ExpectOk(*io.status, absl::StrFormat("burst I/O on vsd %d [%d, +%d)", io.vsd,
+                                               io.offset, io.length));
+          return;
+        }
+      }
+      PowerCut(RandomMode(), "power cut during a burst");
+      return;
+    }
+
+    if (absl::Status st = RunLoop(all_done, kOpTimeoutNs); !st.ok()) {
+      burst->abandoned = true;
+      ExpectOk(st, "burst");
+      return;
+    }
+    for (const Io& io : burst->ios) {
+      if (!io.status->ok()) {
+        ExpectOk(*io.status, absl::StrFormat("burst %s vsd %d [%d, +%d)",
+                                             io.is_write ? "Write" : "Read", io.vsd, io.offset,
+                                             io.length));
+        return;
+      }
+    }
+    if (with_flush && !ExpectOk(*burst->flush_status, "burst Flush")) return;
+    for (const Io& io : burst->ios) {
+      if (io.is_write) continue;
+      ++result_.reads_checked;
+      const uint8_t* p = io.buf->data() + io.misalign;
+      for (uint64_t i = 0; i < io.length / kSectorBytes; ++i) {
+        const uint64_t s = io.offset / kSectorBytes + i;
+        const uint64_t got = DecodeSector(p + i * kSectorBytes, s);
+        if (got != io.expected[i]) {
+          Violation(absl::StrFormat(
+              "burst Read vsd %d [%d, +%d): sector %d holds %s, expected %s (concurrent "
+              "writes elsewhere disturbed it)",
+              io.vsd, io.offset, io.length, s, Describe(p + i * kSectorBytes, s),
+              TokenName(io.expected[i])));
+          return;
+        }
+      }
+    }
+  }
+
+  bool RecordSnapshot(VsdModel& v, SnapshotId id, const std::string& name) {
+    if (!id.valid() || snaps_.count(id.value)) {
+      return Violation(absl::StrFormat("snapshot id %d is invalid or already in use", id.value));
+    }
+    SnapshotModel s;
+    s.id = id;
+    s.vsd = v.id;
+    s.family = v.family;
+    s.name = name;
+    s.data = v.current;
+    snaps_.emplace(id.value, std::move(s));
+    v.snapshots.push_back(id.value);
+    return true;
+  }
+
+  void OpSnapshot() {
+    VsdModel* v = PickVsd();
+    if (v->snapshots.size() >= kSnapshotsPerVsdMax) {
+      OpDeleteSnapshot();
+      return;
+    }
+    const std::string name = absl::StrCat("snap-", ++names_);
+    Log(absl::StrFormat("CreateSnapshot vsd %d %s", v->id.value, name));
+    auto id = AwaitValue<SnapshotId>([&](Pool::Done<SnapshotId> done) {
+      pool_->CreateSnapshot(v->id, name, done);
+    });
+    if (!id.ok()) {
+      ExpectOk(id.status(), absl::StrFormat("CreateSnapshot vsd %d", v->id.value));
+      return;
+    }
+    Log(absl::StrFormat("  -> snapshot %d", id->value));
+    RecordSnapshot(*v, *id, name);
+  }
+
+  void OpGroupSnapshot() {
+    if (vsds_.size() < 2) return;
+    VsdModel* a = PickVsd();
+    VsdModel* b = PickVsd();
+    for (int i = 0; i < 8 && a == b; ++i) b = PickVsd();
+    if (a == b || a->snapshots.size() >= kSnapshotsPerVsdMax ||
+        b->snapshots.size() >= kSnapshotsPerVsdMax) {
+      return;
+    }
+    const std::string name = absl::StrCat("group-", ++names_);
+    Log(absl::StrFormat("CreateGroupSnapshot vsds %d,%d %s", a->id.value, b->id.value, name));
+    auto ids = AwaitValue<std::vector<SnapshotId>>(
+        [&](Pool::Done<std::vector<SnapshotId>> done) {
+          pool_->CreateGroupSnapshot({a->id, b->id}, name, done);
+        });
+    if (!ids.ok()) {
+      ExpectOk(ids.status(), "CreateGroupSnapshot");
+      return;
+    }
+    if (ids->size() != 2) {
+      Violation(absl::StrFormat("CreateGroupSnapshot of 2 VSDs returned %d ids", ids->size()));
+      return;
+    }
+    Log(absl::StrFormat("  -> snapshots %d,%d", (*ids)[0].value, (*ids)[1].value));
+    if (!RecordSnapshot(*a, (*ids)[0], name)) return;
+    if (!RecordSnapshot(*b, (*ids)[1], name)) return;
+    for (int i = 0; i < 2; ++i) {
+      const VsdId vsd = i == 0 ? a->id : b->id;
+      bool found = false;
+      for (const SnapshotInfo& s : pool_->ListSnapshots(vsd)) found = found || s.id == (*ids)[i];
+      if (!found) {
+        Violation(absl::StrFormat("group snapshot %d missing from ListSnapshots(%d) (ids must "
+                                  "be in the order of the VSDs)",
+                                  (*ids)[i].value, vsd.value));
+        return;
+      }
+    }
+  }
+
+  void OpReadSnapshot() {
+    SnapshotModel* s = PickSnapshot();
+    if (s == nullptr) {
+      OpSnapshot();
+      return;
+    }
+    VsdModel probe;  // only for RandomRange's sizing
+    probe.current.resize(s->data.size());
+    auto [offset, length] = RandomRange(probe, kReadBytesMax);
+    Log(absl::StrFormat("ReadSnapshot %d [%d, +%d)", s->id.value, offset, length));
+    ReadSnapshotAndCheck(*s, offset, length, "read snapshot");
+  }
+
+  void AddClone(VsdId id, const std::string& name, uint64_t family, int replication,
+                const std::vector<uint64_t>& contents) {
+    if (!id.valid() || vsds_.count(id.value)) {
+      Violation(absl::StrFormat("clone id %d is invalid or already in use", id.value));
+      return;
+    }
+    VsdModel v;
+    v.id = id;
+    v.name = name;
+    v.replication = replication;
+    v.family = family;
+    v.current = contents;
+    v.durable = contents;
+    auto [it, inserted] = vsds_.emplace(id.value, std::move(v));
+    CheckVsdInfo(it->second, "after clone");
+  }
+
+  void OpClone() {
+    const std::string name = absl::StrCat("clone-", ++names_);
+    SnapshotModel* s = PickSnapshot();
+    if (s != nullptr && workload_.Bernoulli(0.6)) {
+      Log(absl::StrFormat("CloneFromSnapshot %d -> %s", s->id.value, name));
+      auto id = AwaitValue<VsdId>([&](Pool::Done<VsdId> done) {
+        pool_->CloneFromSnapshot(s->id, name, done);
+      });
+      if (!id.ok()) {
+        ExpectOk(id.status(), absl::StrFormat("CloneFromSnapshot %d", s->id.value));
+        return;
+      }
+      Log(absl::StrFormat("  -> vsd %d", id->value));
+      AddClone(*id, name, s->family, vsds_.at(s->vsd.value).replication, s->data);
+      return;
+    }
+    VsdModel* v = PickVsd();
+    Log(absl::StrFormat("CloneVsd %d -> %s", v->id.value, name));
+    auto id = AwaitValue<VsdId>([&](Pool::Done<VsdId> done) {
+      pool_->CloneVsd(v->id, name, done);
+    });
+    if (!id.ok()) {
+      ExpectOk(id.status(), absl::StrFormat("CloneVsd %d", v->id.value));
+      return;
+    }
+    Log(absl::StrFormat("  -> vsd %d", id->value));
+    AddClone(*id, name, v->family, v->replication, v->current);
+  }
+
+  void OpRevert() {
+    VsdModel* v = PickVsd();
+    if (v->snapshots.empty()) {
+      OpSnapshot();
+      return;
+    }
+    const SnapshotModel& s =
+        snaps_.at(v->snapshots[workload_.Uniform(v->snapshots.size())]);
+    Log(absl::StrFormat("RevertToSnapshot vsd %d to snapshot %d", v->id.value, s.id.value));
+    absl::Status st = AwaitStatus([&](Pool::StatusDone done) {
+      pool_->RevertToSnapshot(v->id, s.id, done);
+    });
+    if (!ExpectOk(st, absl::StrFormat("RevertToSnapshot vsd %d snapshot %d", v->id.value,
+                                      s.id.value))) {
+      return;
+    }
+    auto info = pool_->GetVsdInfo(v->id);
+    if (!info.ok()) {
+      ExpectOk(info.status(), "GetVsdInfo after revert");
+      return;
+    }
+    // pool.h does not say whether a revert undoes a resize made since the snapshot; both
+    // are accepted, and space beyond the snapshot reads as zeros (writes since are gone).
+    const uint64_t snap_bytes = s.data.size() * kSectorBytes;
+    if (info->size_bytes != snap_bytes && info->size_bytes != v->size_bytes()) {
+      Violation(absl::StrFormat("after revert vsd %d has size %d; snapshot had %d, vsd had %d",
+                                v->id.value, info->size_bytes, snap_bytes, v->size_bytes()));
+      return;
+    }
+    v->current = s.data;
+    v->current.resize(info->size_bytes / kSectorBytes, 0);
+    v->durable = v->current;
+    v->pending.clear();
+  }
+
+  void OpDeleteSnapshot() {
+    SnapshotModel* s = PickSnapshot();
+    if (s == nullptr) return;
+    const SnapshotId id = s->id;
+    const VsdId vsd = s->vsd;
+    Log(absl::StrFormat("DeleteSnapshot %d (of vsd %d)", id.value, vsd.value));
+    absl::Status st = AwaitStatus([&](Pool::StatusDone done) { pool_->DeleteSnapshot(id, done); });
+    if (!ExpectOk(st, absl::StrFormat("DeleteSnapshot %d", id.value))) return;
+    ForgetSnapshot(id.value);
+  }
+
+  void ForgetSnapshot(uint64_t id) {
+    auto it = snaps_.find(id);
+    if (it == snaps_.end()) return;
+    if (VsdModel* v = FindModel(it->second.vsd)) {
+      v->snapshots.erase(std::remove(v->snapshots.begin(), v->snapshots.end(), id),
+                         v->snapshots.end());
+    }
+    snaps_.erase(it);
+  }
+
+  void OpDeleteVsd() {
+    if (vsds_.size() < 2) return;
+    VsdModel* v = PickVsd();
+    const VsdId id = v->id;
+    Log(absl::StrFormat("DeleteVsd %d (%d snapshots)", id.value, v->snapshots.size()));
+    absl::Status st = AwaitStatus([&](Pool::StatusDone done) { pool_->DeleteVsd(id, done); });
+    if (absl::IsFailedPrecondition(st) && !v->snapshots.empty()) {
+      // pool.h does not say whether a VSD with snapshots may be deleted; refusing is
+      // accepted, then the snapshots go first.
+      Log("  refused (has snapshots): deleting them first");
+      for (uint64_t snap : std::vector<uint64_t>(v->snapshots)) {
+        absl::Status del = AwaitStatus([&](Pool::StatusDone done) {
+          pool_->DeleteSnapshot(SnapshotId{snap}, done);
+        });
+        if (!ExpectOk(del, absl::StrFormat("DeleteSnapshot %d", snap))) return;
+        ForgetSnapshot(snap);
+      }
+      st = AwaitStatus([&](Pool::StatusDone done) { pool_->DeleteVsd(id, done); });
+    }
+    if (!ExpectOk(st, absl::StrFormat("DeleteVsd %d", id.value))) return;
+    for (uint64_t snap : std::vector<uint64_t>(v->snapshots)) ForgetSnapshot(snap);
+    vsds_.erase(id.value);
+    auto info = pool_->GetVsdInfo(id);
+    if (!absl::IsNotFound(info.status())) {
+      Violation(absl::StrFormat("GetVsdInfo(%d) after DeleteVsd: %s, expected NOT_FOUND",
+                                id.value, info.status().ToString()));
+      return;
+    }
+    deleted_vsds_.push_back(id.value);
+  }
+
+  void OpResize() {
+    VsdModel* v = PickVsd();
+    if (v->size_bytes() >= kVsdBytesMax) return;
+    const uint64_t grow = std::min(kVsdBytesMax - v->size_bytes(),
+                                   64 * kKiB * (1 + workload_.Uniform(64)));
+    const uint64_t size = v->size_bytes() + grow;
+    Log(absl::StrFormat("ResizeVsd %d %d -> %d", v->id.value, v->size_bytes(), size));
+    absl::Status st = AwaitStatus([&](Pool::StatusDone done) {
+      pool_->ResizeVsd(v->id, size, done);
+    });
+    if (!ExpectOk(st, absl::StrFormat("ResizeVsd %d to %d", v->id.value, size))) return;
+    v->current.resize(size / kSectorBytes, 0);
+    v->durable.resize(size / kSectorBytes, 0);
+    CheckVsdInfo(*v, "after resize");
+  }
+
+  void OpDiff() {
+    if (snaps_.empty()) {
+      OpSnapshot();
+      return;
+    }
+    SnapshotModel* to = PickSnapshot();
+    SnapshotModel* from = nullptr;
+    if (workload_.Bernoulli(0.8)) {
+      std::vector<SnapshotModel*> related;
+      for (auto& [id, s] : snaps_) {
+        if (s.family == to->family && id != to->id.value) related.push_back(&s);
+      }
+      if (!related.empty()) from = related[workload_.Uniform(related.size())];
+    }
+    const SnapshotId from_id = from ? from->id : SnapshotId{};
+    Log(absl::StrFormat("Diff %d -> %d", from_id.value, to->id.value));
+    auto extents = pool_->Diff(from_id, to->id);
+    if (!extents.ok()) {
+      ExpectOk(extents.status(), absl::StrFormat("Diff(%d, %d)", from_id.value, to->id.value));
+      return;
+    }
+    static const std::vector<uint64_t> kEmpty;
+    const std::vector<uint64_t>& a = from ? from->data : kEmpty;
+    const std::vector<uint64_t>& b = to->data;
+    const uint64_t sectors = std::max(a.size(), b.size());
+    const uint64_t limit_bytes = (sectors * kSectorBytes + kBlockBytes - 1) / kBlockBytes * kBlockBytes;
+    std::vector<bool> covered(sectors, false);
+    uint64_t extent_bytes = 0;
+    for (const Extent& e : *extents) {
+      if (e.offset_bytes + e.length_bytes > limit_bytes || e.offset_bytes + e.length_bytes < e.offset_bytes) {
+        Violation(absl::StrFormat("Diff(%d, %d) returned extent [%d, +%d) beyond the %d bytes "
+                                  "of the larger snapshot",
+                                  from_id.value, to->id.value, e.offset_bytes, e.length_bytes,
+                                  sectors * kSectorBytes));
+        return;
+      }
+      extent_bytes += e.length_bytes;
+      const uint64_t first = e.offset_bytes / kSectorBytes;
+      const uint64_t last = std::min<uint64_t>(
+          sectors, (e.offset_bytes + e.length_bytes + kSectorBytes - 1) / kSectorBytes);
+      for (uint64_t s = first; s < last; ++s) covered[s] = true;
+    }
+    uint64_t differing = 0;
+    for (uint64_t s = 0; s < sectors; ++s) {
+      const uint64_t ta = s < a.size() ? a[s] : 0;
+      const uint64_t tb = s < b.size() ? b[s] : 0;
+      if (ta == tb) continue;
+      ++differing;
+      if (!covered[s]) {
+        Violation(absl::StrFormat(
+            "Diff(%d, %d) misses sector %d (byte %d): %s in snapshot %d vs %s in snapshot %d "
+            "(%d extents returned)",
+            from_id.value, to->id.value, s, s * kSectorBytes, TokenName(ta), from_id.value,
+            TokenName(tb), to->id.value, extents->size()));
+        return;
+      }
+    }
+    Log(absl::StrFormat("  %d extents, %d bytes, covering %d differing sectors",
+                        extents->size(), extent_bytes, differing));
+  }
+
+  // Requests the contract says must fail cleanly and change nothing.
+  void OpBadRequest() {
+    VsdModel* v = PickVsd();
+    std::vector<uint8_t> buf(8 * kKiB, 0xab);
+    auto expect = [&](const absl::Status& st, std::initializer_list<absl::StatusCode> codes,
+                      const std::string& what) {
+      for (absl::StatusCode c : codes) {
+        if (st.code() == c) return true;
+      }
+      return Violation(absl::StrFormat("bad request %s returned %s", what, st.ToString()));
+    };
+    switch (workload_.Uniform(5)) {
+      case 0: {
+        const uint64_t offset = v->size_bytes() - kSectorBytes;
+        Log(absl::StrFormat("bad: Read vsd %d across its end", v->id.value));
+        expect(AwaitStatus([&](Pool::StatusDone done) {
+                 pool_->Read(v->id, offset, 2 * kSectorBytes, buf.data(), done);
+               }),
+               {absl::StatusCode::kOutOfRange, absl::StatusCode::kInvalidArgument},
+               "Read across the end");
+        break;
+      }
+      case 1: {
+        Log(absl::StrFormat("bad: Write vsd %d at a misaligned offset", v->id.value));
+        expect(AwaitStatus([&](Pool::StatusDone done) {
+                 pool_->Write(v->id, 100, kSectorBytes, buf.data(), false, done);
+               }),
+               {absl::StatusCode::kInvalidArgument}, "misaligned Write");
+        break;
+      }
+      case 2: {
+        uint64_t gone = deleted_vsds_.empty() ? 1ull << 60 : deleted_vsds_.back();
+        if (vsds_.count(gone)) gone = 1ull << 60;  // the id was reused
+        Log(absl::StrFormat("bad: Write to deleted/unknown vsd %d", gone));
+        expect(AwaitStatus([&](Pool::StatusDone done) {
+                 pool_->Write(VsdId{gone}, 0, kSectorBytes, buf.data(), false, done);
+               }),
+               {absl::StatusCode::kNotFound}, "Write to an unknown VSD");
+        break;
+      }
+      case 3: {
+        Log("bad: ReadSnapshot of an unknown snapshot");
+        expect(AwaitStatus([&](Pool::StatusDone done) {
+                 pool_->ReadSnapshot(SnapshotId{1ull << 60}, 0, kSectorBytes, buf.data(), done);
+               }),
+               {absl::StatusCode::kNotFound}, "ReadSnapshot of an unknown snapshot");
+        break;
+      }
+      default: {
+        VsdOptions options;
+        options.name = v->name;  // taken
+        options.size_bytes = kVsdBytesMin;
+        Log(absl::StrFormat("bad: CreateVsd with the taken name %s", v->name));
+        auto id = AwaitValue<VsdId>([&](Pool::Done<VsdId> done) { pool_->CreateVsd(options, done); });
+        if (id.ok()) {
+          Violation(absl::StrFormat("CreateVsd with the taken name %s succeeded (vsd %d)",
+                                    v->name, id->value));
+          return;
+        }
+        expect(id.status(), {absl::StatusCode::kAlreadyExists, absl::StatusCode::kInvalidArgument},
+               "CreateVsd with a taken name");
+        break;
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------------------------
+  // Faults
+
+  PowerLossMode RandomMode() {
+    switch (workload_.Uniform(3)) {
+      case 0:
+        return PowerLossMode::kDropAll;
+      case 1:
+        return PowerLossMode::kKeepAll;
+      default:
+        return PowerLossMode::kTear;
+    }
+  }
+
+  void MaybeFault() {
+    if (!config_.faults) return;
+    if (fault_.kind != FaultKind::kNone) {
+      if (--fault_.ops_left <= 0) {
+        AdvanceFault();
+      } else if (fault_.kind == FaultKind::kDiskFailure && fault_.disk_marked &&
+                 workload_.Bernoulli(0.05)) {
+        // The rebuild is interrupted by a power cut.
+        PowerCut(RandomMode(), "power cut during a rebuild");
+      }
+      return;
+    }
+    if (!workload_.Bernoulli(kFaultProbability)) return;
+    switch (workload_.Uniform(11)) {
+      case 0:
+      case 1:
+      case 2:
+        PowerCut(RandomMode(), "power cut");
+        break;
+      case 3:
+      case 4:
+        StartDiskFailure();
+        break;
+      case 5:
+      case 6:
+        StartCorruption();
+        break;
+      case 7:
+      case 8:
+        StartIoErrors();
+        break;
+      default:
+        StartNodeOutage();
+        break;
+    }
+  }
+
+  // Disks that are healthy and reachable, as indices into disks_.
+  std::vector<size_t> UsableDisks() const {
+    std::vector<size_t> out;
+    for (size_t i = 0; i < disks_.size(); ++i) {
+      auto info = InfoOf(disks_[i].id);
+      if (info && !info->failed && info->online && !disks_[i].disk->failed()) out.push_back(i);
+    }
+    return out;
+  }
+
+  void StartDiskFailure() {
+    const size_t need = std::max<size_t>(MaxReplication(), std::min(config_.nodes, 3));
+    std::vector<size_t> candidates;
+    for (size_t i : UsableDisks()) {
+      if (HealthyNodes(0, disks_[i].id.value).size() >= need &&
+          CapacityAllows(0, disks_[i].id.value)) {
+        candidates.push_back(i);
+      }
+    }
+    if (candidates.empty()) return;
+    fault_ = Fault{};
+    fault_.kind = FaultKind::kDiskFailure;
+    fault_.disk = candidates[workload_.Uniform(candidates.size())];
+    fault_.ops_left = 1 + static_cast<int>(workload_.Uniform(6));
+    ++result_.faults;
+    ++result_.disk_failures;
+    DiskSlot& d = disks_[fault_.disk];
+    if (workload_.Bernoulli(0.4)) {
+      // The disk dies silently: the pool meets EIO before anyone tells it.
+      Log(absl::StrFormat("FAULT: disk %d (node %d) dies silently", d.id.value,
+                          d.spec.node.value));
+      d.disk->SetFailed(true);
+      return;
+    }
+    MarkDiskFailed();
+  }
+
+  void MarkDiskFailed() {
+    DiskSlot& d = disks_[fault_.disk];
+    Log(absl::StrFormat("FAULT: FailDisk %d (node %d)", d.id.value, d.spec.node.value));
+    absl::Status st = AwaitStatus([&](Pool::StatusDone done) { pool_->FailDisk(d.id, done); });
+    auto info = InfoOf(d.id);
+    // The pool may have failed the disk itself after the EIO; saying so is fine.
+    if (!st.ok() && !(info && info->failed)) {
+      ExpectOk(st, absl::StrFormat("FailDisk %d", d.id.value));
+      return;
+    }
+    if (!info || !info->failed) {
+      Violation(absl::StrFormat("ListDisks does not show disk %d failed after FailDisk",
+                                d.id.value));
+      return;
+    }
+    d.disk->SetFailed(true);  // dead for good: any I/O the pool still sends gets EIO
+    fault_.disk_marked = true;
+    fault_.ops_left = static_cast<int>(workload_.Uniform(6));
+  }
+
+  void StartCorruption() {
+    std::vector<size_t> candidates = UsableDisks();
+    if (candidates.empty()) return;
+    const size_t i = candidates[workload_.Uniform(candidates.size())];
+    auto info = InfoOf(disks_[i].id);
+    // pool.h calls metadata_bytes "reserved at the start of every disk" but the engine
+    // may keep more before its first chunk slot (a superblock); stay clear by a margin.
+    const uint64_t meta = config_.pool_options.metadata_bytes + kMetadataMarginBytes;
+    const uint64_t disk_bytes = disks_[i].disk->size_bytes();
+    if (disk_bytes <= meta + kCorruptBytesMax) return;
+    // Chunk slots in use are most likely near the start of the chunk area.
+    const uint64_t span =
+        std::min(disk_bytes - meta, std::max<uint64_t>(2 * info->used_bytes + 2 * kMiB, 4 * kMiB));
+    const uint64_t length = kBlockBytes * (1 + workload_.Uniform(kCorruptBytesMax / kBlockBytes));
+    uint64_t offset = meta + kBlockBytes * workload_.Uniform(span / kBlockBytes);
+    offset = std::min(offset, disk_bytes - length);
+    offset -= offset % kBlockBytes;
+    fault_ = Fault{};
+    fault_.kind = FaultKind::kCorruption;
+    fault_.disk = i;
+    fault_.ops_left = 1 + static_cast<int>(workload_.Uniform(8));
+    ++result_.faults;
+    ++result_.corruptions;
+    Log(absl::StrFormat("FAULT: corrupt disk %d (node %d) [%d, +%d)", disks_[i].id.value,
+                        disks_[i].spec.node.value, offset, length));
+    disks_[i].disk->Corrupt(offset, length);
+    // Read one VSD through at once: the corrupted copy must be caught by its checksum.
+    if (workload_.Bernoulli(0.5) && !vsds_.empty()) {
+      VsdModel* v = PickVsd();
+      Log(absl::StrFormat("Read all of vsd %d after corruption", v->id.value));
+      for (uint64_t off = 0; off < v->size_bytes() && !stopped_; off += kVerifyReadBytes) {
+        ReadAndCheck(*v, off, std::min(kVerifyReadBytes, v->size_bytes() - off),
+                     "read after corruption");
+      }
+    }
+    if (!stopped_ && workload_.Bernoulli(0.3)) ScrubAndCheck("scrub right after corruption");
+  }
+
+  bool ScrubAndCheck(const std::string& why) {
+    auto report = AwaitValue<ScrubReport>([&](Pool::Done<ScrubReport> done) {
+      pool_->Scrub(done);
+    });
+    if (!report.ok()) return ExpectOk(report.status(), why);
+    Log(absl::StrFormat("%s: %d chunks %d blocks bad=%d repaired=%d lost=%d", why,
+                        report->chunks_checked, report->blocks_checked, report->bad_copies,
+                        report->repaired, report->unrecoverable));
+    if (report->unrecoverable != 0 || report->repaired != report->bad_copies) {
+      return Violation(absl::StrFormat(
+          "%s: %d bad copies but only %d repaired, %d unrecoverable (one fault at a time "
+          "always leaves a good copy)",
+          why, report->bad_copies, report->repaired, report->unrecoverable));
+    }
+    scrub_bad_copies_ += report->bad_copies;
+    return true;
+  }
+
+  void StartIoErrors() {
+    // The pool may answer EIO by failing the disk for good (pool.h leaves the policy
+    // open), so only a disk whose loss the pool could absorb gets errors.
+    const size_t need = std::max<size_t>(MaxReplication(), std::min(config_.nodes, 3));
+    std::vector<size_t> candidates;
+    for (size_t i : UsableDisks()) {
+      if (HealthyNodes(0, disks_[i].id.value).size() >= need &&
+          CapacityAllows(0, disks_[i].id.value)) {
+        candidates.push_back(i);
+      }
+    }
+    if (candidates.empty()) return;
+    const size_t i = candidates[workload_.Uniform(candidates.size())];
+    fault_ = Fault{};
+    fault_.kind = FaultKind::kIoErrors;
+    fault_.disk = i;
+    fault_.io_errors = 1 + static_cast<int>(workload_.Uniform(kIoErrorsMax));
+    fault_.ops_left = 2 + static_cast<int>(workload_.Uniform(5));
+    ++result_.faults;
+    Log(absl::StrFormat("FAULT: next %d I/Os to disk %d (node %d) fail with EIO",
+                        fault_.io_errors, disks_[i].id.value, disks_[i].spec.node.value));
+    disks_[i].disk->InjectIoErrors(0, disks_[i].disk->size_bytes(), fault_.io_errors);
+  }
+
+  void StartNodeOutage() {
+    const size_t need = std::max<size_t>(MaxReplication(), 2);
+    std::vector<uint64_t> candidates;
+    for (uint64_t n : HealthyNodes()) {
+      if (HealthyNodes(n).size() >= need) candidates.push_back(n);
+    }
+    if (candidates.empty()) return;
+    fault_ = Fault{};
+    fault_.kind = FaultKind::kNodeOutage;
+    fault_.node = NodeId{candidates[workload_.Uniform(candidates.size())]};
+    fault_.evict = workload_.Bernoulli(0.35) && CapacityAllows(fault_.node.value, 0);
+    fault_.ops_left = 3 + static_cast<int>(workload_.Uniform(10));
+    ++result_.faults;
+    ++result_.node_outages;
+    Log(absl::StrFormat("FAULT: node %d goes offline%s", fault_.node.value,
+                        fault_.evict ? " (will be evicted)" : ""));
+    pool_->SetNodeOnline(fault_.node, false);
+    for (const DiskInfo& d : pool_->ListDisks()) {
+      if (d.node == fault_.node && d.online) {
+        Violation(absl::StrFormat("disk %d still online after SetNodeOnline(%d, false)",
+                                  d.id.value, fault_.node.value));
+        return;
+      }
+    }
+    // I/O already in flight may land; after that, nothing may reach the node's disks.
+    if (!Idle(kOfflineSettleNs, "settling after a node went offline")) return;
+    fault_.offline_io_baseline = OfflineNodeIo();
+  }
+
+  uint64_t OfflineNodeIo() const {
+    uint64_t n = 0;
+    for (const auto& d : disks_) {
+      if (d.spec.node == fault_.node) n += d.disk->ops_completed();
+    }
+    return n;
+  }
+
+  void AdvanceFault() {
+    switch (fault_.kind) {
+      case FaultKind::kNone:
+        return;
+      case FaultKind::kDiskFailure: {
+        if (!fault_.disk_marked) {
+          MarkDiskFailed();
+          return;
+        }
+        if (!WaitRedundant(absl::StrFormat("rebuild after losing disk %d",
+                                           disks_[fault_.disk].id.value))) {
+          return;
+        }
+        if (workload_.Bernoulli(0.5)) ReplaceDisk(disks_[fault_.disk].spec.node);
+        break;
+      }
+      case FaultKind::kCorruption: {
+        // Latent corruption must be gone before another fault may take a copy away; a
+        // second scrub proves the first really repaired (not just reported) it.
+        if (!ScrubAndCheck("scrub after corruption")) return;
+        auto again = AwaitValue<ScrubReport>([&](Pool::Done<ScrubReport> done) {
+          pool_->Scrub(done);
+        });
+        if (!again.ok()) {
+          ExpectOk(again.status(), "second scrub after corruption");
+          return;
+        }
+        if (again->bad_copies != 0) {
+          Violation(absl::StrFormat(
+              "a scrub right after a scrub that reported every bad copy repaired still "
+              "finds %d bad copies (%d unrecoverable): the repairs had not landed when the "
+              "first scrub's callback ran",
+              again->bad_copies, again->unrecoverable));
+          return;
+        }
+        if (!WaitRedundant("after corruption")) return;
+        break;
+      }
+      case FaultKind::kIoErrors: {
+        // Use up whatever injected errors the pool did not meet, so none linger into the
+        // next fault.
+        DiskSlot& d = disks_[fault_.disk];
+        AlignedBuffer buf(kBlockBytes);
+        for (int i = 0; i < fault_.io_errors; ++i) {
+          AwaitDevice([&](BlockDevice::Callback done) {
+            d.disk->Read(0, kBlockBytes, buf.data(), done);
+          }).IgnoreError();
+        }
+        if (!WaitRedundant("after transient EIO")) return;
+        auto info = InfoOf(d.id);
+        if (info && info->failed) {
+          Log(absl::StrFormat("  the pool failed disk %d for good after the transient EIO",
+                              d.id.value));
+          if (workload_.Bernoulli(0.5)) ReplaceDisk(d.spec.node);
+        }
+        break;
+      }
+      case FaultKind::kNodeOutage: {
+        const uint64_t io = OfflineNodeIo();
+        if (io != fault_.offline_io_baseline) {
+          Violation(absl::StrFormat("%d I/Os reached the disks of offline node %d",
+                                    io - fault_.offline_io_baseline, fault_.node.value));
+          return;
+        }
+        if (fault_.evict && !fault_.evicted) {
+          Log(absl::StrFormat("EvictNode %d", fault_.node.value));
+          absl::Status st = AwaitStatus([&](Pool::StatusDone done) {
+            pool_->EvictNode(fault_.node, done);
+          });
+          if (!ExpectOk(st, absl::StrFormat("EvictNode %d", fault_.node.value))) return;
+          if (!WaitRedundant(absl::StrFormat("re-mirror after evicting node %d",
+                                             fault_.node.value))) {
+            return;
+          }
+          fault_.evicted = true;
+          fault_.ops_left = 1 + static_cast<int>(workload_.Uniform(5));
+          return;
+        }
+        Log(absl::StrFormat("node %d comes back online%s", fault_.node.value,
+                            fault_.evicted ? " after eviction" : ""));
+        pool_->SetNodeOnline(fault_.node, true);
+        if (!WaitRedundant(absl::StrFormat("node %d rejoined", fault_.node.value))) return;
+        break;
+      }
+    }
+    fault_ = Fault{};
+    CheckFsck("after a fault ended");
+  }
+
+  void ReplaceDisk(NodeId node) {
+    const size_t i = AddSimDisk(node, Tier::kHdd);
+    Log(absl::StrFormat("AddDisk (replacement) on node %d", node.value));
+    auto id = AwaitValue<DiskId>([&](Pool::Done<DiskId> done) {
+      pool_->AddDisk(disks_[i].spec, done);
+    });
+    if (!id.ok()) {
+      ExpectOk(id.status(), "AddDisk");
+      return;
+    }
+    auto info = InfoOf(*id);
+    if (!info || info->node != node || info->failed) {
+      Violation(absl::StrFormat("AddDisk returned id %d that ListDisks does not show healthy on "
+                                "node %d",
+                                id->value, node.value));
+      return;
+    }
+    disks_[i].id = *id;
+  }
+
+  bool Restart(PowerLossMode mode, const std::string& why) {
+    Log(absl::StrFormat("%s (%s)", why, ModeName(mode)));
+    for (auto& d : disks_) d.disk->PowerCut(mode);
+    pool_.reset();
+    auto pool = AwaitValue<std::unique_ptr<Pool>>(
+        [&](Pool::Done<std::unique_ptr<Pool>> done) {
+          Pool::Open(&loop_, &pool_random_, config_.pool_options, Specs(), done);
+        },
+        kOpenTimeoutNs);
+    if (!pool.ok()) return ExpectOk(pool.status(), absl::StrCat("Pool::Open after ", why));
+    InstallPool(std::move(pool).value());
+    for (const auto& d : disks_) {
+      auto info = InfoOf(d.id);
+      if (!info || info->node != d.spec.node) {
+        return Violation(absl::StrFormat("after Open disk %d (node %d) is missing from ListDisks",
+                                         d.id.value, d.spec.node.value));
+      }
+      if (d.disk->failed() && !info->failed) {
+        return Violation(absl::StrFormat("after Open disk %d is no longer marked failed",
+                                         d.id.value));
+      }
+    }
+    return CheckFsck(absl::StrCat("after Open (", why, ")")) &&
+           CheckListsMatchModel(absl::StrCat("after Open (", why, ")"));
+  }
+
+  // Power cut of every disk, then Open, then: every sector one of its candidates, every
+  // snapshot exact, and the model adopts what survived.
+  void PowerCut(PowerLossMode mode, const std::string& why) {
+    ++result_.faults;
+    ++result_.power_cuts;
+    if (!Restart(mode, why)) return;
+    for (auto& [id, v] : vsds_) {
+      if (!CheckVsdInfo(v, "after power cut")) return;
+      for (uint64_t off = 0; off < v.size_bytes(); off += kVerifyReadBytes) {
+        const uint64_t length = std::min(kVerifyReadBytes, v.size_bytes() - off);
+        size_t misalign;
+        auto buf = ReadRaw(v.id, SnapshotId{}, off, length, &misalign);
+        if (!buf.ok()) {
+          ExpectOk(buf.status(), absl::StrFormat("after power cut: Read vsd %d [%d, +%d)",
+                                                 v.id.value, off, length));
+          return;
+        }
+        const uint8_t* p = (*buf)->data() + misalign;
+        for (uint64_t i = 0; i < length / kSectorBytes; ++i) {
+          const uint64_t s = off / kSectorBytes + i;
+          const uint64_t got = DecodeSector(p + i * kSectorBytes, s);
+          if (!IsCandidate(v, s, got)) {
+            Violation(absl::StrFormat(
+                "after power cut (%s): vsd %d sector %d (byte %d) holds %s; the only legal "
+                "contents are %s",
+                ModeName(mode), v.id.value, s, s * kSectorBytes, Describe(p + i * kSectorBytes, s),
+                Candidates(v, s)));
+            return;
+          }
+          v.current[s] = got;
+        }
+      }
+      v.durable = v.current;
+      v.pending.clear();
+    }
+    for (auto& [id, s] : snaps_) {
+      const uint64_t size = s.data.size() * kSectorBytes;
+      for (uint64_t off = 0; off < size; off += kVerifyReadBytes) {
+        if (!ReadSnapshotAndCheck(s, off, std::min(kVerifyReadBytes, size - off),
+                                  "after power cut")) {
+          return;
+        }
+      }
+    }
+    Log(absl::StrFormat("  after power cut: %d vsds within their candidates, %d snapshots exact",
+                        vsds_.size(), snaps_.size()));
+    WaitRedundant("after power cut");
+  }
+
+  const PoolSimConfig config_;
+  SeededRandom workload_;     // the workload's and the fault schedule's choices
+  SeededRandom env_random_;   // disk latencies, torn writes, corruption bytes
+  SeededRandom pool_random_;  // handed to the pool
+  SimLoop loop_;
+  std::vector<DiskSlot> disks_;
+  std::unique_ptr<Pool> pool_;
+
+  std::map<uint64_t, VsdModel> vsds_;
+  std::map<uint64_t, SnapshotModel> snaps_;
+  std::vector<uint64_t> deleted_vsds_;
+  std::map<uint64_t, uint64_t> token_op_;  // token -> op that wrote it
+  uint64_t next_token_ = 1;
+  uint64_t names_ = 0;
+  Fault fault_;
+  uint64_t scrub_bad_copies_ = 0;
+
+  uint64_t op_ = 0;
+  bool stopped_ = false;
+  std::deque<std::string> log_;
+  PoolSimResult result_;
+};
+
+}  // namespace
+
+PoolSimResult RunPoolSim(const PoolSimConfig& config) {
+  PoolSim sim(config);
+  return sim.Run();
+}
+
+}  // namespace scribe
