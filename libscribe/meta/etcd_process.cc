@@ -1,0 +1,171 @@
+#include "libscribe/meta/etcd_process.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "scribe/meta_store.h"
+
+namespace scribe {
+
+namespace {
+
+// A port nothing listens on right now (the kernel's pick for an ephemeral bind).
+absl::StatusOr<int> FreeLoopbackPort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return absl::InternalError("socket failed");
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    close(fd);
+    return absl::InternalError("bind failed");
+  }
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+std::string FindOnPath(const std::string& name) {
+  const char* path = std::getenv("PATH");
+  std::string dirs = path != nullptr ? path : "";
+  dirs += ":/usr/local/bin:/usr/bin:/bin";
+  for (const auto& dir : absl::StrSplit(dirs, ':', absl::SkipEmpty())) {
+    std::string candidate = std::string(dir) + "/" + name;
+    if (access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return "";
+}
+
+std::string Tail(const std::string& path, size_t bytes) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::string s = ss.str();
+  return s.size() > bytes ? s.substr(s.size() - bytes) : s;
+}
+
+}  // namespace
+
+EtcdProcess::EtcdProcess(RealLoop* loop, std::string dir)
+    : loop_(loop), dir_(std::move(dir)), log_path_(dir_ + "/etcd.log") {}
+
+EtcdProcess::~EtcdProcess() { Kill(); }
+
+absl::StatusOr<std::unique_ptr<EtcdProcess>> EtcdProcess::Start(RealLoop* loop,
+                                                                const std::string& dir) {
+  std::unique_ptr<EtcdProcess> etcd(new EtcdProcess(loop, dir));
+  auto client = FreeLoopbackPort();
+  auto peer = FreeLoopbackPort();
+  if (!client.ok()) return client.status();
+  if (!peer.ok()) return peer.status();
+  if (*client == *peer) return absl::InternalError("got the same port twice");
+  etcd->client_port_ = *client;
+  etcd->peer_port_ = *peer;
+  if (absl::Status st = etcd->Spawn(); !st.ok()) return st;
+  if (absl::Status st = etcd->WaitServing(); !st.ok()) return st;
+  return etcd;
+}
+
+std::string EtcdProcess::address() const { return absl::StrFormat("127.0.0.1:%d", client_port_); }
+std::string EtcdProcess::endpoint() const { return "http://" + address(); }
+
+absl::Status EtcdProcess::Spawn() {
+  const std::string binary = FindOnPath("etcd");
+  if (binary.empty()) return absl::NotFoundError("no etcd on PATH (install etcd-server)");
+  const std::string peer_url = absl::StrFormat("http://127.0.0.1:%d", peer_port_);
+  std::vector<std::string> args = {
+      binary,
+      "--name=t",
+      "--data-dir=" + dir_ + "/data",
+      "--listen-client-urls=" + endpoint(),
+      "--advertise-client-urls=" + endpoint(),
+      "--listen-peer-urls=" + peer_url,
+      "--initial-advertise-peer-urls=" + peer_url,
+      "--initial-cluster=t=" + peer_url,
+      "--heartbeat-interval=50",
+      "--election-timeout=500",
+  };
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const int log_fd = open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (log_fd < 0) return absl::InternalError("cannot open " + log_path_);
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid < 0) {
+    close(log_fd);
+    return absl::InternalError("fork failed");
+  }
+  if (pid == 0) {
+    // Dies with the test, even when the test crashes.
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(1);
+    dup2(log_fd, 1);
+    dup2(log_fd, 2);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  close(log_fd);
+  pid_ = pid;
+  return absl::OkStatus();
+}
+
+absl::Status EtcdProcess::WaitServing() {
+  EtcdMetaStoreOptions options;
+  options.endpoint = endpoint();
+  options.request_timeout_ms = 500;
+  auto store = EtcdMetaStore::Create(loop_, options);
+  if (!store.ok()) return store.status();
+  const int64_t deadline_ns = loop_->NowNanos() + 30'000'000'000;
+  absl::Status last;
+  while (loop_->NowNanos() < deadline_ns) {
+    bool done = false;
+    (*store)->Get("/etcd-process/probe", [&](absl::StatusOr<std::optional<KeyValue>> r) {
+      last = r.status();
+      done = true;
+    });
+    loop_->RunUntil([&] { return done; }, 10'000'000'000);
+    if (done && last.ok()) return absl::OkStatus();
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      return absl::InternalError("etcd exited at start; its log ends:\n" + Tail(log_path_, 3000));
+    }
+    bool slept = false;
+    loop_->RunAfter(100'000'000, [&] { slept = true; });
+    loop_->RunUntil([&] { return slept; }, 1'000'000'000);
+  }
+  return absl::DeadlineExceededError(
+      absl::StrFormat("etcd at %s not serving after 30 s (%s); its log ends:\n%s", address(),
+                      last.ToString(), Tail(log_path_, 3000)));
+}
+
+void EtcdProcess::Kill() {
+  if (pid_ <= 0) return;
+  kill(pid_, SIGKILL);
+  int status = 0;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+}
+
+absl::Status EtcdProcess::Restart() {
+  Kill();
+  if (absl::Status st = Spawn(); !st.ok()) return st;
+  return WaitServing();
+}
+
+}  // namespace scribe
