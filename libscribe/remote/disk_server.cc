@@ -1,0 +1,421 @@
+// DiskServer: the DiskService schema over KJ sockets on the RealLoop, I/O on local
+// BlockDevices.
+//
+// A request runs in three steps. Arrival (inside the Cap'n Proto method, through
+// RealLoop::Dispatch): look up the disk, check the size limit, check and raise the epoch
+// fence; the method then returns a promise a fulfiller will complete. Admission (Pump):
+// a request starts once the data bytes in flight leave room for it and no request of an
+// older epoch is still running on its disk, re-checking its epoch first (a newer owner
+// may have arrived while it waited). Completion (the device callback, already on the
+// loop): release the accounting, fulfil the promise, admit more. Only the promise's
+// continuation, which runs only if the call is still wanted, writes the reply.
+#include <capnp/rpc-twoparty.h>
+#include <capnp/rpc.h>
+#include <kj/debug.h>
+
+#include <algorithm>
+#include <cstring>
+#include <list>
+#include <utility>
+
+#include "absl/strings/str_format.h"
+#include "libscribe/env/real_loop_internal.h"
+#include "libscribe/remote/disk_service.capnp.h"
+#include "libscribe/remote/wire.h"
+#include "scribe/remote.h"
+#include "scribe/status.h"
+
+namespace scribe {
+
+namespace {
+
+using remote::wire::DiskService;
+
+// After a failed accept (descriptor or memory exhaustion), wait this long before the next.
+constexpr int64_t kAcceptRetryDelayNs = 100'000'000;
+// Largest request_bytes_max accepted: a reply must fit Cap'n Proto's message limits.
+constexpr uint32_t kRequestBytesLimit = 64u << 20;
+
+enum class Kind { kOpen, kRead, kWrite, kFlush, kDiscard };
+
+struct Request {
+  Kind kind = Kind::kOpen;
+  uint64_t disk_id = 0;
+  uint64_t epoch = 0;
+  uint64_t offset_bytes = 0;
+  uint64_t length_bytes = 0;
+  std::shared_ptr<AlignedBuffer> data;  // a write's payload
+};
+
+struct Outcome {
+  absl::Status status;
+  uint64_t size_bytes = 0;              // open
+  std::shared_ptr<AlignedBuffer> data;  // read
+};
+
+bool CarriesData(Kind kind) { return kind == Kind::kRead || kind == Kind::kWrite; }
+
+}  // namespace
+
+struct DiskServer::Impl : public kj::TaskSet::ErrorHandler {
+  struct Disk {
+    BlockDevice* device = nullptr;
+    uint64_t epoch = 0;  // the fence: highest epoch seen
+    // Requests running on the device, by the epoch they were admitted under.
+    std::map<uint64_t, int> running_by_epoch;
+    bool OlderEpochRunning() const {
+      return !running_by_epoch.empty() && running_by_epoch.begin()->first < epoch;
+    }
+  };
+
+  struct Waiting {
+    Request request;
+    kj::Own<kj::PromiseFulfiller<Outcome>> fulfiller;
+  };
+
+  // One accepted connection: its own RPC system over the shared bootstrap capability,
+  // with a flow limit so a flooding client is held back by TCP.
+  struct Connection {
+    Connection(Impl* impl, kj::Own<kj::AsyncIoStream> stream_in)
+        : impl(impl),
+          stream(kj::mv(stream_in)),
+          network(*stream, capnp::rpc::twoparty::Side::SERVER, impl->ReaderOptions()),
+          rpc(capnp::makeRpcServer(network, impl->bootstrap)) {
+      rpc.setFlowLimit(impl->options.connection_request_bytes_max / sizeof(capnp::word));
+      ++impl->stats.connections_active;
+    }
+    ~Connection() { --impl->stats.connections_active; }
+
+    Impl* impl;
+    kj::Own<kj::AsyncIoStream> stream;
+    capnp::TwoPartyVatNetwork network;
+    capnp::RpcSystem<capnp::rpc::twoparty::VatId> rpc;
+  };
+
+  Impl(RealLoop* loop, std::map<uint64_t, BlockDevice*> devices, DiskServerOptions options)
+      : loop(loop), options(options), alive(std::make_shared<bool>(true)) {
+    for (const auto& [id, device] : devices) {
+      Disk& d = disks[id];
+      d.device = device;
+      d.epoch = options.epoch_min;
+    }
+  }
+  ~Impl() { *alive = false; }
+
+  // Connection tasks end when their peer goes; a failing accept loop retries itself.
+  void taskFailed(kj::Exception&& exception) override { (void)exception; }
+
+  capnp::ReaderOptions ReaderOptions() const {
+    capnp::ReaderOptions o;
+    // Room for a write somewhat over the limit, so that it is answered INVALID_ARGUMENT
+    // rather than failing the message.
+    o.traversalLimitInWords = std::max<uint64_t>(
+        o.traversalLimitInWords, 2 * options.request_bytes_max / sizeof(capnp::word));
+    return o;
+  }
+
+  kj::Promise<Outcome> Reject(absl::Status status) {
+    ++stats.request_errors;
+    if (status.code() == absl::StatusCode::kFailedPrecondition) ++stats.stale_epoch_rejections;
+    return Outcome{std::move(status)};
+  }
+
+  absl::Status Stale(uint64_t epoch, const Disk& d, uint64_t disk_id) const {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("stale epoch %d < %d for disk %d", epoch, d.epoch, disk_id));
+  }
+
+  // Arrival: validation and the fence; the request then waits for admission.
+  kj::Promise<Outcome> Submit(Request r) {
+    ++stats.requests;
+    auto it = disks.find(r.disk_id);
+    if (it == disks.end()) {
+      return Reject(absl::NotFoundError(absl::StrFormat("disk %d is not served here", r.disk_id)));
+    }
+    if (CarriesData(r.kind) && r.length_bytes > options.request_bytes_max) {
+      return Reject(absl::InvalidArgumentError(
+          absl::StrFormat("request of %d bytes is over the server's limit of %d", r.length_bytes,
+                          options.request_bytes_max)));
+    }
+    Disk& d = it->second;
+    if (r.epoch < d.epoch) return Reject(Stale(r.epoch, d, r.disk_id));
+    d.epoch = r.epoch;
+    auto paf = kj::newPromiseAndFulfiller<Outcome>();
+    waiting.push_back(Waiting{std::move(r), kj::mv(paf.fulfiller)});
+    Pump();
+    stats.requests_waiting_max = std::max<uint64_t>(stats.requests_waiting_max, waiting.size());
+    return kj::mv(paf.promise);
+  }
+
+  // Admission, in arrival order; a request blocked only by its disk's fence drain does
+  // not hold up other disks, one blocked by the byte limit holds up everyone after it.
+  void Pump() {
+    if (pumping) {
+      pump_again = true;  // a completion inside Start(): the outer loop goes round again
+      return;
+    }
+    pumping = true;
+    do {
+      pump_again = false;
+      for (auto it = waiting.begin(); it != waiting.end();) {
+        if (!it->fulfiller->isWaiting()) {  // the caller cancelled or went away
+          it = waiting.erase(it);
+          continue;
+        }
+        Disk& d = disks.at(it->request.disk_id);
+        if (it->request.epoch < d.epoch) {
+          auto fulfiller = kj::mv(it->fulfiller);
+          const absl::Status st = Stale(it->request.epoch, d, it->request.disk_id);
+          it = waiting.erase(it);
+          ++stats.request_errors;
+          ++stats.stale_epoch_rejections;
+          fulfiller->fulfill(Outcome{st});
+          continue;
+        }
+        if (d.OlderEpochRunning()) {
+          ++it;
+          continue;
+        }
+        const uint64_t bytes = CarriesData(it->request.kind) ? it->request.length_bytes : 0;
+        if (in_flight_bytes > 0 && in_flight_bytes + bytes > options.in_flight_bytes_max) break;
+        Waiting w = std::move(*it);
+        it = waiting.erase(it);
+        Start(std::move(w), bytes);
+      }
+    } while (pump_again);
+    pumping = false;
+  }
+
+  void Start(Waiting w, uint64_t bytes) {
+    const Request& r = w.request;
+    Disk& d = disks.at(r.disk_id);
+    in_flight_bytes += bytes;
+    ++d.running_by_epoch[r.epoch];
+
+    auto outcome = std::make_shared<Outcome>();
+    outcome->size_bytes = d.device->size_bytes();
+    if (r.kind == Kind::kRead) outcome->data = std::make_shared<AlignedBuffer>(r.length_bytes);
+    // The fulfiller and both buffers ride in the device callback: the device may use the
+    // buffers until it calls back, whatever happened to the call or the server meanwhile.
+    auto fulfiller = std::make_shared<kj::Own<kj::PromiseFulfiller<Outcome>>>(kj::mv(w.fulfiller));
+    auto finish = [this, alive = alive, disk_id = r.disk_id, epoch = r.epoch, bytes, outcome,
+                   fulfiller, payload = r.data](absl::Status st) {
+      if (*alive) {
+        Disk& disk = disks.at(disk_id);
+        in_flight_bytes -= bytes;
+        auto running = disk.running_by_epoch.find(epoch);
+        SCRIBE_CHECK(running != disk.running_by_epoch.end() && running->second > 0);
+        if (--running->second == 0) disk.running_by_epoch.erase(running);
+        if (!st.ok()) ++stats.request_errors;
+      }
+      outcome->status = std::move(st);
+      (*fulfiller)->fulfill(Outcome(*outcome));
+      if (*alive) Pump();
+    };
+
+    BlockDevice* dev = d.device;
+    switch (r.kind) {
+      case Kind::kOpen:
+        finish(absl::OkStatus());
+        return;
+      case Kind::kRead:
+        dev->Read(r.offset_bytes, r.length_bytes, outcome->data->data(), std::move(finish));
+        return;
+      case Kind::kWrite:
+        dev->Write(r.offset_bytes, r.length_bytes, r.data->data(), std::move(finish));
+        return;
+      case Kind::kFlush:
+        dev->Flush(std::move(finish));
+        return;
+      case Kind::kDiscard:
+        dev->Discard(r.offset_bytes, r.length_bytes, std::move(finish));
+        return;
+    }
+    SCRIBE_CHECK(false);
+  }
+
+  kj::Promise<void> AcceptLoop() {
+    // accept() reports some errors (EMFILE, ENFILE, ENOMEM) by throwing at once.
+    return kj::evalNow([this] { return listener->accept(); })
+        .then(
+            [this](kj::Own<kj::AsyncIoStream> stream) {
+              loop->Dispatch([&] {
+                if (stats.connections_active >= static_cast<uint64_t>(options.connections_max)) {
+                  ++stats.connections_refused;
+                  return;  // `stream` goes out of scope: the client sees the socket close
+                }
+                ++stats.connections_accepted;
+                auto connection = kj::heap<Connection>(this, kj::mv(stream));
+                auto gone = connection->network.onDisconnect();
+                tasks.add(gone.attach(kj::mv(connection)));
+              });
+              return AcceptLoop();
+            },
+            [this](kj::Exception&& e) {
+              (void)e;
+              return loop->impl()
+                  ->io.provider->getTimer()
+                  .afterDelay(kAcceptRetryDelayNs * kj::NANOSECONDS)
+                  .then([this] { return AcceptLoop(); });
+            });
+  }
+
+  RealLoop* loop;
+  DiskServerOptions options;
+  std::map<uint64_t, Disk> disks;
+  std::list<Waiting> waiting;
+  uint64_t in_flight_bytes = 0;
+  bool pumping = false;
+  bool pump_again = false;
+  DiskServerStats stats;
+  std::shared_ptr<bool> alive;  // false once the server is gone; device callbacks check it
+  capnp::Capability::Client bootstrap = nullptr;
+  // Destroyed bottom-up: connections (cancelling their calls) and the accept loop first,
+  // then the listening socket, then the service they call.
+  kj::Own<kj::ConnectionReceiver> listener;
+  kj::TaskSet tasks{*this};
+};
+
+namespace {
+
+// The capability every connection calls. Decodes, hands the request to the server
+// through Dispatch, and encodes the outcome if the call is still wanted.
+class Service final : public DiskService::Server {
+ public:
+  explicit Service(DiskServer::Impl* impl) : impl_(impl) {}
+
+  kj::Promise<void> open(OpenContext context) override {
+    auto p = context.getParams();
+    Request r;
+    r.kind = Kind::kOpen;
+    r.disk_id = p.getDiskId();
+    r.epoch = p.getEpoch();
+    return Run(std::move(r)).then([context](Outcome o) mutable {
+      auto results = context.getResults();
+      remote::EncodeError(o.status, results.initError());
+      if (o.status.ok()) results.setSizeBytes(o.size_bytes);
+    });
+  }
+
+  kj::Promise<void> read(ReadContext context) override {
+    auto p = context.getParams();
+    Request r;
+    r.kind = Kind::kRead;
+    r.disk_id = p.getDiskId();
+    r.epoch = p.getEpoch();
+    r.offset_bytes = p.getOffsetBytes();
+    r.length_bytes = p.getLengthBytes();
+    return Run(std::move(r)).then([context](Outcome o) mutable {
+      const size_t n = o.status.ok() ? o.data->size() : 0;
+      auto results = context.getResults(capnp::MessageSize{n / sizeof(capnp::word) + 64, 0});
+      remote::EncodeError(o.status, results.initError());
+      if (n > 0) results.setData(kj::arrayPtr(o.data->data(), n));
+    });
+  }
+
+  kj::Promise<void> write(WriteContext context) override {
+    auto p = context.getParams();
+    auto data = p.getData();
+    Request r;
+    r.kind = Kind::kWrite;
+    r.disk_id = p.getDiskId();
+    r.epoch = p.getEpoch();
+    r.offset_bytes = p.getOffsetBytes();
+    r.length_bytes = data.size();
+    // O_DIRECT needs an aligned buffer; the message is freed as soon as it is copied.
+    if (data.size() <= impl_->options.request_bytes_max) {
+      r.data = std::make_shared<AlignedBuffer>(data.size());
+      if (data.size() > 0) std::memcpy(r.data->data(), data.begin(), data.size());
+    }
+    context.releaseParams();
+    return Run(std::move(r)).then([context](Outcome o) mutable {
+      remote::EncodeError(o.status, context.getResults().initError());
+    });
+  }
+
+  kj::Promise<void> flush(FlushContext context) override {
+    auto p = context.getParams();
+    Request r;
+    r.kind = Kind::kFlush;
+    r.disk_id = p.getDiskId();
+    r.epoch = p.getEpoch();
+    return Run(std::move(r)).then([context](Outcome o) mutable {
+      remote::EncodeError(o.status, context.getResults().initError());
+    });
+  }
+
+  kj::Promise<void> discard(DiscardContext context) override {
+    auto p = context.getParams();
+    Request r;
+    r.kind = Kind::kDiscard;
+    r.disk_id = p.getDiskId();
+    r.epoch = p.getEpoch();
+    r.offset_bytes = p.getOffsetBytes();
+    r.length_bytes = p.getLengthBytes();
+    return Run(std::move(r)).then([context](Outcome o) mutable {
+      remote::EncodeError(o.status, context.getResults().initError());
+    });
+  }
+
+ private:
+  kj::Promise<Outcome> Run(Request r) {
+    kj::Promise<Outcome> out = nullptr;
+    impl_->loop->Dispatch([&] { out = impl_->Submit(std::move(r)); });
+    return out;
+  }
+
+  DiskServer::Impl* impl_;
+};
+
+}  // namespace
+
+DiskServer::DiskServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+DiskServer::~DiskServer() = default;
+
+absl::StatusOr<std::unique_ptr<DiskServer>> DiskServer::Create(
+    RealLoop* loop, std::string listen_address, std::map<uint64_t, BlockDevice*> disks,
+    DiskServerOptions options) {
+  if (loop == nullptr) return absl::InvalidArgumentError("DiskServer needs a loop");
+  for (const auto& [id, device] : disks) {
+    if (device == nullptr) {
+      return absl::InvalidArgumentError(absl::StrFormat("disk %d has no device", id));
+    }
+  }
+  if (options.request_bytes_max < BlockDevice::kSectorBytes ||
+      options.request_bytes_max % BlockDevice::kSectorBytes != 0 ||
+      options.request_bytes_max > kRequestBytesLimit ||
+      options.in_flight_bytes_max < options.request_bytes_max ||
+      options.connection_request_bytes_max < sizeof(capnp::word) || options.connections_max < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("DiskServerOptions: request_bytes_max must be a multiple of 512 up to %d, "
+                        "in_flight_bytes_max at least request_bytes_max, the other limits positive",
+                        kRequestBytesLimit));
+  }
+  auto impl = std::make_unique<Impl>(loop, std::move(disks), options);
+  KJ_IF_MAYBE (e, kj::runCatchingExceptions([&] {
+                 auto& network = loop->impl()->io.provider->getNetwork();
+                 auto addr = network.parseAddress(listen_address).wait(loop->impl()->io.waitScope);
+                 impl->listener = addr->listen();
+               })) {
+    return absl::UnavailableError(
+        absl::StrFormat("cannot listen on %s: %s", listen_address, e->getDescription().cStr()));
+  }
+  impl->bootstrap = kj::heap<Service>(impl.get());
+  impl->tasks.add(impl->AcceptLoop());
+  return std::unique_ptr<DiskServer>(new DiskServer(std::move(impl)));
+}
+
+uint16_t DiskServer::port() const { return static_cast<uint16_t>(impl_->listener->getPort()); }
+
+absl::StatusOr<uint64_t> DiskServer::FenceEpoch(uint64_t disk_id) const {
+  auto it = impl_->disks.find(disk_id);
+  if (it == impl_->disks.end()) {
+    return absl::NotFoundError(absl::StrFormat("disk %d is not served here", disk_id));
+  }
+  return it->second.epoch;
+}
+
+DiskServerStats DiskServer::Stats() const { return impl_->stats; }
+
+}  // namespace scribe

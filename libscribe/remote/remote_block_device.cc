@@ -1,0 +1,411 @@
+// RemoteBlockDevice: a BlockDevice whose operations are DiskService calls.
+//
+// Connection. Made on the first call after there is none (OpenRemoteDevice's `open` is
+// the first): the service capability is at once a promise of the bootstrap capability,
+// so calls made while connecting queue inside Cap'n Proto and fail with it. A connection
+// is dropped when a call fails with an exception (the peer went away or broke the
+// protocol), when the server closes it, or when a call goes unanswered for
+// call_timeout_ns; every call in flight on it then fails UNAVAILABLE. After a failed
+// attempt (or a connection that never answered anything) calls fail fast during a
+// growing backoff, so a dead server costs no more than a connect() per backoff period.
+//
+// Bookkeeping. Every call is an Op in `ops_` until it completes once: by its reply, by
+// the loss of its connection, or by its timeout; whichever comes later finds no Op and
+// does nothing, so a late reply never writes into a buffer its caller got back. User
+// callbacks are posted as loop callbacks of their own, never run inside a KJ
+// continuation: a callback may then destroy the device, and with it every KJ object.
+#include <capnp/rpc-twoparty.h>
+#include <kj/debug.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "libscribe/env/real_loop_internal.h"
+#include "libscribe/remote/disk_service.capnp.h"
+#include "libscribe/remote/wire.h"
+#include "scribe/remote.h"
+#include "scribe/status.h"
+
+namespace scribe {
+namespace {
+
+using remote::wire::DiskService;
+
+class RemoteBlockDevice final : public BlockDevice, private kj::TaskSet::ErrorHandler {
+ public:
+  RemoteBlockDevice(RealLoop* loop, std::string address, uint64_t disk_id, uint64_t epoch,
+                    RemoteDeviceOptions options)
+      : loop_(loop),
+        address_(std::move(address)),
+        disk_id_(disk_id),
+        epoch_(epoch),
+        options_(options),
+        alive_(std::make_shared<bool>(true)),
+        backoff_ns_(options.reconnect_backoff_min_ns) {}
+
+  // KJ objects may throw from destructors; a device going away must not.
+  ~RemoteBlockDevice() noexcept override {
+    *alive_ = false;
+    for (auto& [id, op] : ops_) loop_->Cancel(op.timer);
+    ops_.clear();
+    // Members then go bottom-up: calls in flight are cancelled, then the capability,
+    // then the connection.
+  }
+
+  // Raises the disk's fence to our epoch and learns its size.
+  void Open(Callback done) {
+    DiskService::Client* service = Service(done);
+    if (service == nullptr) return;
+    auto req = service->openRequest();
+    req.setDiskId(disk_id_);
+    req.setEpoch(epoch_);
+    const uint64_t id = Register(std::move(done), nullptr, 0);
+    Track(id, req.send(), [this](capnp::Response<DiskService::OpenResults>& reply, Op&) {
+      absl::Status st = remote::DecodeError(reply.getError());
+      if (!st.ok()) return st;
+      const uint64_t size = reply.getSizeBytes();
+      if (size == 0 || size % kSectorBytes != 0) {
+        return absl::InternalError(absl::StrFormat(
+            "disk %d at %s reports an unusable size of %d bytes", disk_id_, address_, size));
+      }
+      size_bytes_ = size;
+      return absl::OkStatus();
+    });
+  }
+
+  uint64_t size_bytes() const override { return size_bytes_; }
+
+  void Read(uint64_t offset_bytes, size_t length_bytes, void* buf, Callback done) override {
+    absl::Status st = CheckRange(offset_bytes, length_bytes, buf);
+    if (!st.ok()) return Complete(std::move(done), std::move(st));
+    auto* base = static_cast<uint8_t*>(buf);
+    InPieces(offset_bytes, length_bytes, std::move(done),
+             [this, base, offset_bytes](uint64_t off, size_t len, Callback piece_done) {
+               ReadPiece(off, len, base + (off - offset_bytes), std::move(piece_done));
+             });
+  }
+
+  void Write(uint64_t offset_bytes, size_t length_bytes, const void* buf, Callback done) override {
+    absl::Status st = CheckRange(offset_bytes, length_bytes, buf);
+    if (!st.ok()) return Complete(std::move(done), std::move(st));
+    auto* base = static_cast<const uint8_t*>(buf);
+    InPieces(offset_bytes, length_bytes, std::move(done),
+             [this, base, offset_bytes](uint64_t off, size_t len, Callback piece_done) {
+               WritePiece(off, len, base + (off - offset_bytes), std::move(piece_done));
+             });
+  }
+
+  void Flush(Callback done) override {
+    DiskService::Client* service = Service(done);
+    if (service == nullptr) return;
+    auto req = service->flushRequest();
+    req.setDiskId(disk_id_);
+    req.setEpoch(epoch_);
+    const uint64_t id = Register(std::move(done), nullptr, 0);
+    Track(id, req.send(), [](capnp::Response<DiskService::FlushResults>& reply, Op&) {
+      return remote::DecodeError(reply.getError());
+    });
+  }
+
+  void Discard(uint64_t offset_bytes, size_t length_bytes, Callback done) override {
+    absl::Status st = CheckRange(offset_bytes, length_bytes, nullptr);
+    if (!st.ok()) return Complete(std::move(done), std::move(st));
+    DiskService::Client* service = Service(done);
+    if (service == nullptr) return;
+    auto req = service->discardRequest();
+    req.setDiskId(disk_id_);
+    req.setEpoch(epoch_);
+    req.setOffsetBytes(offset_bytes);
+    req.setLengthBytes(length_bytes);
+    const uint64_t id = Register(std::move(done), nullptr, 0);
+    Track(id, req.send(), [](capnp::Response<DiskService::DiscardResults>& reply, Op&) {
+      return remote::DecodeError(reply.getError());
+    });
+  }
+
+ private:
+  struct Op {
+    Callback done;
+    uint8_t* read_buf = nullptr;  // where a read's reply goes
+    size_t read_bytes = 0;
+    uint64_t generation = 0;  // of the connection the call went out on
+    Loop::TimerId timer = 0;
+  };
+
+  struct Connection {
+    uint64_t generation = 0;
+    bool answered = false;  // a reply came back: the server behind it works
+    kj::Own<kj::AsyncIoStream> stream;
+    kj::Own<capnp::TwoPartyClient> client;
+    kj::Promise<void> watch = nullptr;  // declared last: dropped before what it watches
+  };
+
+  void taskFailed(kj::Exception&& exception) override {
+    // Every call's task handles its own failure; nothing else runs in the set.
+    (void)exception;
+  }
+
+  // The callback runs later, as a loop callback of its own, unless the device goes first.
+  void Complete(Callback done, absl::Status st) {
+    loop_->Post([alive = alive_, done = std::move(done), st = std::move(st)] {
+      if (*alive) done(st);
+    });
+  }
+
+  // Splits I/O larger than a request may carry; `done` gets the first error once all
+  // pieces have finished.
+  template <typename IssuePiece>
+  void InPieces(uint64_t offset_bytes, size_t length_bytes, Callback done, IssuePiece issue) {
+    const size_t piece_max = options_.request_bytes_max;
+    if (length_bytes <= piece_max) return issue(offset_bytes, length_bytes, std::move(done));
+    struct Join {
+      size_t remaining = 0;
+      absl::Status status;
+      Callback done;
+    };
+    auto join = std::make_shared<Join>();
+    join->remaining = (length_bytes + piece_max - 1) / piece_max;
+    join->done = std::move(done);
+    for (size_t at = 0; at < length_bytes; at += piece_max) {
+      issue(offset_bytes + at, std::min(piece_max, length_bytes - at), [join](absl::Status st) {
+        if (!st.ok() && join->status.ok()) join->status = std::move(st);
+        if (--join->remaining == 0) join->done(join->status);
+      });
+    }
+  }
+
+  void ReadPiece(uint64_t offset_bytes, size_t length_bytes, uint8_t* dst, Callback done) {
+    DiskService::Client* service = Service(done);
+    if (service == nullptr) return;
+    auto req = service->readRequest();
+    req.setDiskId(disk_id_);
+    req.setEpoch(epoch_);
+    req.setOffsetBytes(offset_bytes);
+    req.setLengthBytes(static_cast<uint32_t>(length_bytes));
+    const uint64_t id = Register(std::move(done), dst, length_bytes);
+    Track(id, req.send(), [this](capnp::Response<DiskService::ReadResults>& reply, Op& op) {
+      absl::Status st = remote::DecodeError(reply.getError());
+      if (!st.ok()) return st;
+      auto data = reply.getData();
+      if (data.size() != op.read_bytes) {
+        return absl::InternalError(
+            absl::StrFormat("disk %d at %s returned %d bytes for a %d-byte read", disk_id_,
+                            address_, data.size(), op.read_bytes));
+      }
+      if (data.size() > 0) std::memcpy(op.read_buf, data.begin(), data.size());
+      return absl::OkStatus();
+    });
+  }
+
+  void WritePiece(uint64_t offset_bytes, size_t length_bytes, const uint8_t* src, Callback done) {
+    DiskService::Client* service = Service(done);
+    if (service == nullptr) return;
+    auto req =
+        service->writeRequest(capnp::MessageSize{length_bytes / sizeof(capnp::word) + 64, 0});
+    req.setDiskId(disk_id_);
+    req.setEpoch(epoch_);
+    req.setOffsetBytes(offset_bytes);
+    req.setData(kj::arrayPtr(src, length_bytes));  // the copy: `src` is free from here on
+    const uint64_t id = Register(std::move(done), nullptr, 0);
+    Track(id, req.send(), [](capnp::Response<DiskService::WriteResults>& reply, Op&) {
+      return remote::DecodeError(reply.getError());
+    });
+  }
+
+  // The capability to call, connecting first if there is no connection. Null while
+  // backing off after failures; `done` has then been given UNAVAILABLE.
+  DiskService::Client* Service(Callback& done) {
+    if (service_ == nullptr) {
+      const int64_t now = loop_->NowNanos();
+      if (now < retry_after_ns_) {
+        Complete(std::move(done),
+                 absl::UnavailableError(absl::StrFormat(
+                     "disk %d at %s is unreachable (next attempt in %d ms): %s", disk_id_, address_,
+                     (retry_after_ns_ - now) / 1'000'000, last_error_)));
+        return nullptr;
+      }
+      Connect();
+    }
+    KJ_IF_MAYBE (service, service_) {
+      return service;
+    }
+    SCRIBE_CHECK(false);  // Connect() always sets a capability
+    return nullptr;
+  }
+
+  void Connect() {
+    SCRIBE_CHECK(connection_.get() == nullptr);
+    connection_ = kj::heap<Connection>();
+    const uint64_t gen = connection_->generation = next_generation_++;
+    auto& network = loop_->impl()->io.provider->getNetwork();
+    kj::Promise<DiskService::Client> ready =
+        network.parseAddress(address_)
+            .then([](kj::Own<kj::NetworkAddress> addr) { return addr->connect(); })
+            .then([this, gen](kj::Own<kj::AsyncIoStream> stream) -> DiskService::Client {
+              Connection* c = connection_.get();
+              if (c == nullptr || c->generation != gen) {
+                kj::throwFatalException(KJ_EXCEPTION(DISCONNECTED, "connection abandoned"));
+              }
+              loop_->Dispatch([&] {
+                c->stream = kj::mv(stream);
+                c->client = kj::heap<capnp::TwoPartyClient>(*c->stream);
+                c->watch =
+                    c->client->onDisconnect()
+                        .then([this, gen] {
+                          loop_->Dispatch([&] { Drop(gen, "the server closed the connection"); });
+                        })
+                        .eagerlyEvaluate([this, gen](kj::Exception&& e) {
+                          loop_->Dispatch([&] { Drop(gen, e.getDescription().cStr()); });
+                        });
+              });
+              return c->client->bootstrap().castAs<DiskService>();
+            });
+    service_ = DiskService::Client(kj::mv(ready));
+  }
+
+  // Forgets connection `gen` if it is the current one; its calls fail UNAVAILABLE.
+  void Drop(uint64_t gen, const std::string& why) {
+    if (connection_.get() == nullptr || connection_->generation != gen) return;
+    const int64_t now = loop_->NowNanos();
+    if (connection_->answered) {
+      backoff_ns_ = options_.reconnect_backoff_min_ns;
+      retry_after_ns_ = now;  // it worked until now: try again at once
+    } else {
+      retry_after_ns_ = now + backoff_ns_;
+      backoff_ns_ = std::min(2 * backoff_ns_, options_.reconnect_backoff_max_ns);
+    }
+    last_error_ = why;
+    // A KJ continuation of this connection may be running: free it on a later turn.
+    kj::Maybe<DiskService::Client> service = kj::mv(service_);
+    service_ = nullptr;
+    tasks_.add(kj::evalLater([old = kj::mv(connection_), service = kj::mv(service)]() mutable {
+      service = nullptr;
+      old = nullptr;
+    }));
+    const absl::Status lost = absl::UnavailableError(
+        absl::StrFormat("disk %d at %s: connection lost: %s", disk_id_, address_, why));
+    for (auto it = ops_.begin(); it != ops_.end();) {
+      if (it->second.generation != gen) {
+        ++it;
+        continue;
+      }
+      loop_->Cancel(it->second.timer);
+      Complete(std::move(it->second.done), lost);
+      it = ops_.erase(it);
+    }
+  }
+
+  uint64_t Register(Callback done, uint8_t* read_buf, size_t read_bytes) {
+    const uint64_t id = next_op_id_++;
+    Op& op = ops_[id];
+    op.done = std::move(done);
+    op.read_buf = read_buf;
+    op.read_bytes = read_bytes;
+    op.generation = connection_->generation;
+    op.timer = loop_->RunAfter(options_.call_timeout_ns, [this, alive = alive_, id] {
+      if (!*alive) return;
+      auto it = ops_.find(id);
+      if (it == ops_.end()) return;
+      Drop(it->second.generation,
+           absl::StrFormat("no reply within %d ms", options_.call_timeout_ns / 1'000'000));
+    });
+    return id;
+  }
+
+  // Runs `on_reply(reply, op)` for the reply of call `id` if the call is still
+  // outstanding, and completes it with the status that returns.
+  template <typename Response, typename OnReply>
+  void Track(uint64_t id, kj::Promise<capnp::Response<Response>> reply, OnReply on_reply) {
+    tasks_.add(reply.then(
+        [this, alive = alive_, id,
+         on_reply = std::move(on_reply)](capnp::Response<Response>&& response) mutable {
+          // Destroying the device cancels this task; the flag is a second guard, so that
+          // a reply never lands in the buffer of a device (or caller) that is gone.
+          if (!*alive) return;
+          loop_->Dispatch([&] {
+            auto it = ops_.find(id);
+            if (it == ops_.end()) return;  // already failed: timeout or connection loss
+            if (connection_.get() != nullptr && connection_->generation == it->second.generation) {
+              connection_->answered = true;
+              backoff_ns_ = options_.reconnect_backoff_min_ns;
+            }
+            absl::Status st = on_reply(response, it->second);
+            Finish(it, std::move(st));
+          });
+        },
+        [this, alive = alive_, id](kj::Exception&& e) {
+          if (!*alive) return;
+          loop_->Dispatch([&] {
+            auto it = ops_.find(id);
+            if (it == ops_.end()) return;
+            const std::string why = e.getDescription().cStr();
+            Drop(it->second.generation, why);
+            it = ops_.find(id);  // still there only if its connection was already gone
+            if (it != ops_.end()) Finish(it, absl::UnavailableError(why));
+          });
+        }));
+  }
+
+  void Finish(std::map<uint64_t, Op>::iterator it, absl::Status st) {
+    Op op = std::move(it->second);
+    ops_.erase(it);
+    loop_->Cancel(op.timer);
+    Complete(std::move(op.done), std::move(st));
+  }
+
+  RealLoop* loop_;
+  const std::string address_;
+  const uint64_t disk_id_;
+  const uint64_t epoch_;
+  const RemoteDeviceOptions options_;
+  uint64_t size_bytes_ = 0;  // learnt by Open(); until then every range is out of range
+  std::shared_ptr<bool> alive_;
+  std::map<uint64_t, Op> ops_;  // calls not yet completed, by id (issue order)
+  uint64_t next_op_id_ = 1;
+  uint64_t next_generation_ = 1;
+  int64_t retry_after_ns_ = 0;
+  int64_t backoff_ns_;
+  std::string last_error_;
+  // Destroyed bottom-up: calls in flight, then the capability, then the connection.
+  kj::Own<Connection> connection_;
+  kj::Maybe<DiskService::Client> service_;
+  kj::TaskSet tasks_{*this};
+};
+
+}  // namespace
+
+void OpenRemoteDevice(RealLoop* loop, std::string address, uint64_t disk_id, uint64_t epoch,
+                      std::function<void(absl::StatusOr<std::unique_ptr<BlockDevice>>)> done,
+                      RemoteDeviceOptions options) {
+  SCRIBE_CHECK(loop != nullptr);
+  const bool options_ok = options.call_timeout_ns > 0 && options.reconnect_backoff_min_ns > 0 &&
+                          options.reconnect_backoff_max_ns >= options.reconnect_backoff_min_ns &&
+                          options.request_bytes_max >= BlockDevice::kSectorBytes &&
+                          options.request_bytes_max % BlockDevice::kSectorBytes == 0;
+  if (!options_ok) {
+    loop->Post([done = std::move(done)] {
+      done(absl::InvalidArgumentError(
+          "RemoteDeviceOptions: timeouts and backoff must be positive (max >= min) and "
+          "request_bytes_max a positive multiple of 512"));
+    });
+    return;
+  }
+  // The device holds the callback that owns it until `open` completes either way.
+  auto device = std::make_shared<std::unique_ptr<RemoteBlockDevice>>(
+      std::make_unique<RemoteBlockDevice>(loop, std::move(address), disk_id, epoch, options));
+  RemoteBlockDevice* raw = device->get();
+  raw->Open([device, done = std::move(done)](absl::Status st) {
+    std::unique_ptr<BlockDevice> owned = std::move(*device);
+    if (!st.ok()) {
+      owned.reset();
+      return done(std::move(st));
+    }
+    done(std::move(owned));
+  });
+}
+
+}  // namespace scribe
