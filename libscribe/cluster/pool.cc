@@ -1038,12 +1038,23 @@ class PoolImpl : public Pool {
   // An I/O error on a disk: EIO-class errors fail the disk (its chunks are re-mirrored).
   void NoteIoError(DiskId disk, const absl::Status& st) {
     ++io_errors_;
+    if (st.code() == absl::StatusCode::kFailedPrecondition) {
+      // A disk refused us for a newer owner's epoch: another node owns the pool now.
+      // Stop everything; only a fresh Pool::Open (with the new epoch) may continue.
+      if (!fenced_) fenced_status_ = absl::FailedPreconditionError(absl::StrFormat(
+                        "this pool instance was fenced by a newer owner: %s", st.message()));
+      fenced_ = true;
+      return;
+    }
     if (st.code() != absl::StatusCode::kUnavailable && st.code() != absl::StatusCode::kDataLoss) return;
     DiskState* d = FindDisk(disk);
     if (!d || d->failed) return;
     // A transient error is retried by the caller on another copy; a disk is declared
-    // failed after repeated errors.
-    if (++d_errors_[disk] < kErrorsToFailDisk) return;
+    // failed after `io_errors_to_fail_disk` errors within `io_error_window_ns`.
+    auto& e = d_errors_[disk];
+    const int64_t now = loop_->NowNanos();
+    if (e.count == 0 || now - e.first_ns > options_.io_error_window_ns) e = ErrorWindow{0, now};
+    if (++e.count < options_.io_errors_to_fail_disk) return;
     FailDiskNow(disk, false);
     Commit([](absl::Status) {});
   }
@@ -1086,6 +1097,7 @@ class PoolImpl : public Pool {
 
   void Read(VsdId vsd, uint64_t offset_bytes, size_t length_bytes, void* buf,
             StatusDone done) override {
+    if (fenced_) return PostError(done, fenced_status_);
     VsdState* v = FindVsdState(vsd);
     if (!v) return PostError(done, NotFound(vsd));
     absl::Status st = CheckIo(v, offset_bytes, length_bytes);
@@ -1160,6 +1172,7 @@ class PoolImpl : public Pool {
 
   void Write(VsdId vsd, uint64_t offset_bytes, size_t length_bytes, const void* buf, bool fua,
              StatusDone done) override {
+    if (fenced_) return PostError(done, fenced_status_);
     VsdState* v = FindVsdState(vsd);
     if (!v) return PostError(done, NotFound(vsd));
     absl::Status st = CheckIo(v, offset_bytes, length_bytes);
@@ -1372,6 +1385,7 @@ class PoolImpl : public Pool {
   }
 
   void Discard(VsdId vsd, uint64_t offset_bytes, uint64_t length_bytes, StatusDone done) override {
+    if (fenced_) return PostError(done, fenced_status_);
     VsdState* v = FindVsdState(vsd);
     if (!v) return PostError(done, NotFound(vsd));
     absl::Status st = CheckIo(v, offset_bytes, length_bytes);
@@ -1652,6 +1666,7 @@ class PoolImpl : public Pool {
     s.rebuilds_in_flight = rebuilds_in_flight_;
     s.chunks_rebuilt = chunks_rebuilt_;
     s.metadata_sequence = sequence_;
+    s.fenced = fenced_;
     return s;
   }
 
@@ -2056,6 +2071,7 @@ class PoolImpl : public Pool {
   }
 
   void Commit(StatusDone done) {
+    if (fenced_) return PostError(done, fenced_status_);
     commit_waiters_.push_back(std::move(done));
     if (committing_) return;
     StartCommit();
@@ -2474,7 +2490,6 @@ class PoolImpl : public Pool {
   void UnrefFromMap(const MapEntry& e) { UnrefBlock(e); }
 
  private:
-  static constexpr int kErrorsToFailDisk = 3;
   static constexpr size_t kPendingRecordBytesMax = 4 << 20;
 
   Loop* loop_;
@@ -2487,7 +2502,13 @@ class PoolImpl : public Pool {
 
   std::map<DiskId, DiskState> disks_;
   std::map<NodeId, bool> nodes_online_;
-  std::map<DiskId, int> d_errors_;
+  struct ErrorWindow {
+    int count = 0;
+    int64_t first_ns = 0;
+  };
+  std::map<DiskId, ErrorWindow> d_errors_;
+  bool fenced_ = false;
+  absl::Status fenced_status_;
   std::map<uint64_t, ChunkState> chunks_;
   std::map<VsdId, std::unique_ptr<VsdState>> vsds_;
   std::map<std::string, VsdId> vsd_by_name_;

@@ -647,9 +647,9 @@ TEST(RemotePool, PoolOverRemoteDisksSurvivesAnOwnerChange) {
     EXPECT_TRUE(p->Fsck().ok());
   };
   check(pool->get());
-  pool->reset();
 
-  // A new owner (epoch 2) opens the pool over fresh connections.
+  // A new owner (epoch 2) opens the pool over fresh connections while the old owner's
+  // instance is still alive (a partitioned old owner).
   std::vector<std::unique_ptr<BlockDevice>> devs2;
   std::vector<DiskSpec> specs2;
   open_all(2, &devs2, &specs2);
@@ -658,6 +658,21 @@ TEST(RemotePool, PoolOverRemoteDisksSurvivesAnOwnerChange) {
   ASSERT_TRUE(reopened.ok()) << reopened.status();
   check(reopened->get());
   EXPECT_EQ((*reopened)->ListSnapshots(*v).size(), 1u);
+
+  // The old owner can no longer change anything, and stops itself once refused.
+  {
+    std::string junk_data(4096, 'J');
+    absl::Status st = WaitStatus(loop.get(), [&](auto d) {
+      (*pool)->Write(*v, 0, junk_data.size(), junk_data.data(), true, d);
+    });
+    EXPECT_FALSE(st.ok());
+    EXPECT_TRUE((*pool)->Stats().fenced);
+    std::string buf(4096, 0);
+    st = WaitStatus(loop.get(), [&](auto d) { (*pool)->Read(*v, 0, buf.size(), buf.data(), d); });
+    EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+    check(reopened->get());  // the new owner's data is untouched
+  }
+  pool->reset();
 
   // The old owner's devices are fenced off every disk.
   AlignedBuffer junk = Filled(4096, 0xff);

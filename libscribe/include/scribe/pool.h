@@ -60,8 +60,12 @@ struct PoolOptions {
   // Re-mirroring copies this many chunks at once.
   int rebuild_chunks_in_flight_max = 4;
   // A disk operation not answered in this time fails with UNAVAILABLE (its copy is
-  // treated as bad; three such errors fail the disk).
+  // treated as bad for that operation).
   int64_t io_timeout_ns = 30'000'000'000;
+  // A disk is declared failed (and re-mirrored) after this many EIO-class errors
+  // within the window; fewer are retried on other copies.
+  int io_errors_to_fail_disk = 3;
+  int64_t io_error_window_ns = 60'000'000'000;
 };
 
 struct DiskSpec {
@@ -122,6 +126,9 @@ struct PoolStats {
   uint64_t rebuilds_in_flight = 0;
   uint64_t chunks_rebuilt = 0;
   uint64_t metadata_sequence = 0;
+  // A disk refused this instance for a newer owner's epoch (see scribe/remote.h):
+  // every later call fails with FAILED_PRECONDITION.
+  bool fenced = false;
 };
 
 struct ScrubReport {
