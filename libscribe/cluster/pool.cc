@@ -354,16 +354,9 @@ class PoolImpl : public Pool {
         break;
       }
       case kRecCreateVsd: {
-        auto v = std::make_unique<VsdState>();
-        v->id.value = d.U64();
-        v->name = d.Str();
-        v->size_bytes = d.U64();
-        v->replication = d.U8();
-        v->flash_priority = d.U8();
+        auto v = DecodeVsdHeader(d);
         v->map = BlockMap(&refs_, v->size_bytes / kBlockBytes);
-        next_vsd_ = std::max(next_vsd_, v->id.value + 1);
-        vsd_by_name_[v->name] = v->id;
-        vsds_[v->id] = std::move(v);
+        InsertVsd(std::move(v));
         break;
       }
       case kRecDeleteVsd: {
@@ -466,8 +459,7 @@ class PoolImpl : public Pool {
           v->replication = src->replication;
           v->flash_priority = src->flash_priority;
         }
-        vsd_by_name_[v->name] = v->id;
-        vsds_[v->id] = std::move(v);
+        InsertVsd(std::move(v));
         break;
       }
       case kRecRevert: {
@@ -508,18 +500,11 @@ class PoolImpl : public Pool {
         break;
       }
       case kRecCkptVsd: {
-        auto v = std::make_unique<VsdState>();
-        v->id.value = d.U64();
-        v->name = d.Str();
-        v->size_bytes = d.U64();
-        v->replication = d.U8();
-        v->flash_priority = d.U8();
+        auto v = DecodeVsdHeader(d);
         const int levels = d.U8();
         const uint64_t root = d.U64();
         v->map = BlockMap::FromRoot(&refs_, v->size_bytes / kBlockBytes, levels, CkptNode(root));
-        next_vsd_ = std::max(next_vsd_, v->id.value + 1);
-        vsd_by_name_[v->name] = v->id;
-        vsds_[v->id] = std::move(v);
+        InsertVsd(std::move(v));
         break;
       }
       case kRecCkptSnapshot: {
@@ -545,6 +530,31 @@ class PoolImpl : public Pool {
         d.Raw(nullptr, SIZE_MAX);
         break;
     }
+  }
+
+  // The fields kRecCreateVsd and kRecCkptVsd start with.
+  static std::unique_ptr<VsdState> DecodeVsdHeader(Decoder& d) {
+    auto v = std::make_unique<VsdState>();
+    v->id.value = d.U64();
+    v->name = d.Str();
+    v->size_bytes = d.U64();
+    v->replication = d.U8();
+    v->flash_priority = d.U8();
+    return v;
+  }
+  static void EncodeVsdHeader(Encoder& e, VsdId id, const std::string& name, uint64_t size_bytes,
+                              int replication, int flash_priority) {
+    e.U64(id.value);
+    e.Str(name);
+    e.U64(size_bytes);
+    e.U8(static_cast<uint8_t>(replication));
+    e.U8(static_cast<uint8_t>(flash_priority));
+  }
+
+  void InsertVsd(std::unique_ptr<VsdState> v) {
+    next_vsd_ = std::max(next_vsd_, v->id.value + 1);
+    vsd_by_name_[v->name] = v->id;
+    vsds_[v->id] = std::move(v);
   }
 
   std::shared_ptr<BlockMap::Node> CkptNode(uint64_t id) {
@@ -769,11 +779,8 @@ class PoolImpl : public Pool {
     const VsdId id{next_vsd_++};
     Encoder e;
     e.U8(kRecCreateVsd);
-    e.U64(id.value);
-    e.Str(options.name);
-    e.U64(options.size_bytes);
-    e.U8(static_cast<uint8_t>(options.replication));
-    e.U8(static_cast<uint8_t>(options.flash_priority));
+    EncodeVsdHeader(e, id, options.name, options.size_bytes, options.replication,
+                    options.flash_priority);
     Mutate(e.out());
     Commit([done, id](absl::Status st) {
       if (!st.ok()) return done(st);
@@ -2324,11 +2331,7 @@ class PoolImpl : public Pool {
       const uint64_t root = emit(v->map.root().get());
       Encoder e;
       e.U8(kRecCkptVsd);
-      e.U64(id.value);
-      e.Str(v->name);
-      e.U64(v->size_bytes);
-      e.U8(static_cast<uint8_t>(v->replication));
-      e.U8(static_cast<uint8_t>(v->flash_priority));
+      EncodeVsdHeader(e, id, v->name, v->size_bytes, v->replication, v->flash_priority);
       e.U8(static_cast<uint8_t>(v->map.levels()));
       e.U64(root);
       add(e.out());
