@@ -1900,12 +1900,14 @@ class PoolImpl : public Pool {
     auto report = std::make_shared<ScrubReport>();
     std::vector<uint64_t> ids;
     for (const auto& [id, c] : chunks_) ids.push_back(id);
-    auto before = std::make_shared<uint64_t>(repaired_);
     ScrubNext(std::make_shared<std::vector<uint64_t>>(std::move(ids)), 0, report,
-              [this, report, before, done](absl::Status st) {
-                // Repairs are asynchronous writes; count those issued by this scrub.
+              [this, report, done](absl::Status st) {
                 if (!st.ok()) return done(st);
-                done(*report);
+                // Repaired copies are durable before the scrub reports them.
+                Commit([report, done](absl::Status st) {
+                  if (!st.ok()) return done(st);
+                  done(*report);
+                });
               });
   }
 

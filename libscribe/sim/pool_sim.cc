@@ -233,8 +233,8 @@ class PoolSim {
           kLoopStepsMax, static_cast<double>(loop_.NowNanos() - start_ns) / kSecondNs));
     }
     if (!ok) {
-      return absl::DeadlineExceededError(absl::StrFormat(
-          "did not finish within %d s of virtual time", timeout_ns / kSecondNs));
+      return absl::DeadlineExceededError(
+          absl::StrFormat("did not finish within %d s of virtual time", timeout_ns / kSecondNs));
     }
     return absl::OkStatus();
   }
@@ -285,8 +285,7 @@ class PoolSim {
     stopped_ = true;
     ++result_.violations;
     std::string msg = absl::StrFormat("seed=%d op=%d t=%.6fs: %s", config_.seed, op_,
-                                      static_cast<double>(loop_.NowNanos()) / kSecondNs,
-                                      what);
+                                      static_cast<double>(loop_.NowNanos()) / kSecondNs, what);
     absl::StrAppend(&msg, "\n  recent operations (oldest first):");
     for (const auto& line : log_) absl::StrAppend(&msg, "\n    ", line);
     if (config_.trace) std::fprintf(stderr, "VIOLATION %s\n", msg.c_str());
@@ -400,17 +399,15 @@ class PoolSim {
     if (!WaitRedundant("finish")) return;
     if (!VerifyAllExact("final check")) return;
     Log("final flush");
-    if (!ExpectOk(AwaitStatus([&](Pool::StatusDone done) { pool_->Flush(done); }),
-                  "final Flush")) {
+    if (!ExpectOk(AwaitStatus([&](Pool::StatusDone done) { pool_->Flush(done); }), "final Flush")) {
       return;
     }
     CollapseAll({});
     // A clean stop: after the flush everything must come back exactly.
     if (!Restart(PowerLossMode::kDropAll, "clean restart after final flush")) return;
     if (!VerifyAllExact("after clean restart")) return;
-    auto report = AwaitValue<ScrubReport>([&](Pool::Done<ScrubReport> done) {
-      pool_->Scrub(done);
-    });
+    auto report =
+        AwaitValue<ScrubReport>([&](Pool::Done<ScrubReport> done) { pool_->Scrub(done); });
     if (!report.ok()) {
       ExpectOk(report.status(), "final Scrub");
       return;
@@ -421,7 +418,8 @@ class PoolSim {
     if (report->bad_copies != 0 || report->unrecoverable != 0) {
       Violation(absl::StrFormat(
           "final Scrub on a healthy, fully redundant pool found %d bad copies (%d "
-          "unrecoverable): copies diverged without any outstanding fault",
+          "unrecoverable): copies diverged with no fault outstanding (a repair or rebuild "
+          "write that a power cut undid, or a write that missed a copy)",
           report->bad_copies, report->unrecoverable));
       return;
     }
@@ -552,8 +550,7 @@ class PoolSim {
     for (const DiskInfo& d : pool_->ListDisks()) {
       parts.push_back(absl::StrFormat("disk%d@node%d%s%s used=%dMiB chunks=%d", d.id.value,
                                       d.node.value, d.failed ? " FAILED" : "",
-                                      d.online ? "" : " offline", d.used_bytes / kMiB,
-                                      d.chunks));
+                                      d.online ? "" : " offline", d.used_bytes / kMiB, d.chunks));
     }
     return absl::StrJoin(parts, "; ");
   }
@@ -566,15 +563,15 @@ class PoolSim {
       return Violation(absl::StrFormat(
           "%s: pool not fully redundant (%s; degraded_chunks=%d rebuilds_in_flight=%d "
           "chunks_rebuilt=%d) disks: %s",
-          why, st.message(), stats.degraded_chunks, stats.rebuilds_in_flight,
-          stats.chunks_rebuilt, DisksSummary()));
+          why, st.message(), stats.degraded_chunks, stats.rebuilds_in_flight, stats.chunks_rebuilt,
+          DisksSummary()));
     }
     const PoolStats stats = pool_->Stats();
     if (stats.degraded_chunks != 0 || stats.rebuilds_in_flight != 0) {
-      return Violation(absl::StrFormat(
-          "%s: FullyRedundant() is true but Stats() says degraded_chunks=%d "
-          "rebuilds_in_flight=%d",
-          why, stats.degraded_chunks, stats.rebuilds_in_flight));
+      return Violation(
+          absl::StrFormat("%s: FullyRedundant() is true but Stats() says degraded_chunks=%d "
+                          "rebuilds_in_flight=%d",
+                          why, stats.degraded_chunks, stats.rebuilds_in_flight));
     }
     Log(absl::StrFormat("%s: fully redundant after %.3f s (chunks_rebuilt=%d)", why,
                         static_cast<double>(loop_.NowNanos() - start) / kSecondNs,
@@ -586,8 +583,7 @@ class PoolSim {
     const FsckReport report = pool_->Fsck();
     if (report.ok()) return true;
     std::vector<std::string> first(
-        report.errors.begin(),
-        report.errors.begin() + std::min<size_t>(report.errors.size(), 8));
+        report.errors.begin(), report.errors.begin() + std::min<size_t>(report.errors.size(), 8));
     return Violation(absl::StrFormat("Fsck %s: %d errors: %s", when, report.errors.size(),
                                      absl::StrJoin(first, " | ")));
   }
@@ -598,8 +594,7 @@ class PoolSim {
   // Reads [offset, +length) of a VSD (or a snapshot when `snap` is set) into a buffer
   // that is deliberately misaligned now and then (pool.h promises no alignment need).
   absl::StatusOr<std::shared_ptr<std::vector<uint8_t>>> ReadRaw(VsdId vsd, SnapshotId snap,
-                                                                uint64_t offset,
-                                                                uint64_t length,
+                                                                uint64_t offset, uint64_t length,
                                                                 size_t* misalign) {
     *misalign = workload_.Bernoulli(0.25) ? 1 + workload_.Uniform(7) : 0;
     auto buf = std::make_shared<std::vector<uint8_t>>(length + *misalign, 0xee);
@@ -629,8 +624,8 @@ class PoolSim {
       const uint64_t s = offset / kSectorBytes + i;
       const uint64_t got = DecodeSector(p + i * kSectorBytes, s);
       if (got != v.current[s]) {
-        return Violation(absl::StrFormat("%s: sector %d (byte %d) holds %s, expected %s", where,
-                                         s, s * kSectorBytes, Describe(p + i * kSectorBytes, s),
+        return Violation(absl::StrFormat("%s: sector %d (byte %d) holds %s, expected %s", where, s,
+                                         s * kSectorBytes, Describe(p + i * kSectorBytes, s),
                                          TokenName(v.current[s])));
       }
     }
@@ -649,8 +644,8 @@ class PoolSim {
       const uint64_t s = offset / kSectorBytes + i;
       const uint64_t got = DecodeSector(p + i * kSectorBytes, s);
       if (got != snap.data[s]) {
-        return Violation(absl::StrFormat("%s: sector %d (byte %d) holds %s, expected %s", where,
-                                         s, s * kSectorBytes, Describe(p + i * kSectorBytes, s),
+        return Violation(absl::StrFormat("%s: sector %d (byte %d) holds %s, expected %s", where, s,
+                                         s * kSectorBytes, Describe(p + i * kSectorBytes, s),
                                          TokenName(snap.data[s])));
       }
     }
@@ -713,8 +708,8 @@ class PoolSim {
       }
       const std::set<uint64_t> snaps_model(v.snapshots.begin(), v.snapshots.end());
       if (snaps_listed != snaps_model) {
-        return Violation(absl::StrFormat("%s: ListSnapshots(%d) has {%s}, model has {%s}", when,
-                                         id, absl::StrJoin(snaps_listed, ","),
+        return Violation(absl::StrFormat("%s: ListSnapshots(%d) has {%s}, model has {%s}", when, id,
+                                         absl::StrJoin(snaps_listed, ","),
                                          absl::StrJoin(snaps_model, ",")));
       }
     }
@@ -730,8 +725,7 @@ class PoolSim {
       uint64_t nonzero_blocks = 0;
       for (uint64_t s = 0; s < v.current.size(); s += kSectorsPerBlock) {
         bool nonzero = false;
-        for (uint64_t i = s; i < std::min<uint64_t>(s + kSectorsPerBlock, v.current.size());
-             ++i) {
+        for (uint64_t i = s; i < std::min<uint64_t>(s + kSectorsPerBlock, v.current.size()); ++i) {
           nonzero = nonzero || v.current[i] != 0;
         }
         nonzero_blocks += nonzero;
@@ -761,10 +755,10 @@ class PoolSim {
     if (op_ % kDeepCheckEveryOps == 0 && !CheckAccounting("after operation")) return;
     if (fault_.kind == FaultKind::kNone && !pool_->FullyRedundant()) {
       const PoolStats stats = pool_->Stats();
-      Violation(absl::StrFormat(
-          "pool not fully redundant with no fault outstanding (degraded_chunks=%d "
-          "rebuilds_in_flight=%d) disks: %s",
-          stats.degraded_chunks, stats.rebuilds_in_flight, DisksSummary()));
+      Violation(
+          absl::StrFormat("pool not fully redundant with no fault outstanding (degraded_chunks=%d "
+                          "rebuilds_in_flight=%d) disks: %s",
+                          stats.degraded_chunks, stats.rebuilds_in_flight, DisksSummary()));
     }
   }
 
@@ -797,8 +791,7 @@ class PoolSim {
                                                       uint64_t length, size_t misalign) {
     auto buf = std::make_shared<std::vector<uint8_t>>(length + misalign);
     for (uint64_t i = 0; i < length / kSectorBytes; ++i) {
-      FillSector(token, offset / kSectorBytes + i,
-                 buf->data() + misalign + i * kSectorBytes);
+      FillSector(token, offset / kSectorBytes + i, buf->data() + misalign + i * kSectorBytes);
     }
     return buf;
   }
@@ -849,8 +842,8 @@ class PoolSim {
     VsdOptions options;
     options.name = absl::StrCat("vsd-", ++names_);
     options.size_bytes =
-        kVsdBytesMin + 64 * kKiB * workload_.Uniform((kVsdBytesCreateMax - kVsdBytesMin) /
-                                                          (64 * kKiB) + 1);
+        kVsdBytesMin +
+        64 * kKiB * workload_.Uniform((kVsdBytesCreateMax - kVsdBytesMin) / (64 * kKiB) + 1);
     // Sometimes a size that is not a multiple of 64 KiB (the engine wants 4 KiB).
     if (workload_.Bernoulli(0.15)) options.size_bytes += kBlockBytes * (1 + workload_.Uniform(15));
     const bool rf3_possible = config_.nodes >= 3 && HealthyNodes().size() >= 3;
@@ -864,8 +857,7 @@ class PoolSim {
       return;
     }
     if (!id->valid() || vsds_.count(id->value)) {
-      Violation(absl::StrFormat("CreateVsd returned id %d, invalid or already in use",
-                                id->value));
+      Violation(absl::StrFormat("CreateVsd returned id %d, invalid or already in use", id->value));
       return;
     }
     VsdModel v;
@@ -939,9 +931,8 @@ class PoolSim {
     Log(absl::StrFormat("Discard vsd %d [%d, +%d)", v->id.value, offset, length));
     const uint64_t begin = offset / kSectorBytes, end = (offset + length) / kSectorBytes;
     Issue(*v, begin, end, 0);
-    absl::Status st = AwaitStatus([&](Pool::StatusDone done) {
-      pool_->Discard(v->id, offset, length, done);
-    });
+    absl::Status st =
+        AwaitStatus([&](Pool::StatusDone done) { pool_->Discard(v->id, offset, length, done); });
     if (!ExpectOk(st, absl::StrFormat("Discard vsd %d [%d, +%d)", v->id.value, offset, length))) {
       return;
     }
@@ -977,8 +968,8 @@ class PoolSim {
     };
     auto burst = std::make_shared<Burst>();
     std::vector<SectorRange> ranges;
-    const int writes = kBurstIosMin + static_cast<int>(workload_.Uniform(
-                                          kBurstIosMax - kBurstIosMin + 1));
+    const int writes =
+        kBurstIosMin + static_cast<int>(workload_.Uniform(kBurstIosMax - kBurstIosMin + 1));
     const int reads = static_cast<int>(workload_.Uniform(kBurstReadsMax + 1));
     for (int i = 0; i < writes + reads; ++i) {
       for (int attempt = 0; attempt < 10; ++attempt) {
@@ -1010,11 +1001,10 @@ class PoolSim {
     const bool with_flush = workload_.Bernoulli(0.3);
     std::vector<std::string> parts;
     for (const Io& io : burst->ios) {
-      parts.push_back(io.is_write ? absl::StrFormat("W vsd %d [%d, +%d) w%d%s", io.vsd,
-                                                    io.offset, io.length, io.token,
-                                                    io.fua ? " fua" : "")
-                                  : absl::StrFormat("R vsd %d [%d, +%d)", io.vsd, io.offset,
-                                                    io.length));
+      parts.push_back(io.is_write
+                          ? absl::StrFormat("W vsd %d [%d, +%d) w%d%s", io.vsd, io.offset,
+                                            io.length, io.token, io.fua ? " fua" : "")
+                          : absl::StrFormat("R vsd %d [%d, +%d)", io.vsd, io.offset, io.length));
     }
     if (with_flush) parts.push_back("Flush");
     Log(absl::StrCat("Burst: ", absl::StrJoin(parts, "; ")));
@@ -1078,8 +1068,8 @@ class PoolSim {
                           delay_ns / 1000, completed, burst->ios.size()));
       for (const Io& io : burst->ios) {
         if (io.status.has_value() && !io.status->ok()) {
-          ExpectOk(*io.status, absl::StrFormat("burst I/O on vsd %d [%d, +%d)", io.vsd,
-                                               io.offset, io.length));
+          ExpectOk(*io.status,
+                   absl::StrFormat("burst I/O on vsd %d [%d, +%d)", io.vsd, io.offset, io.length));
           return;
         }
       }
@@ -1094,9 +1084,9 @@ class PoolSim {
     }
     for (const Io& io : burst->ios) {
       if (!io.status->ok()) {
-        ExpectOk(*io.status, absl::StrFormat("burst %s vsd %d [%d, +%d)",
-                                             io.is_write ? "Write" : "Read", io.vsd, io.offset,
-                                             io.length));
+        ExpectOk(*io.status,
+                 absl::StrFormat("burst %s vsd %d [%d, +%d)", io.is_write ? "Write" : "Read",
+                                 io.vsd, io.offset, io.length));
         return;
       }
     }
@@ -1143,9 +1133,8 @@ class PoolSim {
     }
     const std::string name = absl::StrCat("snap-", ++names_);
     Log(absl::StrFormat("CreateSnapshot vsd %d %s", v->id.value, name));
-    auto id = AwaitValue<SnapshotId>([&](Pool::Done<SnapshotId> done) {
-      pool_->CreateSnapshot(v->id, name, done);
-    });
+    auto id = AwaitValue<SnapshotId>(
+        [&](Pool::Done<SnapshotId> done) { pool_->CreateSnapshot(v->id, name, done); });
     if (!id.ok()) {
       ExpectOk(id.status(), absl::StrFormat("CreateSnapshot vsd %d", v->id.value));
       return;
@@ -1165,10 +1154,9 @@ class PoolSim {
     }
     const std::string name = absl::StrCat("group-", ++names_);
     Log(absl::StrFormat("CreateGroupSnapshot vsds %d,%d %s", a->id.value, b->id.value, name));
-    auto ids = AwaitValue<std::vector<SnapshotId>>(
-        [&](Pool::Done<std::vector<SnapshotId>> done) {
-          pool_->CreateGroupSnapshot({a->id, b->id}, name, done);
-        });
+    auto ids = AwaitValue<std::vector<SnapshotId>>([&](Pool::Done<std::vector<SnapshotId>> done) {
+      pool_->CreateGroupSnapshot({a->id, b->id}, name, done);
+    });
     if (!ids.ok()) {
       ExpectOk(ids.status(), "CreateGroupSnapshot");
       return;
@@ -1185,9 +1173,10 @@ class PoolSim {
       bool found = false;
       for (const SnapshotInfo& s : pool_->ListSnapshots(vsd)) found = found || s.id == (*ids)[i];
       if (!found) {
-        Violation(absl::StrFormat("group snapshot %d missing from ListSnapshots(%d) (ids must "
-                                  "be in the order of the VSDs)",
-                                  (*ids)[i].value, vsd.value));
+        Violation(
+            absl::StrFormat("group snapshot %d missing from ListSnapshots(%d) (ids must "
+                            "be in the order of the VSDs)",
+                            (*ids)[i].value, vsd.value));
         return;
       }
     }
@@ -1228,9 +1217,8 @@ class PoolSim {
     SnapshotModel* s = PickSnapshot();
     if (s != nullptr && workload_.Bernoulli(0.6)) {
       Log(absl::StrFormat("CloneFromSnapshot %d -> %s", s->id.value, name));
-      auto id = AwaitValue<VsdId>([&](Pool::Done<VsdId> done) {
-        pool_->CloneFromSnapshot(s->id, name, done);
-      });
+      auto id = AwaitValue<VsdId>(
+          [&](Pool::Done<VsdId> done) { pool_->CloneFromSnapshot(s->id, name, done); });
       if (!id.ok()) {
         ExpectOk(id.status(), absl::StrFormat("CloneFromSnapshot %d", s->id.value));
         return;
@@ -1241,9 +1229,8 @@ class PoolSim {
     }
     VsdModel* v = PickVsd();
     Log(absl::StrFormat("CloneVsd %d -> %s", v->id.value, name));
-    auto id = AwaitValue<VsdId>([&](Pool::Done<VsdId> done) {
-      pool_->CloneVsd(v->id, name, done);
-    });
+    auto id =
+        AwaitValue<VsdId>([&](Pool::Done<VsdId> done) { pool_->CloneVsd(v->id, name, done); });
     if (!id.ok()) {
       ExpectOk(id.status(), absl::StrFormat("CloneVsd %d", v->id.value));
       return;
@@ -1258,14 +1245,12 @@ class PoolSim {
       OpSnapshot();
       return;
     }
-    const SnapshotModel& s =
-        snaps_.at(v->snapshots[workload_.Uniform(v->snapshots.size())]);
+    const SnapshotModel& s = snaps_.at(v->snapshots[workload_.Uniform(v->snapshots.size())]);
     Log(absl::StrFormat("RevertToSnapshot vsd %d to snapshot %d", v->id.value, s.id.value));
-    absl::Status st = AwaitStatus([&](Pool::StatusDone done) {
-      pool_->RevertToSnapshot(v->id, s.id, done);
-    });
-    if (!ExpectOk(st, absl::StrFormat("RevertToSnapshot vsd %d snapshot %d", v->id.value,
-                                      s.id.value))) {
+    absl::Status st =
+        AwaitStatus([&](Pool::StatusDone done) { pool_->RevertToSnapshot(v->id, s.id, done); });
+    if (!ExpectOk(
+            st, absl::StrFormat("RevertToSnapshot vsd %d snapshot %d", v->id.value, s.id.value))) {
       return;
     }
     auto info = pool_->GetVsdInfo(v->id);
@@ -1319,9 +1304,8 @@ class PoolSim {
       // accepted, then the snapshots go first.
       Log("  refused (has snapshots): deleting them first");
       for (uint64_t snap : std::vector<uint64_t>(v->snapshots)) {
-        absl::Status del = AwaitStatus([&](Pool::StatusDone done) {
-          pool_->DeleteSnapshot(SnapshotId{snap}, done);
-        });
+        absl::Status del = AwaitStatus(
+            [&](Pool::StatusDone done) { pool_->DeleteSnapshot(SnapshotId{snap}, done); });
         if (!ExpectOk(del, absl::StrFormat("DeleteSnapshot %d", snap))) return;
         ForgetSnapshot(snap);
       }
@@ -1332,8 +1316,8 @@ class PoolSim {
     vsds_.erase(id.value);
     auto info = pool_->GetVsdInfo(id);
     if (!absl::IsNotFound(info.status())) {
-      Violation(absl::StrFormat("GetVsdInfo(%d) after DeleteVsd: %s, expected NOT_FOUND",
-                                id.value, info.status().ToString()));
+      Violation(absl::StrFormat("GetVsdInfo(%d) after DeleteVsd: %s, expected NOT_FOUND", id.value,
+                                info.status().ToString()));
       return;
     }
     deleted_vsds_.push_back(id.value);
@@ -1342,13 +1326,12 @@ class PoolSim {
   void OpResize() {
     VsdModel* v = PickVsd();
     if (v->size_bytes() >= kVsdBytesMax) return;
-    const uint64_t grow = std::min(kVsdBytesMax - v->size_bytes(),
-                                   64 * kKiB * (1 + workload_.Uniform(64)));
+    const uint64_t grow =
+        std::min(kVsdBytesMax - v->size_bytes(), 64 * kKiB * (1 + workload_.Uniform(64)));
     const uint64_t size = v->size_bytes() + grow;
     Log(absl::StrFormat("ResizeVsd %d %d -> %d", v->id.value, v->size_bytes(), size));
-    absl::Status st = AwaitStatus([&](Pool::StatusDone done) {
-      pool_->ResizeVsd(v->id, size, done);
-    });
+    absl::Status st =
+        AwaitStatus([&](Pool::StatusDone done) { pool_->ResizeVsd(v->id, size, done); });
     if (!ExpectOk(st, absl::StrFormat("ResizeVsd %d to %d", v->id.value, size))) return;
     v->current.resize(size / kSectorBytes, 0);
     v->durable.resize(size / kSectorBytes, 0);
@@ -1380,15 +1363,17 @@ class PoolSim {
     const std::vector<uint64_t>& a = from ? from->data : kEmpty;
     const std::vector<uint64_t>& b = to->data;
     const uint64_t sectors = std::max(a.size(), b.size());
-    const uint64_t limit_bytes = (sectors * kSectorBytes + kBlockBytes - 1) / kBlockBytes * kBlockBytes;
+    const uint64_t limit_bytes =
+        (sectors * kSectorBytes + kBlockBytes - 1) / kBlockBytes * kBlockBytes;
     std::vector<bool> covered(sectors, false);
     uint64_t extent_bytes = 0;
     for (const Extent& e : *extents) {
-      if (e.offset_bytes + e.length_bytes > limit_bytes || e.offset_bytes + e.length_bytes < e.offset_bytes) {
-        Violation(absl::StrFormat("Diff(%d, %d) returned extent [%d, +%d) beyond the %d bytes "
-                                  "of the larger snapshot",
-                                  from_id.value, to->id.value, e.offset_bytes, e.length_bytes,
-                                  sectors * kSectorBytes));
+      if (e.offset_bytes + e.length_bytes > limit_bytes ||
+          e.offset_bytes + e.length_bytes < e.offset_bytes) {
+        Violation(absl::StrFormat(
+            "Diff(%d, %d) returned extent [%d, +%d) beyond the %d bytes "
+            "of the larger snapshot",
+            from_id.value, to->id.value, e.offset_bytes, e.length_bytes, sectors * kSectorBytes));
         return;
       }
       extent_bytes += e.length_bytes;
@@ -1412,8 +1397,8 @@ class PoolSim {
         return;
       }
     }
-    Log(absl::StrFormat("  %d extents, %d bytes, covering %d differing sectors",
-                        extents->size(), extent_bytes, differing));
+    Log(absl::StrFormat("  %d extents, %d bytes, covering %d differing sectors", extents->size(),
+                        extent_bytes, differing));
   }
 
   // Requests the contract says must fail cleanly and change nothing.
@@ -1469,10 +1454,11 @@ class PoolSim {
         options.name = v->name;  // taken
         options.size_bytes = kVsdBytesMin;
         Log(absl::StrFormat("bad: CreateVsd with the taken name %s", v->name));
-        auto id = AwaitValue<VsdId>([&](Pool::Done<VsdId> done) { pool_->CreateVsd(options, done); });
+        auto id =
+            AwaitValue<VsdId>([&](Pool::Done<VsdId> done) { pool_->CreateVsd(options, done); });
         if (id.ok()) {
-          Violation(absl::StrFormat("CreateVsd with the taken name %s succeeded (vsd %d)",
-                                    v->name, id->value));
+          Violation(absl::StrFormat("CreateVsd with the taken name %s succeeded (vsd %d)", v->name,
+                                    id->value));
           return;
         }
         expect(id.status(), {absl::StatusCode::kAlreadyExists, absl::StatusCode::kInvalidArgument},
@@ -1562,8 +1548,7 @@ class PoolSim {
     DiskSlot& d = disks_[fault_.disk];
     if (workload_.Bernoulli(0.4)) {
       // The disk dies silently: the pool meets EIO before anyone tells it.
-      Log(absl::StrFormat("FAULT: disk %d (node %d) dies silently", d.id.value,
-                          d.spec.node.value));
+      Log(absl::StrFormat("FAULT: disk %d (node %d) dies silently", d.id.value, d.spec.node.value));
       d.disk->SetFailed(true);
       return;
     }
@@ -1581,8 +1566,8 @@ class PoolSim {
       return;
     }
     if (!info || !info->failed) {
-      Violation(absl::StrFormat("ListDisks does not show disk %d failed after FailDisk",
-                                d.id.value));
+      Violation(
+          absl::StrFormat("ListDisks does not show disk %d failed after FailDisk", d.id.value));
       return;
     }
     d.disk->SetFailed(true);  // dead for good: any I/O the pool still sends gets EIO
@@ -1594,17 +1579,20 @@ class PoolSim {
     std::vector<size_t> candidates = UsableDisks();
     if (candidates.empty()) return;
     const size_t i = candidates[workload_.Uniform(candidates.size())];
-    auto info = InfoOf(disks_[i].id);
     // pool.h calls metadata_bytes "reserved at the start of every disk" but the engine
     // may keep more before its first chunk slot (a superblock); stay clear by a margin.
     const uint64_t meta = config_.pool_options.metadata_bytes + kMetadataMarginBytes;
     const uint64_t disk_bytes = disks_[i].disk->size_bytes();
     if (disk_bytes <= meta + kCorruptBytesMax) return;
-    // Chunk slots in use are most likely near the start of the chunk area.
-    const uint64_t span =
-        std::min(disk_bytes - meta, std::max<uint64_t>(2 * info->used_bytes + 2 * kMiB, 4 * kMiB));
     const uint64_t length = kBlockBytes * (1 + workload_.Uniform(kCorruptBytesMax / kBlockBytes));
-    uint64_t offset = meta + kBlockBytes * workload_.Uniform(span / kBlockBytes);
+    // Aim at data: a 4 KiB block that holds some write's contents (looked up on the
+    // device directly, as only a simulator can). Random space would mostly hit unused
+    // slots and prove nothing.
+    std::vector<uint64_t> targets = WrittenBlocks(i, meta);
+    if (stopped_) return;
+    uint64_t offset =
+        targets.empty() ? meta + kBlockBytes * workload_.Uniform((disk_bytes - meta) / kBlockBytes)
+                        : targets[workload_.Uniform(targets.size())];
     offset = std::min(offset, disk_bytes - length);
     offset -= offset % kBlockBytes;
     fault_ = Fault{};
@@ -1613,8 +1601,9 @@ class PoolSim {
     fault_.ops_left = 1 + static_cast<int>(workload_.Uniform(8));
     ++result_.faults;
     ++result_.corruptions;
-    Log(absl::StrFormat("FAULT: corrupt disk %d (node %d) [%d, +%d)", disks_[i].id.value,
-                        disks_[i].spec.node.value, offset, length));
+    Log(absl::StrFormat("FAULT: corrupt disk %d (node %d) [%d, +%d) (%d live blocks seen)",
+                        disks_[i].id.value, disks_[i].spec.node.value, offset, length,
+                        targets.size()));
     disks_[i].disk->Corrupt(offset, length);
     // Read one VSD through at once: the corrupted copy must be caught by its checksum.
     if (workload_.Bernoulli(0.5) && !vsds_.empty()) {
@@ -1628,10 +1617,47 @@ class PoolSim {
     if (!stopped_ && workload_.Bernoulli(0.3)) ScrubAndCheck("scrub right after corruption");
   }
 
+  // Offsets of the 4 KiB blocks past `from` on disk `i` whose first sector holds what
+  // some live VSD or snapshot holds at that sector (freed blocks keep their old bytes;
+  // they are skipped as far as the model can tell).
+  std::vector<uint64_t> WrittenBlocks(size_t i, uint64_t from) {
+    std::vector<std::pair<uint64_t, uint64_t>> live;  // (token, sector), sorted
+    for (const auto& [id, v] : vsds_) {
+      for (uint64_t s = 0; s < v.current.size(); s += kSectorsPerBlock) {
+        if (v.current[s] != 0) live.push_back({v.current[s], s});
+      }
+    }
+    for (const auto& [id, snap] : snaps_) {
+      for (uint64_t s = 0; s < snap.data.size(); s += kSectorsPerBlock) {
+        if (snap.data[s] != 0) live.push_back({snap.data[s], s});
+      }
+    }
+    std::sort(live.begin(), live.end());
+    std::vector<uint64_t> out;
+    SimDisk* disk = disks_[i].disk.get();
+    AlignedBuffer buf(kVerifyReadBytes);
+    from -= from % kBlockBytes;
+    for (uint64_t off = from; off < disk->size_bytes(); off += kVerifyReadBytes) {
+      const uint64_t length = std::min(kVerifyReadBytes, disk->size_bytes() - off);
+      absl::Status st = AwaitDevice([&](BlockDevice::Callback done) {
+        disk->Read(off, length, buf.data(), std::move(done));
+      });
+      if (!ExpectOk(st, "reading a simulated disk directly")) return {};
+      for (uint64_t b = 0; b + kBlockBytes <= length; b += kBlockBytes) {
+        uint64_t words[2];
+        std::memcpy(words, buf.data() + b, sizeof(words));
+        if (words[0] != 0 && DecodeSector(buf.data() + b, words[1]) == words[0] &&
+            std::binary_search(live.begin(), live.end(), std::make_pair(words[0], words[1]))) {
+          out.push_back(off + b);
+        }
+      }
+    }
+    return out;
+  }
+
   bool ScrubAndCheck(const std::string& why) {
-    auto report = AwaitValue<ScrubReport>([&](Pool::Done<ScrubReport> done) {
-      pool_->Scrub(done);
-    });
+    auto report =
+        AwaitValue<ScrubReport>([&](Pool::Done<ScrubReport> done) { pool_->Scrub(done); });
     if (!report.ok()) return ExpectOk(report.status(), why);
     Log(absl::StrFormat("%s: %d chunks %d blocks bad=%d repaired=%d lost=%d", why,
                         report->chunks_checked, report->blocks_checked, report->bad_copies,
@@ -1665,8 +1691,8 @@ class PoolSim {
     fault_.io_errors = 1 + static_cast<int>(workload_.Uniform(kIoErrorsMax));
     fault_.ops_left = 2 + static_cast<int>(workload_.Uniform(5));
     ++result_.faults;
-    Log(absl::StrFormat("FAULT: next %d I/Os to disk %d (node %d) fail with EIO",
-                        fault_.io_errors, disks_[i].id.value, disks_[i].spec.node.value));
+    Log(absl::StrFormat("FAULT: next %d I/Os to disk %d (node %d) fail with EIO", fault_.io_errors,
+                        disks_[i].id.value, disks_[i].spec.node.value));
     disks_[i].disk->InjectIoErrors(0, disks_[i].disk->size_bytes(), fault_.io_errors);
   }
 
@@ -1689,8 +1715,8 @@ class PoolSim {
     pool_->SetNodeOnline(fault_.node, false);
     for (const DiskInfo& d : pool_->ListDisks()) {
       if (d.node == fault_.node && d.online) {
-        Violation(absl::StrFormat("disk %d still online after SetNodeOnline(%d, false)",
-                                  d.id.value, fault_.node.value));
+        Violation(absl::StrFormat("disk %d still online after SetNodeOnline(%d, false)", d.id.value,
+                                  fault_.node.value));
         return;
       }
     }
@@ -1716,8 +1742,8 @@ class PoolSim {
           MarkDiskFailed();
           return;
         }
-        if (!WaitRedundant(absl::StrFormat("rebuild after losing disk %d",
-                                           disks_[fault_.disk].id.value))) {
+        if (!WaitRedundant(
+                absl::StrFormat("rebuild after losing disk %d", disks_[fault_.disk].id.value))) {
           return;
         }
         if (workload_.Bernoulli(0.5)) ReplaceDisk(disks_[fault_.disk].spec.node);
@@ -1727,9 +1753,8 @@ class PoolSim {
         // Latent corruption must be gone before another fault may take a copy away; a
         // second scrub proves the first really repaired (not just reported) it.
         if (!ScrubAndCheck("scrub after corruption")) return;
-        auto again = AwaitValue<ScrubReport>([&](Pool::Done<ScrubReport> done) {
-          pool_->Scrub(done);
-        });
+        auto again =
+            AwaitValue<ScrubReport>([&](Pool::Done<ScrubReport> done) { pool_->Scrub(done); });
         if (!again.ok()) {
           ExpectOk(again.status(), "second scrub after corruption");
           return;
@@ -1773,12 +1798,11 @@ class PoolSim {
         }
         if (fault_.evict && !fault_.evicted) {
           Log(absl::StrFormat("EvictNode %d", fault_.node.value));
-          absl::Status st = AwaitStatus([&](Pool::StatusDone done) {
-            pool_->EvictNode(fault_.node, done);
-          });
+          absl::Status st =
+              AwaitStatus([&](Pool::StatusDone done) { pool_->EvictNode(fault_.node, done); });
           if (!ExpectOk(st, absl::StrFormat("EvictNode %d", fault_.node.value))) return;
-          if (!WaitRedundant(absl::StrFormat("re-mirror after evicting node %d",
-                                             fault_.node.value))) {
+          if (!WaitRedundant(
+                  absl::StrFormat("re-mirror after evicting node %d", fault_.node.value))) {
             return;
           }
           fault_.evicted = true;
@@ -1799,18 +1823,18 @@ class PoolSim {
   void ReplaceDisk(NodeId node) {
     const size_t i = AddSimDisk(node, Tier::kHdd);
     Log(absl::StrFormat("AddDisk (replacement) on node %d", node.value));
-    auto id = AwaitValue<DiskId>([&](Pool::Done<DiskId> done) {
-      pool_->AddDisk(disks_[i].spec, done);
-    });
+    auto id =
+        AwaitValue<DiskId>([&](Pool::Done<DiskId> done) { pool_->AddDisk(disks_[i].spec, done); });
     if (!id.ok()) {
       ExpectOk(id.status(), "AddDisk");
       return;
     }
     auto info = InfoOf(*id);
     if (!info || info->node != node || info->failed) {
-      Violation(absl::StrFormat("AddDisk returned id %d that ListDisks does not show healthy on "
-                                "node %d",
-                                id->value, node.value));
+      Violation(
+          absl::StrFormat("AddDisk returned id %d that ListDisks does not show healthy on "
+                          "node %d",
+                          id->value, node.value));
       return;
     }
     disks_[i].id = *id;
@@ -1834,8 +1858,8 @@ class PoolSim {
                                          d.id.value, d.spec.node.value));
       }
       if (d.disk->failed() && !info->failed) {
-        return Violation(absl::StrFormat("after Open disk %d is no longer marked failed",
-                                         d.id.value));
+        return Violation(
+            absl::StrFormat("after Open disk %d is no longer marked failed", d.id.value));
       }
     }
     return CheckFsck(absl::StrCat("after Open (", why, ")")) &&
@@ -1848,6 +1872,7 @@ class PoolSim {
     ++result_.faults;
     ++result_.power_cuts;
     if (!Restart(mode, why)) return;
+    uint64_t rolled_back = 0;  // sectors that came back as an earlier candidate
     for (auto& [id, v] : vsds_) {
       if (!CheckVsdInfo(v, "after power cut")) return;
       for (uint64_t off = 0; off < v.size_bytes(); off += kVerifyReadBytes) {
@@ -1871,6 +1896,7 @@ class PoolSim {
                 Candidates(v, s)));
             return;
           }
+          if (got != v.current[s]) ++rolled_back;
           v.current[s] = got;
         }
       }
@@ -1886,8 +1912,10 @@ class PoolSim {
         }
       }
     }
-    Log(absl::StrFormat("  after power cut: %d vsds within their candidates, %d snapshots exact",
-                        vsds_.size(), snaps_.size()));
+    Log(absl::StrFormat(
+        "  after power cut: %d vsds within their candidates (%d sectors rolled back to an "
+        "earlier one), %d snapshots exact",
+        vsds_.size(), rolled_back, snaps_.size()));
     WaitRedundant("after power cut");
   }
 

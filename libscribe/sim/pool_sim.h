@@ -59,8 +59,8 @@ struct PoolSimConfig {
 };
 
 struct PoolSimResult {
-  uint64_t ops = 0;            // workload operations completed
-  uint64_t faults = 0;         // faults injected, all kinds
+  uint64_t ops = 0;     // workload operations completed
+  uint64_t faults = 0;  // faults injected, all kinds
   uint64_t power_cuts = 0;
   uint64_t disk_failures = 0;
   uint64_t corruptions = 0;
