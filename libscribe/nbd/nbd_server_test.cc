@@ -375,7 +375,7 @@ TEST_F(NbdServerTest, QemuIoWritesReadsAndFlushes) {
 }
 
 TEST_F(NbdServerTest, NbdinfoListsEveryVsd) {
-  if (!HaveProgram("nbdinfo")) GTEST_SKIP() << "nbdinfo (libnbd-bin) not installed";
+  ASSERT_TRUE(HaveProgram("nbdinfo")) << "nbdinfo missing: libnbd-bin is in scripts/packages.txt";
   CreateVsd("vm2-data", 8ull << 20);
   ChildResult r = RunChild({"nbdinfo", "--list", "nbd+unix:///?socket=" + socket_path_});
   ASSERT_EQ(r.exit_code, 0) << r.output;
