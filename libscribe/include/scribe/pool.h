@@ -169,15 +169,19 @@ class Pool {
   // Marks a disk failed: no more I/O goes to it and its chunks are re-mirrored.
   virtual void FailDisk(DiskId disk, StatusDone done) = 0;
   // A node going down (crash, partition): its disks are skipped; chunks written while it
-  // is away remember that its copies are stale. `SetNodeOnline(true)` brings it back:
-  // stale copies are caught up (or, if already re-mirrored elsewhere, freed).
+  // is away, or written on it since its last flush, remember that its copies are stale.
+  // `SetNodeOnline(true)` brings it back: stale copies are caught up. Online state is
+  // not persisted: after Open every node present is online.
   virtual void SetNodeOnline(NodeId node, bool online) = 0;
   // Declares an offline node lost: its copies are re-mirrored onto the other nodes.
   virtual void EvictNode(NodeId node, StatusDone done) = 0;
 
   // --- VSDs ---
+  // Sizes are multiples of 4096 bytes (INVALID_ARGUMENT otherwise); names are unique.
   virtual void CreateVsd(VsdOptions options, Done<VsdId> done) = 0;
+  // Deletes the VSD and its snapshots; clones made from them are unaffected.
   virtual void DeleteVsd(VsdId vsd, StatusDone done) = 0;
+  // Grows a VSD (shrinking is refused: it would destroy data).
   virtual void ResizeVsd(VsdId vsd, uint64_t size_bytes, StatusDone done) = 0;
   virtual absl::StatusOr<VsdId> FindVsd(const std::string& name) const = 0;
   virtual absl::StatusOr<VsdInfo> GetVsdInfo(VsdId vsd) const = 0;
@@ -189,11 +193,16 @@ class Pool {
                     StatusDone done) = 0;
   virtual void Write(VsdId vsd, uint64_t offset_bytes, size_t length_bytes, const void* buf,
                      bool fua, StatusDone done) = 0;
+  // Afterwards the range reads as zeros (whole 4 KiB blocks are unmapped and their space
+  // freed; partial blocks are written with zeros). Not ordered against writes in flight
+  // to the same blocks, like a disk's TRIM.
   virtual void Discard(VsdId vsd, uint64_t offset_bytes, uint64_t length_bytes,
                        StatusDone done) = 0;
   virtual void Flush(StatusDone done) = 0;
 
   // --- Snapshots and clones ---
+  // A snapshot holds every write completed before the call, flushed or not, and is
+  // durable (exactly so, across a power cut) when `done` runs.
   virtual void CreateSnapshot(VsdId vsd, std::string name, Done<SnapshotId> done) = 0;
   // One point in time across several VSDs (a VM's disks); ids in `vsds` order.
   virtual void CreateGroupSnapshot(std::vector<VsdId> vsds, std::string name,
@@ -202,10 +211,11 @@ class Pool {
   virtual std::vector<SnapshotInfo> ListSnapshots(VsdId vsd) const = 0;
   virtual void ReadSnapshot(SnapshotId snapshot, uint64_t offset_bytes, size_t length_bytes,
                             void* buf, StatusDone done) = 0;
-  // A new independent VSD with the contents of a snapshot or of a live VSD.
+  // A new independent VSD with the contents (and the replication and flash priority) of
+  // a snapshot's VSD or of a live VSD.
   virtual void CloneFromSnapshot(SnapshotId snapshot, std::string name, Done<VsdId> done) = 0;
   virtual void CloneVsd(VsdId vsd, std::string name, Done<VsdId> done) = 0;
-  // Brings the VSD back to the snapshot's contents (writes since are discarded).
+  // Brings the VSD back to the snapshot's contents and size (writes since are discarded).
   virtual void RevertToSnapshot(VsdId vsd, SnapshotId snapshot, StatusDone done) = 0;
 
   // Extents that differ between two snapshots (or `to` = a snapshot and `from` invalid:
