@@ -2223,23 +2223,16 @@ class PoolImpl : public Pool {
                         });
     for (DiskId m : mirrors) {
       BlockDevice* dev = disks_.at(m).dev;
-      dev->Write(at, total, data->data(), Timed([this, alive, g, ok_mirrors, dev, m, data](absl::Status st) {
+      // Durable in one operation where the device can (RWF_DSYNC on files).
+      dev->WriteDurable(at, total, data->data(), Timed([this, alive, g, ok_mirrors, m, data](absl::Status st) {
         if (!*alive) return;
-        if (!st.ok()) {
+        if (st.ok()) {
+          ++*ok_mirrors;
+        } else {
           need_checkpoint_ = true;  // this mirror missed a batch: rewrite all later
           NoteIoError(m, st);
-          return g->Finish(absl::OkStatus());
         }
-        dev->Flush(Timed([this, alive, g, ok_mirrors, m](absl::Status st) {
-          if (!*alive) return;
-          if (st.ok()) {
-            ++*ok_mirrors;
-          } else {
-            need_checkpoint_ = true;
-            NoteIoError(m, st);
-          }
-          g->Finish(absl::OkStatus());
-        }));
+        g->Finish(absl::OkStatus());
       }));
     }
   }

@@ -88,6 +88,23 @@ class AioDevice : public BlockDevice {
     Enqueue(op);
   }
 
+  // One operation: a write with RWF_DSYNC (kernel 4.13+; older kernels reject the
+  // flag, and the device falls back to write + flush from then on).
+  void WriteDurable(uint64_t offset_bytes, size_t length_bytes, const void* buf,
+                    Callback done) override {
+    if (dsync_unsupported_) return BlockDevice::WriteDurable(offset_bytes, length_bytes, buf, std::move(done));
+    absl::Status st = CheckRange(offset_bytes, length_bytes, buf);
+    if (!st.ok()) return Fail(std::move(done), st);
+    auto* op = new Op{std::move(done), length_bytes};
+    op->is_dsync_write = true;
+    op->dsync_buf = buf;
+    op->dsync_offset = offset_bytes;
+    io_prep_pwrite(&op->cb, fd_, const_cast<void*>(buf), length_bytes,
+                   static_cast<long long>(offset_bytes));
+    op->cb.aio_rw_flags = RWF_DSYNC;
+    Enqueue(op);
+  }
+
   void Flush(Callback done) override {
     if (fdsync_unsupported_) return SyncFlush(std::move(done));
     auto* op = new Op{std::move(done), 0};
@@ -119,6 +136,9 @@ class AioDevice : public BlockDevice {
     Callback done;
     size_t expected_bytes;
     bool is_flush = false;
+    bool is_dsync_write = false;  // kept to retry without RWF_DSYNC if unsupported
+    const void* dsync_buf = nullptr;
+    uint64_t dsync_offset = 0;
     iocb cb{};
   };
 
@@ -155,6 +175,10 @@ class AioDevice : public BlockDevice {
         // Kernels before 4.18 have no aio fsync: flush synchronously from now on.
         fdsync_unsupported_ = true;
         SyncFlush(std::move(op->done));
+      } else if (op->is_dsync_write && (rc == -EINVAL || rc == -EOPNOTSUPP)) {
+        dsync_unsupported_ = true;
+        BlockDevice::WriteDurable(op->dsync_offset, op->expected_bytes, op->dsync_buf,
+                                  std::move(op->done));
       } else {
         Fail(std::move(op->done), ErrnoStatus(-rc, "io_submit on " + path_));
       }
@@ -201,6 +225,7 @@ class AioDevice : public BlockDevice {
   std::shared_ptr<bool> alive_;
   int in_flight_ = 0;
   bool fdsync_unsupported_ = false;
+  bool dsync_unsupported_ = false;
   std::deque<Op*> waiting_;
   std::unique_ptr<RealLoop::FdWatch> watch_;
 };

@@ -75,6 +75,9 @@ TEST_P(BlockDeviceConformance, ConcurrentWrites) {
   EXPECT_TRUE(
       conformance::CheckConcurrentWrites(env_.loop.get(), env_.dev.get(), env_.random.get()));
 }
+TEST_P(BlockDeviceConformance, WriteDurable) {
+  EXPECT_TRUE(conformance::CheckWriteDurable(env_.loop.get(), env_.dev.get(), env_.random.get()));
+}
 TEST_P(BlockDeviceConformance, FlushAndDiscard) {
   EXPECT_TRUE(
       conformance::CheckFlushAndDiscard(env_.loop.get(), env_.dev.get(), env_.random.get()));
@@ -145,6 +148,17 @@ TEST(SimDisk, PowerCutDropsUnsyncedWritesAndKeepsFlushedOnes) {
   disk->PowerCut(PowerLossMode::kDropAll);
   ASSERT_TRUE(Await(env.loop.get(), [&](auto cb) { disk->Read(0, 8192, got.data(), cb); }).ok());
   for (int i = 0; i < 8192; ++i) ASSERT_EQ(got.data()[i], 'a') << i;
+}
+
+TEST(SimDisk, DurableWriteSurvivesPowerCut) {
+  Env env = MakeSim();
+  auto* disk = static_cast<SimDisk*>(env.dev.get());
+  AlignedBuffer a(4096), got(4096);
+  std::memset(a.data(), 'd', 4096);
+  ASSERT_TRUE(Await(env.loop.get(), [&](auto cb) { disk->WriteDurable(0, 4096, a.data(), cb); }).ok());
+  disk->PowerCut(PowerLossMode::kDropAll);
+  ASSERT_TRUE(Await(env.loop.get(), [&](auto cb) { disk->Read(0, 4096, got.data(), cb); }).ok());
+  EXPECT_EQ(got.data()[0], 'd');
 }
 
 TEST(SimDisk, TornPowerCutLeavesEachSectorOldOrNew) {

@@ -207,6 +207,19 @@ testing::AssertionResult CheckConcurrentWrites(Loop* loop, BlockDevice* dev, Ran
   return testing::AssertionSuccess();
 }
 
+testing::AssertionResult CheckWriteDurable(Loop* loop, BlockDevice* dev, Random* random) {
+  constexpr size_t kLen = 64 * 1024;
+  AlignedBuffer data(kLen);
+  Fill(random, data.data(), kLen);
+  absl::Status st = Await(loop, [&](auto cb) { dev->WriteDurable(1 << 20, kLen, data.data(), cb); });
+  if (!st.ok()) return testing::AssertionFailure() << "durable write failed: " << st;
+  st = Await(loop, [&](auto cb) { dev->WriteDurable(3, kLen, data.data(), cb); });
+  if (st.code() != absl::StatusCode::kInvalidArgument) {
+    return testing::AssertionFailure() << "unaligned durable write returned " << st;
+  }
+  return ReadCompare(loop, dev, 1 << 20, data.data(), kLen, "after durable write");
+}
+
 testing::AssertionResult CheckFlushAndDiscard(Loop* loop, BlockDevice* dev, Random* random) {
   constexpr size_t kLen = 256 * 1024;
   AlignedBuffer data(kLen);

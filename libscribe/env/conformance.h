@@ -33,6 +33,8 @@ testing::AssertionResult CheckReadBackExact(Loop* loop, BlockDevice* dev, Random
 testing::AssertionResult CheckRejectsBadRequests(Loop* loop, BlockDevice* dev);
 // Many writes in flight at once to disjoint ranges all land.
 testing::AssertionResult CheckConcurrentWrites(Loop* loop, BlockDevice* dev, Random* random);
+// A durable (FUA) write reads back exactly.
+testing::AssertionResult CheckWriteDurable(Loop* loop, BlockDevice* dev, Random* random);
 // Flush succeeds and keeps data; a discarded range reads as zeros or as its old data.
 testing::AssertionResult CheckFlushAndDiscard(Loop* loop, BlockDevice* dev, Random* random);
 

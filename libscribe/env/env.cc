@@ -43,6 +43,14 @@ absl::Status BlockDevice::CheckRange(uint64_t offset_bytes, size_t length_bytes,
   return absl::OkStatus();
 }
 
+void BlockDevice::WriteDurable(uint64_t offset_bytes, size_t length_bytes, const void* buf,
+                               Callback done) {
+  Write(offset_bytes, length_bytes, buf, [this, done = std::move(done)](absl::Status st) {
+    if (!st.ok()) return done(st);
+    Flush(done);
+  });
+}
+
 AlignedBuffer::AlignedBuffer(size_t size_bytes) : size_(size_bytes) {
   const size_t rounded = (size_bytes + BlockDevice::kBufferAlignment - 1) /
                          BlockDevice::kBufferAlignment * BlockDevice::kBufferAlignment;

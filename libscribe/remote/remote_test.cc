@@ -168,6 +168,9 @@ TEST_P(RemoteConformance, RejectsBadRequests) {
 TEST_P(RemoteConformance, ConcurrentWrites) {
   EXPECT_TRUE(conformance::CheckConcurrentWrites(loop_.get(), dev_.get(), &random_));
 }
+TEST_P(RemoteConformance, WriteDurable) {
+  EXPECT_TRUE(conformance::CheckWriteDurable(loop_.get(), dev_.get(), &random_));
+}
 TEST_P(RemoteConformance, FlushAndDiscard) {
   EXPECT_TRUE(conformance::CheckFlushAndDiscard(loop_.get(), dev_.get(), &random_));
 }

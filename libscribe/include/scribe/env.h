@@ -79,6 +79,10 @@ class BlockDevice {
                      Callback done) = 0;
   // Makes every write completed before this call durable.
   virtual void Flush(Callback done) = 0;
+  // A write that is durable when `done` runs (FUA). The default writes, then flushes;
+  // devices that can do it in one operation override it.
+  virtual void WriteDurable(uint64_t offset_bytes, size_t length_bytes, const void* buf,
+                            Callback done);
   // Tells the device the range's contents are no longer needed; afterwards the range
   // reads as zeros or as its old contents.
   virtual void Discard(uint64_t offset_bytes, size_t length_bytes, Callback done) = 0;
