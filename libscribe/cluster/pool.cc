@@ -413,18 +413,13 @@ class PoolImpl : public Pool {
         break;
       }
       case kRecSnapshot: {
-        auto s = std::make_unique<SnapshotState>();
-        s->id.value = d.U64();
-        s->vsd.value = d.U64();
-        s->name = d.Str();
-        s->generation = d.U64();
+        auto s = DecodeSnapshotHeader(d);
         VsdState* v = FindVsdState(s->vsd);
         next_snapshot_ = std::max(next_snapshot_, s->id.value + 1);
         if (!v) break;
         s->size_bytes = v->size_bytes;
         s->map = v->map;
-        v->snapshots.push_back(s->id);
-        snapshots_[s->id] = std::move(s);
+        InsertSnapshot(std::move(s));
         break;
       }
       case kRecDeleteSnapshot: {
@@ -508,18 +503,12 @@ class PoolImpl : public Pool {
         break;
       }
       case kRecCkptSnapshot: {
-        auto s = std::make_unique<SnapshotState>();
-        s->id.value = d.U64();
-        s->vsd.value = d.U64();
-        s->name = d.Str();
-        s->generation = d.U64();
+        auto s = DecodeSnapshotHeader(d);
         s->size_bytes = d.U64();
         const int levels = d.U8();
         const uint64_t root = d.U64();
         s->map = BlockMap::FromRoot(&refs_, s->size_bytes / kBlockBytes, levels, CkptNode(root));
-        next_snapshot_ = std::max(next_snapshot_, s->id.value + 1);
-        if (VsdState* v = FindVsdState(s->vsd)) v->snapshots.push_back(s->id);
-        snapshots_[s->id] = std::move(s);
+        InsertSnapshot(std::move(s));
         break;
       }
       case kRecCkptEnd:
@@ -555,6 +544,22 @@ class PoolImpl : public Pool {
     next_vsd_ = std::max(next_vsd_, v->id.value + 1);
     vsd_by_name_[v->name] = v->id;
     vsds_[v->id] = std::move(v);
+  }
+
+  // The fields kRecSnapshot and kRecCkptSnapshot start with.
+  static std::unique_ptr<SnapshotState> DecodeSnapshotHeader(Decoder& d) {
+    auto s = std::make_unique<SnapshotState>();
+    s->id.value = d.U64();
+    s->vsd.value = d.U64();
+    s->name = d.Str();
+    s->generation = d.U64();
+    return s;
+  }
+
+  void InsertSnapshot(std::unique_ptr<SnapshotState> s) {
+    next_snapshot_ = std::max(next_snapshot_, s->id.value + 1);
+    if (VsdState* v = FindVsdState(s->vsd)) v->snapshots.push_back(s->id);
+    snapshots_[s->id] = std::move(s);
   }
 
   std::shared_ptr<BlockMap::Node> CkptNode(uint64_t id) {
@@ -685,8 +690,9 @@ class PoolImpl : public Pool {
     for (const Replica& r : c.replicas) {
       if (!ReplicaWritable(r)) return false;
     }
-    return static_cast<int>(c.replicas.size()) >=
-           std::min<int>(c.replication, static_cast<int>(UsableNodes()));
+    // Counting usable nodes scans every disk: only needed for a chunk short of copies.
+    if (static_cast<int>(c.replicas.size()) >= c.replication) return true;
+    return static_cast<int>(c.replicas.size()) >= std::min<int>(c.replication, static_cast<int>(UsableNodes()));
   }
 
   // The closed chunk of this replication with the most free blocks, if at least half
