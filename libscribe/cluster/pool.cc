@@ -1061,7 +1061,8 @@ class PoolImpl : public Pool {
     }
     if (st.code() != absl::StatusCode::kUnavailable && st.code() != absl::StatusCode::kDataLoss) return;
     DiskState* d = FindDisk(disk);
-    if (!d || d->failed) return;
+    // Errors from a node marked offline (its link broke) say nothing about the disk.
+    if (!d || d->failed || !NodeOnline(d->node)) return;
     // A transient error is retried by the caller on another copy; a disk is declared
     // failed after `io_errors_to_fail_disk` errors within `io_error_window_ns`.
     auto& e = d_errors_[disk];
@@ -1625,6 +1626,41 @@ class PoolImpl : public Pool {
     Commit([](absl::Status) {});
   }
 
+  void AttachDevice(DiskSpec spec, Done<DiskId> done) override {
+    if (spec.device == nullptr) return PostError(done, absl::InvalidArgumentError("null device"));
+    if (spec.device->size_bytes() < kSuperblockBytes) {
+      return PostError(done, absl::NotFoundError("device is too small to be a pool disk"));
+    }
+    auto buf = std::make_shared<AlignedBuffer>(kSuperblockBytes);
+    auto alive = alive_;
+    BlockDevice* dev = spec.device;
+    dev->Read(0, kSuperblockBytes, buf->data(), Timed([=, this](absl::Status st) {
+      if (!*alive) return;
+      if (!st.ok()) {
+        return done(absl::UnavailableError(absl::StrFormat("reading the superblock: %s", st.message())));
+      }
+      Superblock sb;
+      if (!DecodeSuperblock(buf->data(), &sb)) {
+        return done(absl::NotFoundError("the device holds no pool superblock"));
+      }
+      if (sb.pool_uuid != pool_uuid_ || sb.metadata_bytes != options_.metadata_bytes) {
+        return done(absl::FailedPreconditionError(absl::StrFormat(
+            "the device is disk %d of another pool (%016x, this pool is %016x)", sb.disk.value,
+            sb.pool_uuid, pool_uuid_)));
+      }
+      DiskState* d = FindDisk(sb.disk);
+      if (d == nullptr) {
+        return done(absl::NotFoundError(absl::StrFormat("disk %d is no longer in the pool", sb.disk.value)));
+      }
+      if (d->dev != nullptr && d->dev != dev && NodeOnline(d->node)) {
+        return done(absl::FailedPreconditionError(absl::StrFormat(
+            "disk %d already has a device and node %d is online", sb.disk.value, d->node.value)));
+      }
+      d->dev = dev;
+      done(sb.disk);
+    }));
+  }
+
   void EvictNode(NodeId node, StatusDone done) override {
     bool any = false;
     for (auto& [id, d] : disks_) {
@@ -1647,8 +1683,8 @@ class PoolImpl : public Pool {
       info.capacity_bytes = d.slots * kChunkBytes;
       info.used_bytes = d.used_slots * kChunkBytes;
       info.chunks = d.used_slots;
-      info.failed = d.failed || d.dev == nullptr;
-      info.online = NodeOnline(d.node);
+      info.failed = d.failed;
+      info.online = NodeOnline(d.node) && d.dev != nullptr;
       out.push_back(info);
     }
     return out;
@@ -1745,7 +1781,7 @@ class PoolImpl : public Pool {
       for (size_t i = 0; i < c.replicas.size(); ++i) {
         const Replica& r = c.replicas[i];
         const DiskState& d = disks_.at(r.disk);
-        if (d.failed || d.dev == nullptr) {
+        if (d.failed || (d.dev == nullptr && NodeOnline(d.node))) {
           action = static_cast<int>(i);
           break;
         }
@@ -2457,6 +2493,21 @@ class PoolImpl : public Pool {
         auto it = devs.find(id);
         d.dev = it == devs.end() ? nullptr : it->second;
       }
+      // A node none of whose disks answered is down (AttachDevice + SetNodeOnline bring
+      // it back, EvictNode gives it up); a missing disk of a present node has failed.
+      std::set<NodeId> present;
+      for (const auto& [id, d] : disks_) {
+        if (d.dev != nullptr) present.insert(d.node);
+      }
+      std::vector<DiskId> missing;
+      for (const auto& [id, d] : disks_) {
+        if (d.dev != nullptr || d.failed) continue;
+        if (present.count(d.node)) {
+          missing.push_back(id);
+        } else {
+          nodes_online_[d.node] = false;
+        }
+      }
       // Blocks freed by replayed records are free now: their freeing is durable.
       auto frees = std::move(pending_frees_);
       pending_frees_.clear();
@@ -2468,6 +2519,7 @@ class PoolImpl : public Pool {
         if (ChunkState* c = FindChunk(id)) MaybeFreeChunk(c);
       }
       pending_records_.clear();
+      for (DiskId id : missing) FailDiskNow(id, false);
       need_checkpoint_ = true;  // start a fresh epoch on the current mirrors
       ChooseMirrors();
       Heal();

@@ -321,6 +321,75 @@ TEST(Pool, EvictedNodeReturnsWithItsStaleCopiesFreed) {
   for (const DiskInfo& d : p.pool_->ListDisks()) EXPECT_FALSE(d.failed);
 }
 
+// A node that is down while the pool is opened (a new owner takes over) starts offline,
+// not failed: its copies wait for it, and once its disk is attached they are caught up.
+TEST(Pool, NodeDownAtOpenIsOfflineThenAttachedAndCaughtUp) {
+  SimPool p(3, 1);
+  VsdId v = p.Create("d", 8 << 20);
+  ASSERT_TRUE(p.Write(v, 0, Pattern('a', 2 << 20)).ok());
+  ASSERT_TRUE(p.Flush().ok());
+  p.pool_.reset();
+  std::vector<DiskSpec> present = {p.specs_[0], p.specs_[1]};
+  auto reopened = Wait<std::unique_ptr<Pool>>(&p.loop_, [&](auto done) {
+    Pool::Open(&p.loop_, &p.random_, p.options_, present, done);
+  });
+  ASSERT_TRUE(reopened.ok()) << reopened.status();
+  p.pool_ = std::move(*reopened);
+  for (const DiskInfo& d : p.pool_->ListDisks()) {
+    EXPECT_FALSE(d.failed) << "disk " << d.id.value;
+    EXPECT_EQ(d.online, d.node != NodeId{3}) << "disk " << d.id.value;
+  }
+  EXPECT_EQ(*p.Read(v, 0, 2 << 20), Pattern('a', 2 << 20));
+  ASSERT_TRUE(p.Write(v, 4096, Pattern('b', 8192)).ok());  // node 3's copies go stale
+  // A blank device is not a disk of this pool; the missing one is.
+  SimDiskOptions o;
+  o.size_bytes = 64 << 20;
+  SimDisk blank(&p.loop_, &p.random_, o);
+  auto none = Wait<DiskId>(&p.loop_, [&](auto done) {
+    p.pool_->AttachDevice(DiskSpec{NodeId{3}, Tier::kHdd, &blank}, done);
+  });
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kNotFound) << none.status();
+  auto attached = Wait<DiskId>(&p.loop_, [&](auto done) { p.pool_->AttachDevice(p.specs_[2], done); });
+  ASSERT_TRUE(attached.ok()) << attached.status();
+  p.pool_->SetNodeOnline(NodeId{3}, true);
+  ASSERT_TRUE(p.WaitRedundant());
+  EXPECT_TRUE(p.pool_->Fsck().ok());
+  // Node 3's copies hold the writes made while it was away: read with node 1 away.
+  p.pool_->SetNodeOnline(NodeId{1}, false);
+  std::string want = Pattern('a', 2 << 20);
+  want.replace(4096, 8192, Pattern('b', 8192));
+  EXPECT_EQ(*p.Read(v, 0, 2 << 20), want);
+}
+
+// Errors from a node already marked offline (its link broke) do not fail its disks:
+// here a write in flight to node 2 is lost and times out after node 2 went offline.
+TEST(Pool, ErrorsFromAnOfflineNodeDoNotFailItsDisks) {
+  SimPool p(3, 1);
+  p.options_.io_errors_to_fail_disk = 1;
+  p.Crash(PowerLossMode::kKeepAll);  // reopen with the option
+  VsdId v = p.Create("d", 8 << 20);
+  ASSERT_TRUE(p.Write(v, 0, Pattern('c', 1 << 20)).ok());
+  bool done = false;
+  absl::Status st;
+  const std::string data = Pattern('d', 1 << 20);
+  p.pool_->Write(v, 0, data.size(), data.data(), false, [&](absl::Status s) {
+    st = s;
+    done = true;
+  });
+  p.disks_[0]->PowerCut(PowerLossMode::kKeepAll);  // in-flight ops to nodes 1 and 2 vanish
+  p.disks_[1]->PowerCut(PowerLossMode::kKeepAll);
+  p.pool_->SetNodeOnline(NodeId{1}, false);
+  p.pool_->SetNodeOnline(NodeId{2}, false);
+  ASSERT_TRUE(p.loop_.RunUntil([&] { return done; }, 120'000'000'000));
+  for (const DiskInfo& d : p.pool_->ListDisks()) EXPECT_FALSE(d.failed) << "disk " << d.id.value;
+  p.pool_->SetNodeOnline(NodeId{1}, true);
+  p.pool_->SetNodeOnline(NodeId{2}, true);
+  ASSERT_TRUE(p.Write(v, 0, data).ok());
+  ASSERT_TRUE(p.WaitRedundant());
+  EXPECT_EQ(*p.Read(v, 0, 1 << 20), data);
+  EXPECT_TRUE(p.pool_->Fsck().ok());
+}
+
 TEST(Pool, ReadsRealFilesThroughLibaio) {
   auto loop = RealLoop::Create();
   SeededRandom random(3);

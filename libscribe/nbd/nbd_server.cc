@@ -8,7 +8,9 @@
 // completions arrive on the loop already (from RunUntil) and call into KJ directly.
 #include "scribe/nbd_server.h"
 
+#include <arpa/inet.h>
 #include <kj/debug.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -20,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "libscribe/env/real_loop_internal.h"
 #include "libscribe/nbd/nbd_protocol.h"
@@ -60,6 +63,7 @@ struct NbdServer::Impl : public kj::TaskSet::ErrorHandler {
   RealLoop* loop;
   Pool* pool;
   std::string path;
+  bool tcp = false;  // path is host:port
   NbdServerOptions options;
   NbdServerStats stats;
   // Destroyed bottom-up: connections (and the accept loop) before the listening socket.
@@ -517,6 +521,64 @@ kj::Promise<void> NbdServer::Impl::AcceptLoop() {
           });
 }
 
+namespace {
+
+absl::Status CheckOptions(const NbdServerOptions& options) {
+  if (options.max_request_bytes < kPreferredBlockBytes ||
+      options.max_request_bytes % kMinimumBlockBytes != 0 ||
+      options.max_in_flight_per_connection < 1 || options.max_connections < 1 ||
+      options.max_options_per_connection < 1 || options.handshake_timeout_ns <= 0) {
+    return absl::InvalidArgumentError(
+        "NbdServerOptions: max_request_bytes must be a multiple of 512 and >= 4096; the "
+        "other limits must be positive");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<NbdServer>> NbdServer::CreateTcp(RealLoop* loop, Pool* pool,
+                                                                std::string address,
+                                                                NbdServerOptions options) {
+  if (loop == nullptr || pool == nullptr) {
+    return absl::InvalidArgumentError("NbdServer needs a loop and a pool");
+  }
+  if (absl::Status st = CheckOptions(options); !st.ok()) return st;
+  const size_t colon = address.rfind(':');
+  int port = -1;
+  if (colon == std::string::npos || !absl::SimpleAtoi(address.substr(colon + 1), &port) ||
+      port < 0 || port > 65535) {
+    return absl::InvalidArgumentError(absl::StrFormat("address '%s' is not host:port", address));
+  }
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  if (inet_pton(AF_INET, address.substr(0, colon).c_str(), &addr.sin_addr) != 1) {
+    return absl::InvalidArgumentError(absl::StrFormat("'%s' is not an IPv4 address", address));
+  }
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return absl::UnavailableError(absl::StrFormat("socket: %s", std::strerror(errno)));
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  socklen_t len = sizeof(addr);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || listen(fd, 128) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    const int err = errno;
+    close(fd);
+    return absl::UnavailableError(
+        absl::StrFormat("cannot listen on '%s': %s", address, std::strerror(err)));
+  }
+  std::string bound = absl::StrFormat("%s:%d", address.substr(0, colon), ntohs(addr.sin_port));
+  auto impl = std::make_unique<Impl>(loop, pool, std::move(bound), options);
+  impl->tcp = true;
+  impl->listener = loop->impl()->io.lowLevelProvider->wrapListenSocketFd(
+      fd, kj::LowLevelAsyncIoProvider::TAKE_OWNERSHIP |
+              kj::LowLevelAsyncIoProvider::ALREADY_CLOEXEC |
+              kj::LowLevelAsyncIoProvider::ALREADY_NONBLOCK);
+  impl->tasks.add(impl->AcceptLoop());
+  return std::unique_ptr<NbdServer>(new NbdServer(std::move(impl)));
+}
+
 absl::StatusOr<std::unique_ptr<NbdServer>> NbdServer::Create(RealLoop* loop, Pool* pool,
                                                              std::string unix_socket_path,
                                                              NbdServerOptions options) {
@@ -529,14 +591,7 @@ absl::StatusOr<std::unique_ptr<NbdServer>> NbdServer::Create(RealLoop* loop, Poo
     return absl::InvalidArgumentError(absl::StrFormat("socket path '%s' must be 1 to %d bytes",
                                                       unix_socket_path, sizeof(addr.sun_path) - 1));
   }
-  if (options.max_request_bytes < kPreferredBlockBytes ||
-      options.max_request_bytes % kMinimumBlockBytes != 0 ||
-      options.max_in_flight_per_connection < 1 || options.max_connections < 1 ||
-      options.max_options_per_connection < 1 || options.handshake_timeout_ns <= 0) {
-    return absl::InvalidArgumentError(
-        "NbdServerOptions: max_request_bytes must be a multiple of 512 and >= 4096; the "
-        "other limits must be positive");
-  }
+  if (absl::Status st = CheckOptions(options); !st.ok()) return st;
   std::memcpy(addr.sun_path, unix_socket_path.data(), unix_socket_path.size());
 
   struct stat st;
@@ -579,8 +634,9 @@ NbdServer::NbdServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 NbdServer::~NbdServer() {
   const std::string path = impl_->path;
+  const bool tcp = impl_->tcp;
   impl_.reset();
-  unlink(path.c_str());
+  if (!tcp) unlink(path.c_str());
 }
 
 const std::string& NbdServer::socket_path() const { return impl_->path; }

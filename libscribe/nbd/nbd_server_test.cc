@@ -374,6 +374,20 @@ TEST_F(NbdServerTest, QemuIoWritesReadsAndFlushes) {
   EXPECT_TRUE(PoolRead(1 << 20, 4096) == std::string(4096, '\0'));
 }
 
+TEST_F(NbdServerTest, TcpServerServesTheSamePool) {
+  auto tcp = NbdServer::CreateTcp(loop_.get(), pool_.get(), "127.0.0.1:0");
+  ASSERT_TRUE(tcp.ok()) << tcp.status();
+  const std::string address = (*tcp)->socket_path();
+  ASSERT_NE(address, "127.0.0.1:0");
+  extra_servers_.push_back(std::move(*tcp));
+  ChildResult r = RunChild({"qemu-io", "-f", "raw", "-c", "write -P 0x5c 4096 64k", "-c", "flush",
+                            "nbd://" + address + "/" + kExport});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(PoolRead(4096, 64 << 10) == std::string(64 << 10, '\x5c'));
+  EXPECT_EQ(NbdServer::CreateTcp(loop_.get(), pool_.get(), "localhost").status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(NbdServerTest, NbdinfoListsEveryVsd) {
   ASSERT_TRUE(HaveProgram("nbdinfo")) << "nbdinfo missing: libnbd-bin is in scripts/packages.txt";
   CreateVsd("vm2-data", 8ull << 20);

@@ -464,6 +464,7 @@ class ForwardingPool : public Pool {
   void FailDisk(DiskId disk, StatusDone done) override { inner_->FailDisk(disk, done); }
   void SetNodeOnline(NodeId node, bool online) override { inner_->SetNodeOnline(node, online); }
   void EvictNode(NodeId node, StatusDone done) override { inner_->EvictNode(node, done); }
+  void AttachDevice(DiskSpec disk, Done<DiskId> done) override { inner_->AttachDevice(disk, done); }
   void CreateVsd(VsdOptions options, Done<VsdId> done) override {
     inner_->CreateVsd(options, done);
   }

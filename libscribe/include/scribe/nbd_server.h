@@ -73,9 +73,15 @@ class NbdServer {
   static absl::StatusOr<std::unique_ptr<NbdServer>> Create(RealLoop* loop, Pool* pool,
                                                            std::string unix_socket_path,
                                                            NbdServerOptions options = {});
+  // The same server on a TCP address ("127.0.0.1:0" picks a free port): scribed's pool
+  // owner serves it to the other nodes, which relay their local Unix-socket clients.
+  static absl::StatusOr<std::unique_ptr<NbdServer>> CreateTcp(RealLoop* loop, Pool* pool,
+                                                              std::string address,
+                                                              NbdServerOptions options = {});
   // Closes every connection and removes the socket file.
   ~NbdServer();
 
+  // The Unix socket path, or "host:port" (with the port bound) for a TCP server.
   const std::string& socket_path() const;
   NbdServerStats Stats() const;
 

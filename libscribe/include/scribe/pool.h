@@ -175,6 +175,15 @@ class Pool {
   virtual void SetNodeOnline(NodeId node, bool online) = 0;
   // Declares an offline node lost: its copies are re-mirrored onto the other nodes.
   virtual void EvictNode(NodeId node, StatusDone done) = 0;
+  // Gives the pool the device of one of its own disks that it has none for: a disk whose
+  // node was down at Open (that node starts offline; a missing disk of a present node is
+  // failed). The superblock says which disk it is; `disk.node` and `disk.tier` are
+  // ignored. Bring the node back with SetNodeOnline(true) afterwards (stale copies are
+  // then caught up, or freed if the node was evicted). Errors: UNAVAILABLE when the
+  // superblock cannot be read, NOT_FOUND when the device holds no disk of this pool
+  // (blank: AddDisk it), FAILED_PRECONDITION for another pool's disk or a disk whose
+  // node is online with a device already.
+  virtual void AttachDevice(DiskSpec disk, Done<DiskId> done) = 0;
 
   // --- VSDs ---
   // Sizes are multiples of 4096 bytes (INVALID_ARGUMENT otherwise); names are unique.
