@@ -416,6 +416,18 @@ absl::StatusOr<uint64_t> DiskServer::FenceEpoch(uint64_t disk_id) const {
   return it->second.epoch;
 }
 
+absl::Status DiskServer::AddDisk(uint64_t disk_id, BlockDevice* device) {
+  if (device == nullptr) return absl::InvalidArgumentError("AddDisk needs a device");
+  if (impl_->disks.count(disk_id)) {
+    return absl::AlreadyExistsError(absl::StrFormat("disk %d is already served here", disk_id));
+  }
+  Impl::Disk& d = impl_->disks[disk_id];
+  d.device = device;
+  d.epoch = impl_->options.epoch_min;
+  for (const auto& [id, other] : impl_->disks) d.epoch = std::max(d.epoch, other.epoch);
+  return absl::OkStatus();
+}
+
 DiskServerStats DiskServer::Stats() const { return impl_->stats; }
 
 }  // namespace scribe

@@ -78,6 +78,9 @@ class DiskServer {
   // The highest epoch seen for `disk_id` (its fence); NOT_FOUND for a disk not served.
   absl::StatusOr<uint64_t> FenceEpoch(uint64_t disk_id) const;
   DiskServerStats Stats() const;
+  // Serves one more disk (not owned; must outlive the server), fenced at the highest
+  // epoch any disk here has seen. ALREADY_EXISTS if `disk_id` is served already.
+  absl::Status AddDisk(uint64_t disk_id, BlockDevice* device);
 
   struct Impl;
 

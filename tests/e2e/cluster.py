@@ -1,0 +1,234 @@
+"""A real scribed cluster on loopback: one etcd and N scribed processes with file disks.
+
+Used by the end-to-end tests (tests/e2e/scribed_e2e_test.py), scripts/demo and
+scripts/bench. Binaries come from $SCRIBED_BIN / $SCRIBE_CLI_BIN, else from Bazel's
+runfiles or bazel-bin.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+
+def _find_binary(env, relative):
+    if os.environ.get(env):
+        return os.environ[env]
+    candidates = []
+    if os.environ.get("TEST_SRCDIR"):
+        candidates.append(os.path.join(os.environ["TEST_SRCDIR"], os.environ.get("TEST_WORKSPACE", "hc3"), relative))
+    here = os.path.dirname(os.path.abspath(__file__))
+    candidates.append(os.path.join(here, "..", "..", "bazel-bin", relative))
+    for c in candidates:
+        if os.path.exists(c):
+            return os.path.abspath(c)
+    raise FileNotFoundError("%s not found (build it, or set %s)" % (relative, env))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Node:
+    def __init__(self, cluster, node_id, disks):
+        self.cluster = cluster
+        self.id = node_id
+        self.dir = os.path.join(cluster.root, "node%d" % node_id)
+        os.makedirs(self.dir, exist_ok=True)
+        self.admin = "127.0.0.1:%d" % free_port()
+        self.backplane = "127.0.0.1:%d" % free_port()
+        self.nbd_socket = os.path.join(self.dir, "nbd.sock")
+        self.isolate_file = os.path.join(self.dir, "isolate")
+        self.disks = [(os.path.join(self.dir, "disk%d.img" % i), size) for i, size in enumerate(disks)]
+        self.log_path = os.path.join(self.dir, "scribed.log")
+        self.proc = None
+        self.extra_args = []
+
+    def start(self):
+        args = [
+            self.cluster.scribed,
+            "--node-id=%d" % self.id,
+            "--etcd=%s" % self.cluster.etcd_url,
+            "--admin=%s" % self.admin,
+            "--backplane=%s" % self.backplane,
+            "--nbd-socket=%s" % self.nbd_socket,
+            "--cluster-min-nodes=%d" % self.cluster.min_nodes,
+            "--lease-ttl-ms=%d" % self.cluster.lease_ttl_ms,
+            "--evict-grace-ms=%d" % self.cluster.evict_grace_ms,
+            "--metadata-mib=%d" % self.cluster.metadata_mib,
+            "--io-timeout-ms=%d" % self.cluster.io_timeout_ms,
+            "--isolate-file=%s" % self.isolate_file,
+        ] + ["--disk=%s:%d" % (path, size) for path, size in self.disks] + self.extra_args
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def kill(self, sig=signal.SIGKILL):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def isolate(self, on=True):
+        if on:
+            open(self.isolate_file, "w").close()
+        elif os.path.exists(self.isolate_file):
+            os.unlink(self.isolate_file)
+
+    def uri(self, vsd):
+        return "nbd+unix:///%s?socket=%s" % (vsd, self.nbd_socket)
+
+    def log_text(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+
+class Cluster:
+    def __init__(self, nodes=3, disks_per_node=1, disk_bytes=1 << 30, root=None, min_nodes=3,
+                 lease_ttl_ms=2000, evict_grace_ms=30000, metadata_mib=16, io_timeout_ms=10000):
+        self.scribed = _find_binary("SCRIBED_BIN", "daemons/scribed/scribed")
+        self.cli = _find_binary("SCRIBE_CLI_BIN", "daemons/cli/scribe")
+        self.own_root = root is None
+        self.root = root or tempfile.mkdtemp(prefix="scribe-e2e-", dir=os.environ.get("TEST_TMPDIR"))
+        self.min_nodes = min_nodes
+        self.lease_ttl_ms = lease_ttl_ms
+        self.evict_grace_ms = evict_grace_ms
+        self.metadata_mib = metadata_mib
+        self.io_timeout_ms = io_timeout_ms
+        self.etcd_proc = None
+        self.nodes = {i: Node(self, i, [disk_bytes] * disks_per_node) for i in range(1, nodes + 1)}
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, timeout=60):
+        self.start_etcd()
+        for n in self.nodes.values():
+            n.start()
+        self.wait_running(timeout)
+        return self
+
+    def start_etcd(self):
+        client, peer = free_port(), free_port()
+        self.etcd_url = "http://127.0.0.1:%d" % client
+        data = os.path.join(self.root, "etcd")
+        self.etcd_log = open(os.path.join(self.root, "etcd.log"), "ab")
+        self.etcd_proc = subprocess.Popen(
+            ["etcd", "--name", "e2e", "--data-dir", data,
+             "--listen-client-urls", self.etcd_url, "--advertise-client-urls", self.etcd_url,
+             "--listen-peer-urls", "http://127.0.0.1:%d" % peer,
+             "--initial-advertise-peer-urls", "http://127.0.0.1:%d" % peer,
+             "--initial-cluster", "e2e=http://127.0.0.1:%d" % peer],
+            stdout=self.etcd_log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            r = subprocess.run(["etcdctl", "--endpoints", self.etcd_url, "endpoint", "health"],
+                               capture_output=True, text=True)
+            if r.returncode == 0:
+                return
+            time.sleep(0.2)
+        raise RuntimeError("etcd did not come up: see %s/etcd.log" % self.root)
+
+    def stop(self):
+        for n in self.nodes.values():
+            n.kill(signal.SIGTERM)
+        if self.etcd_proc:
+            self.etcd_proc.terminate()
+            self.etcd_proc.wait(timeout=30)
+            self.etcd_proc = None
+
+    def cleanup(self):
+        self.stop()
+        if self.own_root and not os.environ.get("KEEP_CLUSTER"):
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.cleanup()
+
+    # ------------------------------------------------------------------ CLI
+    def scribe(self, *args, node=None, check=True, timeout=120):
+        node = node or self.any_node()
+        r = subprocess.run([self.cli, "--addr", node.admin] + [str(a) for a in args],
+                           capture_output=True, text=True, timeout=timeout)
+        if check and r.returncode != 0:
+            raise RuntimeError("scribe %s failed (%d): %s%s" % (" ".join(map(str, args)), r.returncode,
+                                                              r.stdout, r.stderr))
+        return r
+
+    def scribe_json(self, *args, node=None):
+        return json.loads(self.scribe(*args, "--json", node=node).stdout)
+
+    def any_node(self):
+        for n in self.nodes.values():
+            if n.alive():
+                return n
+        raise RuntimeError("no scribed is running")
+
+    def status(self, node=None):
+        return self.scribe_json("status", node=node)
+
+    def owner(self):
+        return self.nodes[self.status()["cluster"]["ownerNode"]]
+
+    def wait_running(self, timeout=60):
+        deadline = time.time() + timeout
+        last = None
+        while time.time() < deadline:
+            try:
+                st = self.status()
+                last = st
+                if st["cluster"]["ownerNode"] and st["cluster"]["state"].startswith("running") \
+                        and "opening" not in st["cluster"]["state"]:
+                    # The pool answers.
+                    self.scribe("vsd", "list")
+                    return st
+            except (RuntimeError, ValueError, KeyError) as e:
+                last = str(e)
+            time.sleep(0.25)
+        raise RuntimeError("cluster not running after %ds: %s\n%s" % (timeout, last, self.logs()))
+
+    def wait_redundant(self, timeout=300):
+        """Seconds until the pool is fully redundant again."""
+        start = time.time()
+        self.scribe("wait-redundant", "--timeout", str(timeout), timeout=timeout + 30)
+        return time.time() - start
+
+    def logs(self):
+        out = []
+        for n in self.nodes.values():
+            out.append("---- node %d ----\n%s" % (n.id, n.log_text()[-4000:]))
+        return "\n".join(out)
+
+    # ------------------------------------------------------------------ I/O clients
+    def fio(self, uri, *extra, check=True, timeout=600):
+        args = ["fio", "--name=job", "--ioengine=nbd", "--uri=" + uri, "--output-format=json"] + list(extra)
+        r = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+        if check and r.returncode != 0:
+            raise RuntimeError("fio failed (%d): %s %s" % (r.returncode, r.stdout[-3000:], r.stderr[-3000:]))
+        return r
+
+    def fio_background(self, uri, *extra):
+        args = ["fio", "--name=job", "--ioengine=nbd", "--uri=" + uri] + list(extra)
+        log = open(os.path.join(self.root, "fio-%d.log" % int(time.time() * 1000)), "w+")
+        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT), log
+
+    def qemu_io(self, uri, *commands, check=True):
+        args = ["qemu-io", "-f", "raw"]
+        for c in commands:
+            args += ["-c", c]
+        r = subprocess.run(args + [uri], capture_output=True, text=True, timeout=300)
+        if check and (r.returncode != 0 or "failed" in r.stdout.lower() or "error" in r.stderr.lower()):
+            raise RuntimeError("qemu-io %s failed (%d): %s %s" % (commands, r.returncode, r.stdout, r.stderr))
+        return r

