@@ -65,12 +65,32 @@ struct PoolStats {
   rebuildsInFlight @6 :UInt64;
   chunksRebuilt @7 :UInt64;
   metadataSequence @8 :UInt64;
-  fullyRedundant @9 :Bool;
+  fullyRedundant @9 :Bool;     # no degraded chunk and no rebuild running
+  fenced @10 :Bool;
+  # A disk refused this pool for a newer owner's epoch: every later call fails.
 }
 
 struct Extent {
   offsetBytes @0 :UInt64;
   lengthBytes @1 :UInt64;
+}
+
+struct NodeStatus {
+  # One scribed as the cluster sees it (membership lives in etcd).
+  id @0 :UInt64;
+  backplaneAddress @1 :Text;  # DiskService, "host:port"
+  adminAddress @2 :Text;      # ScribeAdmin, "host:port"
+  nbdSocket @3 :Text;         # where this node exports VSDs over NBD
+  alive @4 :Bool;             # holds its etcd lease
+  reachable @5 :Bool;         # the pool owner can reach its disks
+  owner @6 :Bool;             # runs the pool
+}
+
+struct ClusterStatus {
+  ownerNode @0 :UInt64;  # 0: no owner yet (forming, or electing after a failure)
+  epoch @1 :UInt64;      # the owner's fencing epoch
+  state @2 :Text;        # "forming (2 of 3 nodes)", "running", ...
+  nodes @3 :List(NodeStatus);
 }
 
 struct ScrubReport {
@@ -104,4 +124,26 @@ interface ScribeAdmin {
   stats @11 () -> (stats :PoolStats, error :Error);
   scrub @12 () -> (report :ScrubReport, error :Error);
   # Reads and verifies every copy of every used block; returns when done.
+
+  cluster @13 () -> (status :ClusterStatus, error :Error);
+  # Membership and ownership; answered without the pool (any node that can reach etcd).
+  addDisk @14 (node :UInt64, path :Text, sizeBytes :UInt64, tier :Tier)
+      -> (disk :UInt64, error :Error);
+  # Adds the file or block device at `path` on node `node` to the pool. A missing file is
+  # created (sparse) with `sizeBytes`; 0 means "use the existing file or device as is".
+  cloneVsd @15 (vsd :Text, cloneName :Text) -> (clone :VsdInfo, error :Error);
+  # A thin clone of the live VSD as it is now.
+  revertToSnapshot @16 (vsd :Text, snapshot :Text) -> (error :Error);
+  # Brings the VSD back to the snapshot's contents and size; later writes are discarded.
+  createGroupSnapshot @17 (vsds :List(Text), name :Text)
+      -> (snapshots :List(SnapshotInfo), error :Error);
+  # One point in time across several VSDs (a VM's disks), each snapshot named `name`;
+  # results in `vsds` order.
+  getVsd @18 (name :Text) -> (vsd :VsdInfo, error :Error);
+  exportInfo @19 (vsd :Text, node :UInt64)
+      -> (node :UInt64, nbdSocket :Text, exportName :Text, uri :Text, error :Error);
+  # How to reach `vsd` over NBD on node `node` (0: the pool owner; the owner answers
+  # calls forwarded from other nodes, so the caller names the node it wants):
+  # `uri` is "nbd+unix:///<vsd>?socket=<nbdSocket>" (the name percent-encoded), `node`
+  # the node that was resolved.
 }

@@ -1,12 +1,16 @@
 // The management API schema as a wire format: a createVsd result survives a round trip
 // through the flat-array encoding, and a truncated message is rejected, not misread.
 #include <capnp/message.h>
+#include <capnp/schema.h>
 #include <capnp/serialize.h>
 #include <gtest/gtest.h>
 #include <kj/array.h>
 #include <kj/exception.h>
 
 #include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "daemons/scribe_api.capnp.h"
 
@@ -73,9 +77,66 @@ TEST(ScribeApi, TruncatedMessageIsRejected) {
       (void)results.getVsd().getName();
       (void)results.getError().getMessage();
     });
-    EXPECT_TRUE(exception != nullptr) << "a message cut to " << kept << " of " << words.size()
-                                      << " words was accepted";
+    EXPECT_TRUE(exception != nullptr)
+        << "a message cut to " << kept << " of " << words.size() << " words was accepted";
   }
+}
+
+// Ordinals are the wire identity of the methods: a client built against an older schema
+// must keep reaching the same method. New methods only ever get new ordinals.
+TEST(ScribeApi, MethodOrdinalsAreStable) {
+  const std::vector<std::pair<std::string, uint16_t>> expected = {
+      {"createVsd", 0},      {"listVsds", 1},          {"deleteVsd", 2},
+      {"resizeVsd", 3},      {"createSnapshot", 4},    {"listSnapshots", 5},
+      {"deleteSnapshot", 6}, {"cloneFromSnapshot", 7}, {"diff", 8},
+      {"listDisks", 9},      {"failDisk", 10},         {"stats", 11},
+      {"scrub", 12},         {"cluster", 13},          {"addDisk", 14},
+      {"cloneVsd", 15},      {"revertToSnapshot", 16}, {"createGroupSnapshot", 17},
+      {"getVsd", 18},        {"exportInfo", 19},
+  };
+  capnp::InterfaceSchema schema = capnp::Schema::from<ScribeAdmin>();
+  EXPECT_EQ(schema.getMethods().size(), expected.size());
+  for (const auto& [name, ordinal] : expected) {
+    KJ_IF_MAYBE (method, schema.findMethodByName(name)) {
+      EXPECT_EQ(method->getOrdinal(), ordinal) << name;
+    } else {
+      ADD_FAILURE() << "no method " << name;
+    }
+  }
+}
+
+TEST(ScribeApi, ClusterStatusRoundTrips) {
+  capnp::MallocMessageBuilder message;
+  auto results = message.initRoot<ScribeAdmin::ClusterResults>();
+  auto status = results.initStatus();
+  status.setOwnerNode(2);
+  status.setEpoch(17);
+  status.setState("running");
+  auto nodes = status.initNodes(2);
+  nodes[0].setId(1);
+  nodes[0].setAdminAddress("10.0.0.1:7001");
+  nodes[0].setBackplaneAddress("10.0.0.1:7101");
+  nodes[0].setNbdSocket("/run/scribe/nbd.sock");
+  nodes[0].setAlive(true);
+  nodes[1].setId(2);
+  nodes[1].setOwner(true);
+  nodes[1].setReachable(true);
+  kj::Array<capnp::word> words = capnp::messageToFlatArray(message);
+
+  capnp::FlatArrayMessageReader reader(words);
+  auto got = reader.getRoot<ScribeAdmin::ClusterResults>().getStatus();
+  EXPECT_EQ(got.getOwnerNode(), 2u);
+  EXPECT_EQ(got.getEpoch(), 17u);
+  EXPECT_EQ(got.getState(), "running");
+  ASSERT_EQ(got.getNodes().size(), 2u);
+  EXPECT_EQ(got.getNodes()[0].getAdminAddress(), "10.0.0.1:7001");
+  EXPECT_EQ(got.getNodes()[0].getBackplaneAddress(), "10.0.0.1:7101");
+  EXPECT_EQ(got.getNodes()[0].getNbdSocket(), "/run/scribe/nbd.sock");
+  EXPECT_TRUE(got.getNodes()[0].getAlive());
+  EXPECT_FALSE(got.getNodes()[0].getOwner());
+  EXPECT_TRUE(got.getNodes()[1].getOwner());
+  EXPECT_TRUE(got.getNodes()[1].getReachable());
+  EXPECT_FALSE(got.getNodes()[1].getAlive());
 }
 
 }  // namespace
