@@ -395,18 +395,9 @@ class NodeImpl final : public Node, public kj::TaskSet::ErrorHandler {
 
   std::string StateText() const {
     if (isolated_) return "isolated (fault injection)";
-    switch (role_) {
-      case Role::kOwner:
-        return absl::StrFormat("running; owner node %d at epoch %d", config_.node_id, epoch_);
-      case Role::kOpening:
-        return absl::StrFormat("opening the pool at epoch %d", epoch_);
-      case Role::kFollower:
-        break;
-    }
-    if (view_.owner != 0) {
-      return absl::StrFormat("running; owner node %d at epoch %d%s", view_.owner, view_.owner_epoch,
-                             view_.owner_ready ? "" : " (opening)");
-    }
+    if (role_ == Role::kOpening) return absl::StrFormat("opening the pool at epoch %d", epoch_);
+    if (role_ == Role::kOwner || (view_.owner != 0 && view_.owner_ready)) return "running";
+    if (view_.owner != 0) return absl::StrFormat("node %d is opening the pool", view_.owner);
     return absl::StrFormat("forming (%d of %d nodes up)", view_.alive.size(), NodesNeeded());
   }
 
@@ -717,6 +708,8 @@ class NodeImpl final : public Node, public kj::TaskSet::ErrorHandler {
         d.busy = false;
         if (id.ok()) {
           d.id = *id;
+          // A disk new to the pool is online with its node; a known one waits for a probe.
+          if (std::string(what) == "added") links_[node].online = true;
           Log(absl::StrFormat("node %d disk %d is pool disk %d (%s)", node, index, id->value, what));
         } else {
           Log(absl::StrFormat("node %d disk %d: %s", node, index, id.status().message()));
@@ -794,7 +787,8 @@ class NodeImpl final : public Node, public kj::TaskSet::ErrorHandler {
     const int64_t now = loop_->NowNanos();
     // Disks not yet in our hands: new nodes, new disks, nodes that were down at open.
     for (const auto& [id, peer] : view_.alive) {
-      links_.try_emplace(id);
+      auto [link, inserted] = links_.try_emplace(id);
+      if (inserted) link->second.offline_since_ns = now;  // a node new to us: nothing to evict yet
       for (const PeerDisk& d : peer.disks) {
         auto it = owned_.find({id, d.index});
         if (it == owned_.end()) OpenPeerDisk(peer, d);
@@ -806,7 +800,8 @@ class NodeImpl final : public Node, public kj::TaskSet::ErrorHandler {
         LinkDown(id);
         continue;
       }
-      if (!link.online && !link.evicted && now - link.offline_since_ns > config_.evict_grace_ms * 1'000'000) {
+      if (!link.online && !link.evicted && HasPoolDisks(id) &&
+          now - link.offline_since_ns > config_.evict_grace_ms * 1'000'000) {
         link.evicted = true;
         Log(absl::StrFormat("node %d away for %d ms: evicting it (re-mirroring its copies)", id,
                             (now - link.offline_since_ns) / 1'000'000));
@@ -842,6 +837,19 @@ class NodeImpl final : public Node, public kj::TaskSet::ErrorHandler {
           AttachOrAdd(node, index, [] {});
         },
         ro);
+  }
+
+  bool HasPoolDisks(uint64_t node) const {
+    for (const auto& [key, d] : owned_) {
+      if (key.first == node && d.id.valid()) return true;
+    }
+    // Disks the pool knows from before we opened it (their node was down) count too.
+    return view_.members.count(node) > 0 && pool_ != nullptr && [&] {
+      for (const DiskInfo& info : pool_->ListDisks()) {
+        if (info.node == NodeId{node}) return true;
+      }
+      return false;
+    }();
   }
 
   // A node that is registered again and whose disks answer comes back online.

@@ -43,7 +43,8 @@ class Node:
         os.makedirs(self.dir, exist_ok=True)
         self.admin = "127.0.0.1:%d" % free_port()
         self.backplane = "127.0.0.1:%d" % free_port()
-        self.nbd_socket = os.path.join(self.dir, "nbd.sock")
+        # Unix socket paths must stay under 108 bytes: a short directory of their own.
+        self.nbd_socket = os.path.join(cluster.socket_dir, "nbd%d.sock" % node_id)
         self.isolate_file = os.path.join(self.dir, "isolate")
         self.disks = [(os.path.join(self.dir, "disk%d.img" % i), size) for i, size in enumerate(disks)]
         self.log_path = os.path.join(self.dir, "scribed.log")
@@ -107,6 +108,7 @@ class Cluster:
         self.metadata_mib = metadata_mib
         self.io_timeout_ms = io_timeout_ms
         self.etcd_proc = None
+        self.socket_dir = tempfile.mkdtemp(prefix="scb-", dir="/tmp")
         self.nodes = {i: Node(self, i, [disk_bytes] * disks_per_node) for i in range(1, nodes + 1)}
 
     # ------------------------------------------------------------------ lifecycle
@@ -148,6 +150,7 @@ class Cluster:
 
     def cleanup(self):
         self.stop()
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
         if self.own_root and not os.environ.get("KEEP_CLUSTER"):
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -180,16 +183,19 @@ class Cluster:
         return self.scribe_json("status", node=node)
 
     def owner(self):
-        return self.nodes[self.status()["cluster"]["ownerNode"]]
+        return self.nodes[self.status()["cluster"]["owner_node"]]
 
     def wait_running(self, timeout=60):
         deadline = time.time() + timeout
         last = None
         while time.time() < deadline:
+            dead = [n.id for n in self.nodes.values() if n.proc is not None and n.proc.poll() is not None]
+            if dead:
+                raise RuntimeError("scribed of node(s) %s exited:\n%s" % (dead, self.logs()))
             try:
                 st = self.status()
                 last = st
-                if st["cluster"]["ownerNode"] and st["cluster"]["state"].startswith("running") \
+                if st["cluster"]["owner_node"] and st["cluster"]["state"].startswith("running") \
                         and "opening" not in st["cluster"]["state"]:
                     # The pool answers.
                     self.scribe("vsd", "list")

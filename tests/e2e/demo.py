@@ -49,7 +49,7 @@ def main():
         c.qemu_io(owner.uri("vm1-disk0"), "read -P 0xa5 128M 1M")
         report.append("clone 'vm1-clone' holds the snapshot's data (0x5a); the original moved on (0xa5)")
         diff = c.scribe_json("diff", "vm1-disk0", "before", "after")
-        changed = sum(e["lengthBytes"] for e in diff["extents"])
+        changed = sum(e["length_bytes"] for e in diff["extents"])
         report.append("diff before..after: %d extent(s), %d KiB changed" % (len(diff["extents"]), changed // 1024))
         print(c.scribe("vsd", "list").stdout)
 
