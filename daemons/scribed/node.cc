@@ -508,6 +508,10 @@ class NodeImpl final : public Node, public kj::TaskSet::ErrorHandler {
       if (role_ == Role::kFollower) relay_connections_ = nullptr;
     } else {
       Log("isolation over");
+      if (role_ != Role::kFollower) {
+        // Our own disks' devices died with the disk server: open the pool afresh.
+        StepDown("isolation over");
+      }
       absl::Status st = StartDiskServer(std::max(epoch_, view_.epoch));
       if (!st.ok()) Log(absl::StrFormat("restarting the disk server: %s", st.message()));
       if (role_ == Role::kFollower) {
@@ -622,7 +626,17 @@ class NodeImpl final : public Node, public kj::TaskSet::ErrorHandler {
         if (!*alive || role_ != Role::kOpening || epoch_ != epoch) return;
         if (!p.ok()) return StepDown(absl::StrFormat("opening the pool: %s", p.status().message()));
         pool_ = std::move(*p);
+        // A node is online if the pool found one of its disks (it may not have read a
+        // device that opened); the others are probed until they answer.
+        std::set<uint64_t> found;
+        for (const DiskInfo& info : pool_->ListDisks()) {
+          if (info.online) found.insert(info.node.value);
+        }
         for (auto& [id, link] : links_) {
+          if (link.online && !found.count(id)) {
+            Log(absl::StrFormat("node %d: the pool found none of its disks; probing it", id));
+            link.online = false;
+          }
           if (!link.online) {
             pool_->SetNodeOnline(NodeId{id}, false);
             link.offline_since_ns = loop_->NowNanos();
@@ -633,9 +647,11 @@ class NodeImpl final : public Node, public kj::TaskSet::ErrorHandler {
           ServePool();
         });
       };
+      PoolOptions options = config_.pool_options;
+      options.preferred_read_node = NodeId{config_.node_id};
       if (!view.formatted) {
         Log(absl::StrFormat("formatting a new pool on %d disks of %d nodes", specs.size(), nodes.size()));
-        Pool::Create(loop_, &random_, config_.pool_options, specs,
+        Pool::Create(loop_, &random_, options, specs,
                      [this, alive, opened_pool](absl::StatusOr<std::unique_ptr<Pool>> p) {
                        if (!*alive) return;
                        if (!p.ok()) return opened_pool(std::move(p));
@@ -648,7 +664,7 @@ class NodeImpl final : public Node, public kj::TaskSet::ErrorHandler {
                      });
       } else {
         Log(absl::StrFormat("opening the pool on %d disks of %d nodes", specs.size(), nodes.size()));
-        Pool::Open(loop_, &random_, config_.pool_options, specs, opened_pool);
+        Pool::Open(loop_, &random_, options, specs, opened_pool);
       }
     };
     RemoteDeviceOptions ro;
@@ -657,6 +673,15 @@ class NodeImpl final : public Node, public kj::TaskSet::ErrorHandler {
     for (const auto& [id, peer] : view.alive) {
       for (const PeerDisk& d : peer.disks) {
         ++*pending;
+        if (id == config_.node_id) {
+          // Our own disks: in-process, behind the same fence as the remote ones.
+          auto dev = disk_server_ ? disk_server_->OpenLocal(d.index, epoch)
+                                  : absl::StatusOr<std::unique_ptr<BlockDevice>>(
+                                        absl::UnavailableError("isolated"));
+          if (dev.ok()) opened->push_back(Opened{id, d.index, d.tier, std::move(*dev)});
+          loop_->Post(finish);
+          continue;
+        }
         OpenRemoteDevice(
             loop_, peer.backplane, d.index, epoch,
             [opened, finish, node = id, d](absl::StatusOr<std::unique_ptr<BlockDevice>> dev) {
@@ -823,17 +848,28 @@ class NodeImpl final : public Node, public kj::TaskSet::ErrorHandler {
     auto alive = alive_;
     Pool* pool = pool_.get();
     const uint64_t node = peer.id, index = d.index;
+    auto link_down = [this, alive, node] {
+      if (*alive) LinkDown(node);
+    };
+    if (node == config_.node_id) {
+      auto dev = disk_server_ ? disk_server_->OpenLocal(index, epoch_)
+                              : absl::StatusOr<std::unique_ptr<BlockDevice>>(absl::UnavailableError("isolated"));
+      if (!dev.ok()) {
+        owned_.erase({node, index});
+        return;
+      }
+      owned.device = std::make_unique<LinkDevice>(std::move(*dev), link_down);
+      return AttachOrAdd(node, index, [] {});
+    }
     OpenRemoteDevice(
         loop_, peer.backplane, d.index, epoch_,
-        [this, alive, pool, node, index](absl::StatusOr<std::unique_ptr<BlockDevice>> dev) {
+        [this, alive, pool, node, index, link_down](absl::StatusOr<std::unique_ptr<BlockDevice>> dev) {
           if (!*alive || pool_.get() != pool) return;
           if (!dev.ok()) {
             owned_.erase({node, index});  // tried again on a later tick
             return;
           }
-          owned_[{node, index}].device = std::make_unique<LinkDevice>(std::move(*dev), [this, alive, node] {
-            if (*alive) LinkDown(node);
-          });
+          owned_[{node, index}].device = std::make_unique<LinkDevice>(std::move(*dev), link_down);
           AttachOrAdd(node, index, [] {});
         },
         ro);

@@ -967,9 +967,14 @@ class PoolImpl : public Pool {
       return PostError(done, absl::UnavailableError(absl::StrFormat(
                                  "no reachable copy of chunk %d", chunk_id)));
     }
-    // Spread reads over the copies.
+    // Spread reads over the copies, or read the local one first.
     std::rotate(candidates.begin(), candidates.begin() + (read_rr_++ % candidates.size()),
                 candidates.end());
+    if (options_.preferred_read_node.valid()) {
+      std::stable_partition(candidates.begin(), candidates.end(), [this](const Replica& r) {
+        return disks_.at(r.disk).node == options_.preferred_read_node;
+      });
+    }
     auto state = std::make_shared<ReadRunState>();
     state->chunk = chunk_id;
     state->block = block;

@@ -45,6 +45,7 @@ struct Request {
   uint64_t offset_bytes = 0;
   uint64_t length_bytes = 0;
   std::shared_ptr<AlignedBuffer> data;  // a write's payload
+  bool local = false;  // from OpenLocal's device: no message size to respect
 };
 
 struct Outcome {
@@ -132,7 +133,7 @@ struct DiskServer::Impl : public kj::TaskSet::ErrorHandler {
     if (it == disks.end()) {
       return Reject(absl::NotFoundError(absl::StrFormat("disk %d is not served here", r.disk_id)));
     }
-    if (CarriesData(r.kind) && r.length_bytes > options.request_bytes_max) {
+    if (CarriesData(r.kind) && !r.local && r.length_bytes > options.request_bytes_max) {
       return Reject(absl::InvalidArgumentError(
           absl::StrFormat("request of %d bytes is over the server's limit of %d", r.length_bytes,
                           options.request_bytes_max)));
@@ -368,6 +369,107 @@ class Service final : public DiskService::Server {
 };
 
 }  // namespace
+
+namespace {
+
+// A disk of this server used from this process: requests go through the same fence and
+// admission as remote ones (Submit), without Cap'n Proto.
+class LocalDevice final : public BlockDevice, private kj::TaskSet::ErrorHandler {
+ public:
+  LocalDevice(DiskServer::Impl* impl, RealLoop* loop, std::shared_ptr<bool> server_alive,
+              uint64_t disk_id, uint64_t epoch, uint64_t size_bytes)
+      : impl_(impl), loop_(loop), server_alive_(std::move(server_alive)), disk_id_(disk_id),
+        epoch_(epoch), size_bytes_(size_bytes) {}
+  ~LocalDevice() noexcept override = default;
+
+  uint64_t size_bytes() const override { return size_bytes_; }
+  void Read(uint64_t offset, size_t length, void* buf, Callback done) override {
+    if (absl::Status st = CheckRange(offset, length, buf); !st.ok()) return Fail(st, std::move(done));
+    Request r;
+    r.kind = Kind::kRead;
+    r.offset_bytes = offset;
+    r.length_bytes = length;
+    Run(std::move(r), [buf, length](const Outcome& o) {
+      if (length > 0) std::memcpy(buf, o.data->data(), length);
+    }, std::move(done));
+  }
+  void Write(uint64_t offset, size_t length, const void* buf, Callback done) override {
+    if (absl::Status st = CheckRange(offset, length, buf); !st.ok()) return Fail(st, std::move(done));
+    Request r;
+    r.kind = Kind::kWrite;
+    r.offset_bytes = offset;
+    r.length_bytes = length;
+    r.data = std::make_shared<AlignedBuffer>(length);
+    if (length > 0) std::memcpy(r.data->data(), buf, length);
+    Run(std::move(r), nullptr, std::move(done));
+  }
+  void Flush(Callback done) override {
+    Request r;
+    r.kind = Kind::kFlush;
+    Run(std::move(r), nullptr, std::move(done));
+  }
+  void Discard(uint64_t offset, size_t length, Callback done) override {
+    if (absl::Status st = CheckRange(offset, length, nullptr); !st.ok()) return Fail(st, std::move(done));
+    Request r;
+    r.kind = Kind::kDiscard;
+    r.offset_bytes = offset;
+    r.length_bytes = length;
+    Run(std::move(r), nullptr, std::move(done));
+  }
+
+ private:
+  void taskFailed(kj::Exception&& e) override { (void)e; }
+
+  void Fail(absl::Status st, Callback done) {
+    loop_->Post([st, done = std::move(done)] { done(st); });
+  }
+
+  void Run(Request r, std::function<void(const Outcome&)> on_ok, Callback done) {
+    if (!*server_alive_) {
+      return Fail(absl::UnavailableError(absl::StrFormat("disk %d: its server is closed", disk_id_)),
+                  std::move(done));
+    }
+    r.disk_id = disk_id_;
+    r.epoch = epoch_;
+    r.local = true;
+    RealLoop* loop = loop_;
+    auto shared_done = std::make_shared<Callback>(std::move(done));
+    tasks_.add(impl_->Submit(std::move(r))
+                   .then(
+                       [loop, on_ok, shared_done](Outcome o) {
+                         if (o.status.ok() && on_ok) on_ok(o);
+                         loop->Dispatch([&] { (*shared_done)(o.status); });
+                       },
+                       [loop, shared_done, id = disk_id_](kj::Exception&& e) {
+                         const absl::Status st = absl::UnavailableError(absl::StrFormat(
+                             "disk %d: its server closed: %s", id, e.getDescription().cStr()));
+                         loop->Dispatch([&] { (*shared_done)(st); });
+                       }));
+  }
+
+  DiskServer::Impl* impl_;
+  RealLoop* loop_;
+  std::shared_ptr<bool> server_alive_;
+  uint64_t disk_id_, epoch_, size_bytes_;
+  kj::TaskSet tasks_{*this};
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<BlockDevice>> DiskServer::OpenLocal(uint64_t disk_id, uint64_t epoch) {
+  auto it = impl_->disks.find(disk_id);
+  if (it == impl_->disks.end()) {
+    return absl::NotFoundError(absl::StrFormat("disk %d is not served here", disk_id));
+  }
+  if (epoch < it->second.epoch) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("stale epoch %d < %d for disk %d", epoch, it->second.epoch, disk_id));
+  }
+  it->second.epoch = epoch;  // later requests of older epochs are refused from now on
+  auto dev = std::make_unique<LocalDevice>(impl_.get(), impl_->loop, impl_->alive, disk_id, epoch,
+                                           it->second.device->size_bytes());
+  return std::unique_ptr<BlockDevice>(std::move(dev));
+}
 
 DiskServer::DiskServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 

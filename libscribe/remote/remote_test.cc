@@ -142,7 +142,8 @@ class RemoteConformance : public testing::TestWithParam<ConformanceParam> {
     server_ = Serve(loop_.get(), {{7, file_.get()}});
     RemoteDeviceOptions options;
     options.request_bytes_max = GetParam().request_bytes_max;
-    auto dev = OpenRemote(loop_.get(), server_->port(), 7, 1, options);
+    auto dev = GetParam().request_bytes_max == 0 ? server_->OpenLocal(7, 1)
+                                                 : OpenRemote(loop_.get(), server_->port(), 7, 1, options);
     SCRIBE_CHECK(dev.ok());
     dev_ = std::move(dev).value();
   }
@@ -177,7 +178,8 @@ TEST_P(RemoteConformance, FlushAndDiscard) {
 
 INSTANTIATE_TEST_SUITE_P(All, RemoteConformance,
                          testing::Values(ConformanceParam{"whole_requests", 8u << 20},
-                                         ConformanceParam{"split_64k", 64u << 10}),
+                                         ConformanceParam{"split_64k", 64u << 10},
+                                         ConformanceParam{"local", 0}),
                          [](const auto& info) { return std::string(info.param.name); });
 
 // The data written through the network is on the served file, byte for byte.
@@ -353,6 +355,36 @@ TEST(Fencing, NewOwnerFencesOffTheOldOne) {
   EXPECT_EQ(server->Stats().stale_epoch_rejections, 4u);
   a->reset();
   b->reset();
+}
+
+// The owner's own disks, used in-process, sit behind the same fence.
+TEST(Fencing, LocalDeviceIsFencedLikeARemoteOne) {
+  auto loop = RealLoop::Create();
+  auto file = MakeFile(loop.get(), "local_fence", 16ull << 20);
+  auto server = Serve(loop.get(), {{1, file.get()}});
+  auto local = server->OpenLocal(1, 1);
+  ASSERT_TRUE(local.ok()) << local.status();
+  AlignedBuffer a = Filled(65536, 'A');
+  ASSERT_TRUE(Await(loop.get(), [&](auto cb) { (*local)->Write(0, 65536, a.data(), cb); }).ok());
+  // Local I/O is not bound by the message size limit (the pool reads its whole
+  // metadata region at open).
+  AlignedBuffer big(12u << 20);
+  ASSERT_TRUE(Await(loop.get(), [&](auto cb) { (*local)->Read(0, big.size(), big.data(), cb); }).ok());
+  auto remote = OpenRemote(loop.get(), server->port(), 1, 2);
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  AlignedBuffer late = Filled(65536, 'a');
+  absl::Status st = Await(loop.get(), [&](auto cb) { (*local)->Write(0, 65536, late.data(), cb); });
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_EQ(server->OpenLocal(1, 1).status().code(), absl::StatusCode::kFailedPrecondition);
+  AlignedBuffer got(65536);
+  ASSERT_TRUE(Await(loop.get(), [&](auto cb) { (*remote)->Read(0, 65536, got.data(), cb); }).ok());
+  EXPECT_TRUE(AllBytes(got, 'A'));
+  // A closed server fails the local device's calls instead of hanging them.
+  remote->reset();
+  server.reset();
+  st = Await(loop.get(), [&](auto cb) { (*local)->Read(0, 65536, got.data(), cb); });
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+  local->reset();
 }
 
 // Requests of the old owner already running when the new one arrives finish first: the

@@ -57,7 +57,7 @@ def main():
     qcow = os.path.join(root, "disk.qcow2")
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", qcow, SIZE], check=True)
     sock = os.path.join(root, "qemu-nbd.sock")
-    qn = subprocess.Popen(["qemu-nbd", "-f", "qcow2", "--cache=none", "--aio=native", "--shared=4",
+    qn = subprocess.Popen(["qemu-nbd", "-f", "qcow2", "--cache=none", "--aio=native", "--shared=4", "--persistent",
                            "-k", sock, qcow])
     for _ in range(100):
         if os.path.exists(sock):

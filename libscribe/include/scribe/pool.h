@@ -66,6 +66,9 @@ struct PoolOptions {
   // within the window; fewer are retried on other copies.
   int io_errors_to_fail_disk = 3;
   int64_t io_error_window_ns = 60'000'000'000;
+  // Reads go first to the copy on this node when it has one (the node running the pool:
+  // its disks are local); invalid = spread reads over the copies.
+  NodeId preferred_read_node;
 };
 
 struct DiskSpec {

@@ -81,6 +81,12 @@ class DiskServer {
   // Serves one more disk (not owned; must outlive the server), fenced at the highest
   // epoch any disk here has seen. ALREADY_EXISTS if `disk_id` is served already.
   absl::Status AddDisk(uint64_t disk_id, BlockDevice* device);
+  // The same disk for a caller in this process (the pool owner's own disks): every call
+  // passes the fence and admission a remote request would, without Cap'n Proto, and
+  // raises the fence to `epoch` now (FAILED_PRECONDITION if it is stale). Once the
+  // server is destroyed the device fails every call UNAVAILABLE. Callbacks run as loop
+  // callbacks of their own. The device must not outlive the loop.
+  absl::StatusOr<std::unique_ptr<BlockDevice>> OpenLocal(uint64_t disk_id, uint64_t epoch);
 
   struct Impl;
 
