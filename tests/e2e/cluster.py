@@ -175,7 +175,7 @@ class Cluster:
 
     def any_node(self):
         for n in self.nodes.values():
-            if n.alive():
+            if n.alive() and not os.path.exists(n.isolate_file):
                 return n
         raise RuntimeError("no scribed is running")
 

@@ -207,3 +207,85 @@ def test_a_partitioned_old_owner_cannot_change_data_after_takeover():
         while "fenced by a newer owner" not in old.log_text() and time.time() < deadline:
             time.sleep(0.25)
         assert "fenced by a newer owner" in old.log_text(), old.log_text()[-3000:]
+
+
+def test_owner_killed_another_node_takes_over_with_the_data(cluster):
+    cluster.scribe("vsd", "create", "vol", "64M")
+    old = cluster.owner()
+    other = next(n for n in cluster.nodes.values() if n.id != old.id)
+    cluster.fio(other.uri("vol"), "--rw=write", "--bs=64k", "--size=16m", "--verify=crc32c",
+                "--do_verify=0", "--verify_state_save=0")
+    cluster.qemu_io(other.uri("vol"), "write -P 0x3c 32M 4M", "flush")
+    old.kill(signal.SIGKILL)
+    start = time.time()
+    deadline = start + 60
+    new_owner = None
+    while time.time() < deadline and new_owner is None:
+        try:
+            st = cluster.status(node=other)
+            if st["cluster"]["owner_node"] not in (0, old.id) and st["cluster"]["state"] == "running":
+                new_owner = st["cluster"]["owner_node"]
+        except (RuntimeError, ValueError):
+            pass
+        time.sleep(0.1)
+    assert new_owner, cluster.logs()
+    print("owner node %d SIGKILLed: node %d serves the pool %.1f s later" % (old.id, new_owner, time.time() - start))
+    # Through a relay and directly: the flushed data is all there.
+    for n in cluster.nodes.values():
+        if n.alive():
+            cluster.qemu_io(n.uri("vol"), "read -P 0x3c 32M 4M")
+    cluster.fio(other.uri("vol"), "--rw=read", "--bs=64k", "--size=16m", "--verify=crc32c",
+                "--verify_only", "--verify_state_save=0")
+    old.start()
+    cluster.wait_redundant()
+    assert cluster.status()["pool"]["fully_redundant"]
+
+
+def test_bad_input_gets_clear_errors_and_the_daemon_keeps_serving(cluster):
+    import socket as so
+    cluster.scribe("vsd", "create", "vol", "8M")
+    owner, other = non_owner(cluster)
+    # Unknown names and bad sizes: exit 1 with a message naming the problem.
+    r = cluster.scribe("vsd", "info", "nope", check=False)
+    assert r.returncode == 1 and "nope" in r.stderr, r.stderr
+    r = cluster.scribe("vsd", "create", "vol", "8M", check=False)
+    assert r.returncode == 1 and "already" in r.stderr, r.stderr
+    r = cluster.scribe("vsd", "create", "odd", "4097", check=False)
+    assert r.returncode == 1 and "4096" in r.stderr, r.stderr
+    # A full pool: RESOURCE_EXHAUSTED for the writes that do not fit, earlier data intact.
+    cluster.scribe("vsd", "create", "huge", "4G")
+    cluster.qemu_io(owner.uri("vol"), "write -P 0x42 0 1M", "flush")
+    r = subprocess.run(["fio", "--name=fill", "--ioengine=nbd", "--uri=" + owner.uri("huge"), "--rw=write",
+                        "--bs=1m", "--size=2g", "--iodepth=4"], capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0, "filling past the pool's capacity must fail"
+    assert "No space left" in r.stdout + r.stderr or "error" in (r.stdout + r.stderr).lower()
+    cluster.qemu_io(owner.uri("vol"), "read -P 0x42 0 1M")
+    cluster.scribe("vsd", "delete", "huge")
+    # An unknown export and out-of-range I/O through NBD (a relay and the owner).
+    for n in (owner, other):
+        r = cluster.qemu_io(n.uri("missing"), "read 0 4k", check=False)
+        assert r.returncode != 0
+        r = cluster.qemu_io(n.uri("vol"), "read 8M 4k", check=False)
+        assert r.returncode != 0 or "error" in (r.stdout + r.stderr).lower()
+    # Garbage on the admin, backplane and NBD endpoints: those connections close, the
+    # daemons carry on.
+    junk = bytes(range(256)) * 64
+    for n in (owner, other):
+        for addr in (n.admin, n.backplane):
+            host, port = addr.rsplit(":", 1)
+            with so.create_connection((host, int(port)), timeout=5) as s:
+                s.sendall(junk)
+                try:
+                    s.recv(4096)
+                except OSError:
+                    pass
+        with so.socket(so.AF_UNIX) as s:
+            s.connect(n.nbd_socket)
+            s.sendall(junk)
+            try:
+                s.recv(4096)
+            except OSError:
+                pass
+    assert all(n.alive() for n in cluster.nodes.values())
+    cluster.qemu_io(other.uri("vol"), "read -P 0x42 0 1M")
+    assert cluster.status()["cluster"]["state"] == "running"
