@@ -67,10 +67,6 @@ int64_t RenewIntervalMs(const HaOptions& o) {
 
 }  // namespace
 
-const char* DesiredStateName(DesiredState state) {
-  return state == DesiredState::kRunning ? "running" : "stopped";
-}
-
 const char* HaStateName(HaManager::State state) {
   switch (state) {
     case HaManager::State::kStarting:
@@ -154,10 +150,14 @@ struct HaManager::Impl {
     int64_t next_start_ns = 0;      // earliest retry of a failed start
   };
 
-  // One coordinator pass: the VMs to decide, one CAS at a time.
+  // One coordinator pass: the VMs to decide, one CAS at a time. VMs that fit nowhere
+  // get their condition at the end, so it names the room left after this pass's
+  // placements (and is not rewritten by the next pass).
   struct Coordination {
     std::shared_ptr<const Snapshot> snap;
     std::vector<std::string> work;
+    std::vector<std::string> no_room;
+    bool conditions_phase = false;
     size_t next = 0;
     std::vector<PlacementNode> nodes;
     std::vector<PlacedVm> placed;
@@ -287,6 +287,7 @@ struct HaManager::Impl {
     coordinator = false;
     deadline_ns = 0;
     renewals_in_flight = 0;
+    last_renewal_failed = false;
     const uint64_t inc = incarnation;
     const int64_t request_start_ns = loop->NowNanos();
     store->GrantLease(options.lease_ttl_ms, [this, alive = alive, inc,
@@ -355,9 +356,11 @@ struct HaManager::Impl {
     });
   }
 
+  // The next renewal starts a renew interval after the last one; after a failed one,
+  // a quarter of that, so a node whose store came back renews before its deadline.
   void ScheduleRenew() {
     Cancel(renew_timer);
-    renew_timer = After(renew_interval_ns, [this] {
+    renew_timer = After(last_renewal_failed ? renew_interval_ns / 4 : renew_interval_ns, [this] {
       renew_timer = 0;
       RenewTick();
     });
@@ -374,13 +377,16 @@ struct HaManager::Impl {
                                  request_start_ns](absl::StatusOr<int64_t> ttl_ms) {
         if (!*alive || inc != incarnation) return;
         --renewals_in_flight;
+        last_renewal_failed = !ttl_ms.ok();
         if (ttl_ms.ok()) {
           lease_ttl_ns = *ttl_ms * kNsPerMs;
           ExtendDeadline(request_start_ns);
         } else if (ttl_ms.status().code() == absl::StatusCode::kNotFound) {
-          LeaseLost(absl::StrCat("the store no longer knows lease ", renewed.value));
+          return LeaseLost(absl::StrCat("the store no longer knows lease ", renewed.value));
+        } else if (renew_timer != 0) {
+          // UNAVAILABLE: try again sooner; the fence timer guards the rest.
+          ScheduleRenew();
         }
-        // UNAVAILABLE: the next tick tries again; the fence timer guards the rest.
       });
     }
     ScheduleRenew();
@@ -596,7 +602,9 @@ struct HaManager::Impl {
     ++local[name].ops;
     Decide(HaDecision::Kind::kForceOff, name, "", 0, absl::StrCat("force off vm ", name, ": ", reason));
     hv->ForceOff(name, [this, alive = alive, name](absl::Status) {
-      if (*alive) --local[name].ops;
+      if (!*alive) return;
+      --local[name].ops;
+      SchedulePass();  // e.g. release it now rather than at the next rescan
     });
   }
 
@@ -608,6 +616,11 @@ struct HaManager::Impl {
            absl::StrCat("shutdown vm ", name, " (ACPI): stop requested"));
     hv->Shutdown(name, [this, alive = alive, name](absl::Status) {
       if (*alive) --local[name].ops;
+    });
+    // Look again when the guest's time is up, not at the next rescan after it.
+    const uint64_t inc = incarnation;
+    After(options.shutdown_timeout_ms * kNsPerMs, [this, inc] {
+      if (inc == incarnation) SchedulePass();
     });
   }
 
@@ -716,6 +729,12 @@ struct HaManager::Impl {
   }
 
   void CoordinateStep(std::shared_ptr<Coordination> c) {
+    if (c->next == c->work.size() && !c->conditions_phase && !c->no_room.empty()) {
+      c->work = std::move(c->no_room);
+      c->no_room.clear();
+      c->next = 0;
+      c->conditions_phase = true;
+    }
     if (c->incarnation != incarnation || !coordinator || !CanAct() || c->next == c->work.size()) {
       return c->done();
     }
@@ -746,6 +765,9 @@ struct HaManager::Impl {
         message = absl::StrCat(vm.owner.empty() ? "start" : "restart", " vm ", name, " on ", target,
                                " (epoch ", next.epoch, "): ", why, "; most free RAM ",
                                Mib(choice->ram_free_bytes), " MiB");
+      } else if (!c->conditions_phase) {
+        c->no_room.push_back(name);
+        return CoordinateStep(c);
       } else {
         next.condition = std::string(choice.status().message());
         if (vm.owner.empty() && vm.condition == next.condition) {
@@ -759,13 +781,15 @@ struct HaManager::Impl {
         VmKey(name), vm.revision, EncodeVm(next), {},
         [this, alive = alive, c, next, kind, message, target](absl::StatusOr<scribe::CasResult> r) {
           if (!*alive) return;
-          if (c->incarnation != incarnation) return c->done();
+          // A decision that landed is logged even if this node fenced meanwhile: it
+          // was made in time and it holds (the CAS is what makes it safe).
           if (r.ok() && r->succeeded) {
             if (!target.empty()) {
               c->placed.push_back(PlacedVm{next.spec.name, target, next.spec.ram_bytes, next.spec.vcpus});
             }
             Decide(kind, next.spec.name, target, target.empty() ? 0 : next.epoch, message);
           }
+          if (c->incarnation != incarnation) return c->done();
           // A lost CAS means the record moved on (an API call, another coordinator):
           // the next pass sees it.
           CoordinateStep(c);
@@ -1079,6 +1103,7 @@ struct HaManager::Impl {
   int64_t deadline_ns = 0;
   int64_t last_renewal_start_ns = 0;
   int renewals_in_flight = 0;
+  bool last_renewal_failed = false;
   bool coordinator = false;
   bool maintenance = false;
 

@@ -329,7 +329,7 @@ TEST(Ha, FailedRequestsChangeNothing) {
   EXPECT_EQ(c.Create(Spec("web1", 512)).status().code(), absl::StatusCode::kAlreadyExists);
   auto big = c.Create(Spec("huge", 8192, 2));
   ASSERT_EQ(big.status().code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_TRUE(Contains(std::string(big.status().message()), "vm huge needs 8192 MiB RAM")) << big.status();
+  EXPECT_TRUE(Contains(std::string(big.status().message()), "no node can run vm huge (8192 MiB RAM, 2 vCPUs)")) << big.status();
   EXPECT_TRUE(Contains(std::string(big.status().message()), "largest free RAM is 4096 MiB (node2)"))
       << big.status();
   EXPECT_EQ(c.Start("nope").code(), absl::StatusCode::kNotFound);
@@ -506,7 +506,7 @@ TEST(Ha, NoCapacityLeavesTheVmDownUntilANodeReturns) {
   c.Crash(b->owner);
   ASSERT_TRUE(c.RunUntil([&] { return !c.LogLines(HaDecision::Kind::kNoCapacity).empty(); }, 10 * kSec)) << c.Log();
   EXPECT_TRUE(Contains(c.LogLines(HaDecision::Kind::kNoCapacity)[0],
-                       absl::StrCat("vm b stays down (", b->owner, " lease expired): no node can run vm b needs 3072 MiB")))
+                       absl::StrCat("vm b stays down (", b->owner, " lease expired): no node can run vm b (3072 MiB RAM, 1 vCPUs)")))
       << c.Log();
   c.RunFor(10 * kSec);
   EXPECT_TRUE(c.RunningOn("b").empty());

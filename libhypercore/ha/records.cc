@@ -252,3 +252,12 @@ Snapshot DecodeSnapshot(const scribe::ListResult& list) {
 }
 
 }  // namespace hypercore::ha_internal
+
+namespace hypercore {
+
+// Here rather than with the manager: the codec spells the states.
+const char* DesiredStateName(DesiredState state) {
+  return state == DesiredState::kRunning ? "running" : "stopped";
+}
+
+}  // namespace hypercore

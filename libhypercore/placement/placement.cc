@@ -65,8 +65,8 @@ absl::StatusOr<PlacementChoice> PlaceAmong(const VmDemand& vm, const std::vector
   for (const NodeLoad& load : ranked) {
     if (Fits(vm, load)) return PlacementChoice{load.node, load.ram_free_bytes};
   }
-  const std::string what = absl::StrCat("vm ", vm.name, " needs ", Mib(vm.ram_bytes), " MiB RAM and ",
-                                        vm.vcpus, " vCPUs");
+  const std::string what = absl::StrCat("vm ", vm.name, " (", Mib(vm.ram_bytes), " MiB RAM, ", vm.vcpus,
+                                        " vCPUs)");
   if (ranked.empty()) {
     return absl::ResourceExhaustedError(
         absl::StrCat("no node can run ", what, ": no node is alive and out of maintenance"));

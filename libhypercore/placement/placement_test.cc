@@ -90,8 +90,7 @@ TEST(PlaceVm, NoFitNamesVmRamAndLargestFree) {
   ASSERT_FALSE(choice.ok());
   EXPECT_EQ(choice.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(choice.status().message(),
-            "no node can run vm db1 needs 6144 MiB RAM and 2 vCPUs: largest free RAM is 4096 MiB "
-            "(node1)");
+            "no node can run vm db1 (6144 MiB RAM, 2 vCPUs): largest free RAM is 4096 MiB (node1)");
 }
 
 TEST(PlaceVm, NoEligibleNode) {
