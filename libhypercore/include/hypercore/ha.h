@@ -24,11 +24,13 @@
 // started, so the lease cannot expire before start + TTL. At the deadline the node
 // forces off every VM it runs and stops acting; it rejoins only with a fresh lease,
 // after every VM is off, and starts nothing until a record names it with that lease.
+// It also fences at once when it sees its own node key deleted (a lease ended early).
 //
 // Recovery. One node at a time is coordinator (CAS on /hc/coordinator). When a VM's
 // owner is dead — no node key, or a node key with a different lease (the node rejoined)
-// — the coordinator places the VM (placement.h: most free RAM first) and CAS-writes the
-// new owner, its lease and epoch + 1; a VM that fits nowhere gets a condition and
+// — the coordinator places the VM (placement.h: most free RAM first; after
+// restart_grace_ms, 0 by default) and CAS-writes the new owner, its lease and
+// epoch + 1; a VM that fits nowhere gets a condition and
 // waits (owner cleared) until capacity appears. Never twice: the old owner's VMs were
 // off by its deadline, which is before its lease could expire at etcd, which is before
 // the coordinator could see its key gone, which is before the new owner saw the record
