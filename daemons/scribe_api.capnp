@@ -146,4 +146,9 @@ interface ScribeAdmin {
   # calls forwarded from other nodes, so the caller names the node it wants):
   # `uri` is "nbd+unix:///<vsd>?socket=<nbdSocket>" (the name percent-encoded), `node`
   # the node that was resolved.
+  fenceVsd @20 (vsd :Text, epoch :UInt64) -> (error :Error);
+  # Raises `vsd`'s writer epoch to `epoch` (persisted in etcd; lower than the current one:
+  # FAILED_PRECONDITION, equal: no change). NBD clients that opened the export as
+  # "<vsd>@<older epoch>" can no longer write, nor reconnect with that epoch; the VM
+  # restarted with `epoch` opens "<vsd>@<epoch>". Plain export names are not fenced.
 }

@@ -67,6 +67,8 @@ VSDs:
   vsd list
   vsd info NAME
   vsd resize NAME SIZE                        grow (shrinking is refused)
+  vsd fence NAME EPOCH                        raise the writer epoch: NBD clients of
+                                              "NAME@<older epoch>" can no longer write
   vsd delete NAME                             with its snapshots; clones are unaffected
   vsd export NAME [--node N]                  print the NBD URI on node N (default: the owner)
 Snapshots and clones:
@@ -445,6 +447,7 @@ class Cli {
   void VsdList(const Args& a);
   void VsdInfo(const Args& a);
   void VsdResize(const Args& a);
+  void VsdFence(const Args& a);
   void VsdDelete(const Args& a);
   void VsdExport(const Args& a);
   void SnapshotCreate(const Args& a);
@@ -659,6 +662,25 @@ void Cli::VsdResize(const Args& a) {
   }
   Print(absl::StrFormat("resized vsd %s to %s\n", Str(reply.getVsd().getName()),
                         HumanBytes(reply.getVsd().getSizeBytes())));
+}
+
+void Cli::VsdFence(const Args& a) {
+  a.ExpectCount(2, 2, "NAME EPOCH");
+  uint64_t epoch = 0;
+  if (!absl::SimpleAtoi(a.positional()[1], &epoch) || epoch == 0) {
+    throw UsageError{absl::StrFormat("EPOCH must be a positive integer (got '%s')", a.positional()[1])};
+  }
+  auto req = admin().fenceVsdRequest();
+  req.setVsd(Text(a.positional()[0]));
+  req.setEpoch(epoch);
+  auto reply = conn().Wait(req.send());
+  Check(reply.getError());
+  if (options_.json) {
+    JsonWriter j;
+    j.BeginObject().Field("vsd", a.positional()[0]).Field("epoch", epoch).EndObject();
+    return PrintJson(j);
+  }
+  Print(absl::StrFormat("vsd %s: writer epoch %d\n", a.positional()[0], epoch));
 }
 
 void Cli::VsdDelete(const Args& a) {
@@ -1005,6 +1027,7 @@ int Cli::Run(const std::vector<std::string>& words) {
       {"vsd list", {}, &Cli::VsdList},
       {"vsd info", {}, &Cli::VsdInfo},
       {"vsd resize", {}, &Cli::VsdResize},
+      {"vsd fence", {}, &Cli::VsdFence},
       {"vsd delete", {}, &Cli::VsdDelete},
       {"vsd export", {"--node"}, &Cli::VsdExport},
       {"snapshot create", {}, &Cli::SnapshotCreate},

@@ -511,6 +511,21 @@ class AdminService final : public api::ScribeAdmin::Server {
     });
   }
 
+  kj::Promise<void> fenceVsd(FenceVsdContext context) override {
+    auto p = context.getParams();
+    const std::string name = Str(p.getVsd());
+    const uint64_t epoch = p.getEpoch();
+    return OnLoop(context, [&]() -> kj::Promise<void> {
+      ASSIGN_OR_FAIL(Pool * pool, CurrentPool());
+      ASSIGN_OR_FAIL(VsdId vsd, ResolveVsd(pool, "vsd", name));
+      (void)vsd;
+      if (epoch == 0) return Fail(context, absl::InvalidArgumentError("epoch must be >= 1"));
+      auto pending = NewPending<absl::Status>();
+      backend_->FenceVsd(name, epoch, pending.done);
+      return ReplyStatus(kj::mv(pending.promise), context);
+    });
+  }
+
   kj::Promise<void> failDisk(FailDiskContext context) override {
     const uint64_t disk = context.getParams().getDisk();
     return OnLoop(context, [&]() -> kj::Promise<void> {

@@ -53,6 +53,13 @@ class AdminBackend {
   // node `node`; its space joins the pool. `done` gets the pool's disk id.
   virtual void AddDisk(uint64_t node, std::string path, uint64_t size_bytes, Tier tier,
                        std::function<void(absl::StatusOr<uint64_t>)> done) = 0;
+  // Raises a VSD's writer epoch (see fenceVsd in scribe_api.capnp); `done` runs once it
+  // is durable. The default refuses (UNIMPLEMENTED).
+  virtual void FenceVsd(std::string vsd, uint64_t epoch, std::function<void(absl::Status)> done) {
+    (void)vsd;
+    (void)epoch;
+    done(absl::UnimplementedError("this backend has no writer fencing"));
+  }
 };
 
 // The server object to hand to capnp (e.g. as a TwoPartyServer's bootstrap).

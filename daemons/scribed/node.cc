@@ -32,6 +32,7 @@ constexpr char kMembersPrefix[] = "/scribe/members/";
 constexpr char kOwnerKey[] = "/scribe/owner";
 constexpr char kEpochKey[] = "/scribe/epoch";
 constexpr char kPoolKey[] = "/scribe/pool";
+constexpr char kWritersPrefix[] = "/scribe/writers/";  // <vsd> -> its writer epoch
 
 void Log(const std::string& line) {
   std::fprintf(stderr, "scribed: %s\n", line.c_str());
@@ -113,6 +114,7 @@ struct View {
   uint64_t epoch = 0;
   int64_t epoch_mod_revision = 0;
   bool formatted = false;
+  std::map<std::string, uint64_t> writers;  // VSD writer epochs (fenceVsd)
 };
 
 View ParseView(const ListResult& list) {
@@ -137,6 +139,9 @@ View ParseView(const ListResult& list) {
       absl::SimpleAtoi(kv.value, &v.epoch);
     } else if (kv.key == kPoolKey) {
       v.formatted = true;
+    } else if (kv.key.rfind(kWritersPrefix, 0) == 0) {
+      uint64_t e = 0;
+      if (absl::SimpleAtoi(kv.value, &e)) v.writers[kv.key.substr(sizeof(kWritersPrefix) - 1)] = e;
     }
   }
   return v;
@@ -358,6 +363,18 @@ class NodeImpl final : public Node, public kj::TaskSet::ErrorHandler {
                  // The owner adds it to the pool on its next look at the cluster.
                  WaitForPoolDisk(config_.node_id, index, loop_->NowNanos() + 30'000'000'000, done);
                });
+  }
+
+  void FenceVsd(std::string vsd, uint64_t epoch, std::function<void(absl::Status)> done) override {
+    const uint64_t current = WriterEpoch(vsd);
+    if (epoch < current) {
+      return loop_->Post([done, vsd, epoch, current] {
+        done(absl::FailedPreconditionError(absl::StrFormat(
+            "VSD \"%s\" already has writer epoch %d (asked for %d)", vsd, current, epoch)));
+      });
+    }
+    if (epoch == current) return loop_->Post([done] { done(absl::OkStatus()); });
+    RaiseWriter(std::move(vsd), epoch, 5, std::move(done));
   }
 
   uint16_t admin_port() const override { return admin_port_; }
@@ -753,12 +770,14 @@ class NodeImpl final : public Node, public kj::TaskSet::ErrorHandler {
   }
 
   void ServePool() {
-    auto tcp = NbdServer::CreateTcp(loop_, pool_.get(), config_.nbd_tcp);
+    NbdServerOptions nbd_options;
+    nbd_options.writer_epoch = [this](const std::string& vsd) { return WriterEpoch(vsd); };
+    auto tcp = NbdServer::CreateTcp(loop_, pool_.get(), config_.nbd_tcp, nbd_options);
     if (!tcp.ok()) return StepDown(absl::StrFormat("NBD over TCP: %s", tcp.status().message()));
     nbd_tcp_ = std::move(*tcp);
     relay_connections_ = nullptr;
     relay_listener_ = nullptr;
-    auto nbd = NbdServer::Create(loop_, pool_.get(), config_.nbd_socket);
+    auto nbd = NbdServer::Create(loop_, pool_.get(), config_.nbd_socket, nbd_options);
     if (!nbd.ok()) return StepDown(absl::StrFormat("NBD on %s: %s", config_.nbd_socket, nbd.status().message()));
     nbd_unix_ = std::move(*nbd);
     auto alive = alive_;
@@ -941,6 +960,50 @@ class NodeImpl final : public Node, public kj::TaskSet::ErrorHandler {
     });
   }
 
+  // ------------------------------------------------------------------ writer fencing
+  uint64_t WriterEpoch(const std::string& vsd) const {
+    uint64_t e = 0;
+    if (auto it = view_.writers.find(vsd); it != view_.writers.end()) e = it->second;
+    if (auto it = writers_.find(vsd); it != writers_.end()) e = std::max(e, it->second);
+    return e;
+  }
+
+  // Compare-and-swap the VSD's key in etcd up to `epoch` (never down).
+  void RaiseWriter(std::string vsd, uint64_t epoch, int attempts, std::function<void(absl::Status)> done) {
+    auto alive = alive_;
+    const std::string key = kWritersPrefix + vsd;
+    etcd_->Get(key, [this, alive, vsd, epoch, attempts, done, key](absl::StatusOr<std::optional<KeyValue>> kv) {
+      if (!*alive) return;
+      if (!kv.ok()) return done(kv.status());
+      uint64_t stored = 0;
+      int64_t rev = 0;
+      if (kv->has_value()) {
+        absl::SimpleAtoi((*kv)->value, &stored);
+        rev = (*kv)->mod_revision;
+      }
+      if (stored >= epoch) {
+        writers_[vsd] = std::max(writers_[vsd], stored);
+        if (stored > epoch) {
+          return done(absl::FailedPreconditionError(absl::StrFormat(
+              "VSD \"%s\" already has writer epoch %d (asked for %d)", vsd, stored, epoch)));
+        }
+        return done(absl::OkStatus());
+      }
+      etcd_->CompareAndSwap(key, rev, absl::StrCat(epoch), LeaseId{},
+                            [this, alive, vsd, epoch, attempts, done](absl::StatusOr<CasResult> r) {
+                              if (!*alive) return;
+                              if (!r.ok()) return done(r.status());
+                              if (r->succeeded) {
+                                writers_[vsd] = std::max(writers_[vsd], epoch);
+                                Log(absl::StrFormat("VSD %s: writer epoch %d", vsd, epoch));
+                                return done(absl::OkStatus());
+                              }
+                              if (attempts <= 1) return done(absl::AbortedError("writer epoch contended"));
+                              RaiseWriter(vsd, epoch, attempts - 1, done);
+                            });
+    });
+  }
+
   // ------------------------------------------------------------------ admin routing
   capnp::Capability::Client AdminTarget() {
     if (role_ == Role::kOwner || view_.owner == 0 || view_.owner == config_.node_id ||
@@ -1068,6 +1131,7 @@ class NodeImpl final : public Node, public kj::TaskSet::ErrorHandler {
   std::unique_ptr<Pool> pool_;
   std::map<std::pair<uint64_t, uint64_t>, OwnedDisk> owned_;
   std::map<uint64_t, Link> links_;
+  std::map<std::string, uint64_t> writers_;  // raised here, maybe not yet in view_
 };
 
 }  // namespace

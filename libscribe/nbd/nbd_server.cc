@@ -75,9 +75,24 @@ namespace {
 
 struct ExportLookup {
   bool found = false;
+  bool fenced = false;  // named with an epoch older than the VSD's writer epoch
   VsdId vsd;
+  std::string vsd_name;
+  uint64_t epoch = 0;  // the client's writer epoch ("NAME@EPOCH"); 0 = none declared
   uint64_t size_bytes = 0;
 };
+
+// "NAME@EPOCH" names VSD NAME for a writer holding EPOCH; a plain name declares none.
+void SplitExportName(const std::string& name, std::string* vsd, uint64_t* epoch) {
+  *vsd = name;
+  *epoch = 0;
+  const size_t at = name.rfind('@');
+  uint64_t e = 0;
+  if (at != std::string::npos && absl::SimpleAtoi(name.substr(at + 1), &e) && e > 0) {
+    *vsd = name.substr(0, at);
+    *epoch = e;
+  }
+}
 
 // One client connection. Owned by its Run() promise in the server's TaskSet; destroyed
 // when that promise completes (after every request it accepted has finished) or when the
@@ -177,15 +192,30 @@ class Connection final : public kj::TaskSet::ErrorHandler {
 
   ExportLookup Lookup(const std::string& name) {
     ExportLookup out;
+    std::string vsd;
+    uint64_t epoch = 0;
+    SplitExportName(name, &vsd, &epoch);
     loop_->Dispatch([&] {
-      auto id = server_->pool->FindVsd(name);
+      auto id = server_->pool->FindVsd(vsd);
       if (!id.ok()) return;
       auto info = server_->pool->GetVsdInfo(*id);
       if (!info.ok()) return;
-      out = ExportLookup{true, *id, info->size_bytes};
+      out.found = true;
+      out.vsd = *id;
+      out.vsd_name = vsd;
+      out.epoch = epoch;
+      out.size_bytes = info->size_bytes;
+      out.fenced = epoch != 0 && epoch < WriterEpoch(vsd);
     });
     return out;
   }
+
+  uint64_t WriterEpoch(const std::string& vsd) const {
+    return server_->options.writer_epoch ? server_->options.writer_epoch(vsd) : 0;
+  }
+
+  // A client that declared an epoch may change data only while no newer writer exists.
+  bool WriteFenced() const { return epoch_ != 0 && epoch_ < WriterEpoch(vsd_name_); }
 
   kj::Promise<bool> ReplyAndContinue(std::string bytes) {
     return Send(std::move(bytes)).then([this] { return NextOption(); });
@@ -199,7 +229,7 @@ class Connection final : public kj::TaskSet::ErrorHandler {
         if (!name.ok()) return ProtocolError<bool>(std::string(name.status().message()));
         ExportLookup e = Lookup(*name);
         // EXPORT_NAME cannot return an error: the session must end.
-        if (!e.found) return false;
+        if (!e.found || e.fenced) return false;
         Enter(e);
         return Send(EncodeExportNameReply(e.size_bytes, kTransmissionFlags, no_zeroes_)).then([] {
           return true;
@@ -236,6 +266,12 @@ class Connection final : public kj::TaskSet::ErrorHandler {
               h.option, kRepErrUnknown,
               absl::StrFormat("no VSD named '%s' on this server", Quote(req->export_name))));
         }
+        if (e.fenced) {
+          return ReplyAndContinue(EncodeOptionReply(
+              h.option, kRepErrPolicy,
+              absl::StrFormat("'%s': epoch %d is older than the VSD's writer epoch %d",
+                              Quote(req->export_name), e.epoch, WriterEpoch(e.vsd_name))));
+        }
         std::string out = EncodeOptionReply(h.option, kRepInfo,
                                             EncodeInfoExportData(e.size_bytes, kTransmissionFlags));
         // Sent whether asked or not: the pool's 512-byte granularity is not the default
@@ -259,6 +295,8 @@ class Connection final : public kj::TaskSet::ErrorHandler {
 
   void Enter(const ExportLookup& e) {
     vsd_ = e.vsd;
+    vsd_name_ = e.vsd_name;
+    epoch_ = e.epoch;
     export_size_bytes_ = e.size_bytes;
   }
 
@@ -313,6 +351,11 @@ class Connection final : public kj::TaskSet::ErrorHandler {
       if (*alive) Complete(handle, nbd::ErrorFromStatus(st), nullptr, held);
     };
     const bool fua = (req.flags & nbd::kCmdFlagFua) != 0;
+    if (req.type != nbd::kCmdRead && WriteFenced()) {
+      // A newer writer of this VSD exists (the VM was restarted elsewhere): refuse.
+      ++server_->stats.fenced_requests;
+      return Complete(handle, nbd::kEperm, nullptr, held);
+    }
     switch (req.type) {
       case nbd::kCmdRead: {
         auto data = std::make_shared<AlignedBuffer>(req.length_bytes);
@@ -472,6 +515,8 @@ class Connection final : public kj::TaskSet::ErrorHandler {
   bool no_zeroes_ = false;
 
   // Transmission state.
+  std::string vsd_name_;
+  uint64_t epoch_ = 0;  // declared by the client's export name
   VsdId vsd_;
   uint64_t export_size_bytes_ = 0;
   uint8_t request_[nbd::kRequestHeaderBytes];

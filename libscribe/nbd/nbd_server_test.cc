@@ -792,6 +792,38 @@ TEST_F(NbdServerTest, InFlightLimitThrottlesWithoutDeadlock) {
   EXPECT_LE(extra_servers_[0]->Stats().in_flight_max, 2u);
 }
 
+// A VM restarted elsewhere raises its VSD's writer epoch: the old instance's connection
+// ("vm1@3") can no longer change data, and cannot reconnect with its old epoch.
+TEST_F(NbdServerTest, StaleWriterEpochIsRefusedWritesReadsStillServed) {
+  std::atomic<uint64_t> writer{3};
+  NbdServerOptions o;
+  o.writer_epoch = [&](const std::string& vsd) -> uint64_t { return vsd == kExport ? writer.load() : 0; };
+  const std::string path = socket_dir_ + "/nbd-fence.sock";
+  auto fenced = NbdServer::Create(loop_.get(), pool_.get(), path, o);
+  ASSERT_TRUE(fenced.ok()) << fenced.status();
+  extra_servers_.push_back(std::move(*fenced));
+  const std::string name = std::string(kExport) + "@3";
+  RunClient([&] {
+    RawClient old_vm(path);
+    ASSERT_TRUE(old_vm.Open(name));
+    EXPECT_EQ(old_vm.Call(nbd::kCmdWrite, 0, 4096, Pattern('o', 4096)), 0u);
+    writer = 4;  // the VM was started elsewhere with epoch 4
+    EXPECT_EQ(old_vm.Call(nbd::kCmdWrite, 0, 4096, Pattern('x', 4096)), nbd::kEperm);
+    EXPECT_EQ(old_vm.Call(nbd::kCmdTrim, 0, 4096), nbd::kEperm);
+    EXPECT_EQ(old_vm.Call(nbd::kCmdFlush, 0, 0), nbd::kEperm);
+    std::string data;
+    EXPECT_EQ(old_vm.Call(nbd::kCmdRead, 0, 4096, {}, &data), 0u);
+    EXPECT_TRUE(data == Pattern('o', 4096));
+    RawClient again(path);
+    EXPECT_FALSE(again.Open(name));  // NBD_REP_ERR_POLICY
+    RawClient new_vm(path);
+    ASSERT_TRUE(new_vm.Open(std::string(kExport) + "@4"));
+    EXPECT_EQ(new_vm.Call(nbd::kCmdWrite, 0, 4096, Pattern('n', 4096)), 0u);
+  });
+  EXPECT_TRUE(PoolRead(0, 4096) == Pattern('n', 4096));
+  EXPECT_EQ(extra_servers_[0]->Stats().fenced_requests, 3u);
+}
+
 TEST_F(NbdServerTest, WritePayloadOverTheLimitClosesTheConnection) {
   NbdServerOptions o;
   o.max_request_bytes = 64 << 10;

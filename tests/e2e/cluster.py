@@ -119,26 +119,36 @@ class Cluster:
         self.wait_running(timeout)
         return self
 
-    def start_etcd(self):
-        client, peer = free_port(), free_port()
-        self.etcd_url = "http://127.0.0.1:%d" % client
-        data = os.path.join(self.root, "etcd")
-        self.etcd_log = open(os.path.join(self.root, "etcd.log"), "ab")
-        self.etcd_proc = subprocess.Popen(
-            ["etcd", "--name", "e2e", "--data-dir", data,
-             "--listen-client-urls", self.etcd_url, "--advertise-client-urls", self.etcd_url,
-             "--listen-peer-urls", "http://127.0.0.1:%d" % peer,
-             "--initial-advertise-peer-urls", "http://127.0.0.1:%d" % peer,
-             "--initial-cluster", "e2e=http://127.0.0.1:%d" % peer],
-            stdout=self.etcd_log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            r = subprocess.run(["etcdctl", "--endpoints", self.etcd_url, "endpoint", "health"],
-                               capture_output=True, text=True)
-            if r.returncode == 0:
-                return
-            time.sleep(0.2)
-        raise RuntimeError("etcd did not come up: see %s/etcd.log" % self.root)
+    def start_etcd(self, attempts=3):
+        """Starts a single-member etcd on free ports (retried: a port may be taken between
+        choosing it and etcd binding it)."""
+        last = ""
+        for attempt in range(attempts):
+            client, peer = free_port(), free_port()
+            self.etcd_url = "http://127.0.0.1:%d" % client
+            data = os.path.join(self.root, "etcd%d" % attempt)
+            log_path = os.path.join(self.root, "etcd%d.log" % attempt)
+            self.etcd_log = open(log_path, "ab")
+            self.etcd_proc = subprocess.Popen(
+                ["etcd", "--name", "e2e", "--data-dir", data,
+                 "--listen-client-urls", self.etcd_url, "--advertise-client-urls", self.etcd_url,
+                 "--listen-peer-urls", "http://127.0.0.1:%d" % peer,
+                 "--initial-advertise-peer-urls", "http://127.0.0.1:%d" % peer,
+                 "--initial-cluster", "e2e=http://127.0.0.1:%d" % peer],
+                stdout=self.etcd_log, stderr=subprocess.STDOUT)
+            deadline = time.time() + 60
+            while time.time() < deadline and self.etcd_proc.poll() is None:
+                r = subprocess.run(["etcdctl", "--endpoints", self.etcd_url, "endpoint", "health"],
+                                   capture_output=True, text=True)
+                if r.returncode == 0:
+                    return
+                time.sleep(0.2)
+            self.etcd_proc.kill()
+            self.etcd_proc.wait()
+            self.etcd_proc = None
+            with open(log_path, "rb") as f:
+                last = f.read().decode(errors="replace")[-2000:]
+        raise RuntimeError("etcd did not come up after %d attempts; last log:\n%s" % (attempts, last))
 
     def stop(self):
         for n in self.nodes.values():

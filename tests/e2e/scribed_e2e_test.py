@@ -289,3 +289,32 @@ def test_bad_input_gets_clear_errors_and_the_daemon_keeps_serving(cluster):
     assert all(n.alive() for n in cluster.nodes.values())
     cluster.qemu_io(other.uri("vol"), "read -P 0x42 0 1M")
     assert cluster.status()["cluster"]["state"] == "running"
+
+
+def test_vsd_writer_epoch_fences_an_old_vm_instance_even_after_owner_failover(cluster):
+    cluster.scribe("vsd", "create", "vm1-disk0", "16M")
+    owner, other = non_owner(cluster)
+    cluster.scribe("vsd", "fence", "vm1-disk0", "1")
+    old_vm = other.uri("vm1-disk0@1")
+    cluster.qemu_io(old_vm, "write -P 0x01 0 64k", "flush")
+    # The VM is restarted elsewhere with epoch 2: epoch 1 can no longer write or reopen.
+    cluster.scribe("vsd", "fence", "vm1-disk0", "2")
+    r = cluster.qemu_io(old_vm, "write -P 0x66 0 64k", check=False)
+    assert r.returncode != 0 or "failed" in (r.stdout + r.stderr).lower(), r.stdout + r.stderr
+    cluster.qemu_io(owner.uri("vm1-disk0@2"), "write -P 0x02 64k 64k", "flush")
+    r = cluster.scribe("vsd", "fence", "vm1-disk0", "1", check=False)
+    assert r.returncode == 1 and "writer epoch 2" in r.stderr, r.stderr
+    # The epoch lives in etcd: a new pool owner keeps enforcing it.
+    owner.kill(signal.SIGKILL)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            st = cluster.status(node=other)
+            if st["cluster"]["owner_node"] not in (0, owner.id) and st["cluster"]["state"] == "running":
+                break
+        except (RuntimeError, ValueError):
+            pass
+        time.sleep(0.2)
+    r = cluster.qemu_io(old_vm, "write -P 0x66 0 64k", check=False)
+    assert r.returncode != 0 or "failed" in (r.stdout + r.stderr).lower(), r.stdout + r.stderr
+    cluster.qemu_io(other.uri("vm1-disk0"), "read -P 0x01 0 64k", "read -P 0x02 64k 64k")

@@ -26,6 +26,7 @@
 #define SCRIBE_NBD_SERVER_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -51,6 +52,13 @@ struct NbdServerOptions {
   int max_options_per_connection = 256;
   // A client that has not entered transmission within this time is disconnected.
   int64_t handshake_timeout_ns = 30'000'000'000;
+  // Writer fencing per VSD. An export named "NAME@EPOCH" is VSD NAME opened by a writer
+  // holding EPOCH (a VM started with that storage epoch). When this returns a higher
+  // epoch for NAME (a newer writer was fenced in), such a connection's WRITE, TRIM,
+  // WRITE_ZEROES and FLUSH get EPERM and new connections with the old epoch are refused
+  // (NBD_REP_ERR_POLICY); reads still work. Plain names declare no epoch and are not
+  // fenced (administrative tools). Null: no fencing.
+  std::function<uint64_t(const std::string& vsd)> writer_epoch;
 };
 
 struct NbdServerStats {
@@ -62,6 +70,7 @@ struct NbdServerStats {
   uint64_t requests = 0;         // transmission requests read
   uint64_t request_errors = 0;   // replies with a nonzero error
   uint64_t in_flight_max = 0;    // most requests seen in flight on one connection
+  uint64_t fenced_requests = 0;  // refused EPERM: the connection's writer epoch is stale
 };
 
 class NbdServer {
