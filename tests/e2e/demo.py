@@ -63,7 +63,9 @@ def main():
                       % (victim["id"], secs))
         print(c.scribe("disk", "list").stdout)
         scrub = c.scribe_json("scrub")
-        report.append("scrub: %s" % scrub.get("report", scrub))
+        report.append("scrub: %d chunks, %d blocks checked on every copy; %d bad, %d repaired, %d unrecoverable"
+                      % (scrub["chunks_checked"], scrub["blocks_checked"], scrub["bad_copies"],
+                         scrub["repaired"], scrub["unrecoverable"]))
     print("\n==== report ====")
     for line in report:
         print(" - " + line)
