@@ -290,11 +290,13 @@ TEST(Pool, DiskThatStopsAnsweringTimesOutInsteadOfHanging) {
   SimPool p(3, 1);
   VsdId v = p.Create("d", 4 << 20);
   ASSERT_TRUE(p.Write(v, 0, Pattern('t', 8192)).ok());
-  // A power cut drops the disk's in-flight operations: they never complete.
+  // A power cut drops the disk's in-flight operations: they never complete. The buffer
+  // must outlive the writes (pool.h): a 4 KiB-aligned one is written without a copy.
+  const std::string x = Pattern('x', 4096);
   for (int i = 0; i < 3; ++i) {
     bool done = false;
     absl::Status st;
-    p.pool_->Write(v, 8192, 4096, Pattern('x', 4096).data(), false, [&](absl::Status s) {
+    p.pool_->Write(v, 8192, 4096, x.data(), false, [&](absl::Status s) {
       st = s;
       done = true;
     });
