@@ -641,8 +641,9 @@ class PoolImpl : public Pool {
   // VsdState::base). Only Apply() changes the logs, so replay rebuilds them exactly.
   bool ChangeLogsEnabled() const { return options_.change_log_blocks_per_extent != 0; }
 
-  // The most extents a log of a map of `capacity_blocks` keeps before it is dropped:
-  // past that, walking the maps costs about what the log would save.
+  // The most extents a log of a map of `capacity_blocks` keeps before it is dropped.
+  // The bound is for memory: at that density the changes touch nearly every leaf, so a
+  // walk costs what it always did (the log would still be a few times faster).
   size_t ChangeLogExtentsMax(uint64_t capacity_blocks) const {
     if (!ChangeLogsEnabled()) return 0;
     return std::max(kChangeLogExtentsMin, capacity_blocks / options_.change_log_blocks_per_extent);
@@ -690,8 +691,8 @@ class PoolImpl : public Pool {
 
   // The blocks that may map differently in snapshots `a` and `b`: the logs of the
   // intervals from their nearest common snapshot to each, merged. Nullopt when a log on
-  // the way is unknown, or together they hold more extents than a log may (then a walk
-  // costs about the same).
+  // the way is unknown, or together they hold more extents than one log may (the same
+  // bound: the work of merging them stays below that of a walk).
   std::optional<std::vector<BlockMap::Range>> ChangedRanges(const SnapshotState& a,
                                                             const SnapshotState& b) const {
     if (!ChangeLogsEnabled()) return std::nullopt;

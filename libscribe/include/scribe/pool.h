@@ -67,10 +67,10 @@ struct PoolOptions {
   int io_errors_to_fail_disk = 3;
   int64_t io_error_window_ns = 60'000'000'000;
   // Each VSD logs which blocks change between its snapshots, so Diff of nearby
-  // snapshots costs what changed. A log holding more than one extent (run of changed
-  // blocks) per this many 4 KiB blocks of the VSD's size (and more than 16) is dropped:
-  // diffs over it walk the block maps, which is then about as fast. Logs cost ~20-40
-  // bytes of memory and 16 bytes of checkpoint per extent. 0 disables the logs.
+  // snapshots costs what changed. A log holding more extents (runs of changed blocks)
+  // than max(16, the VSD's 4 KiB blocks / this) is dropped and diffs over it walk the
+  // block maps: the changes then touch nearly every leaf anyway. The bound is on memory:
+  // ~20-40 bytes of memory and 16 bytes of checkpoint per extent. 0 disables the logs.
   uint64_t change_log_blocks_per_extent = 32;
 };
 
