@@ -370,10 +370,10 @@ class PoolImpl : public Pool {
         // Writes queued behind block locks find the VSD gone and report NOT_FOUND.
         for (LockWaiter& w : v->waiters) loop_->Post(std::move(w.fn));
         v->waiters.clear();
-        for (SnapshotId s : v->snapshots) {
-          if (SnapshotState* snap = FindSnapshot(s)) UnlinkSnapshot(*snap);
-          snapshots_.erase(s);
-        }
+        // Its own interval goes with it; clones based on its snapshots are rebased.
+        StartInterval(v, SnapshotId{});
+        UnlinkSnapshots(std::set<SnapshotId>(v->snapshots.begin(), v->snapshots.end()));
+        for (SnapshotId s : v->snapshots) snapshots_.erase(s);
         CloseOpenChunk(v);
         vsd_by_name_.erase(v->name);
         vsds_.erase(v->id);
@@ -442,7 +442,7 @@ class PoolImpl : public Pool {
         if (VsdState* v = FindVsdState(s->vsd)) {
           std::erase(v->snapshots, s->id);
         }
-        UnlinkSnapshot(*s);
+        UnlinkSnapshots({s->id});
         snapshots_.erase(s->id);
         break;
       }
@@ -662,23 +662,41 @@ class PoolImpl : public Pool {
     v->changes.Add(begin, std::min(end, capacity), ChangeLogExtentsMax(capacity));
   }
 
-  // Snapshot `s` is being deleted: intervals that start at it now start at its base,
-  // with its blocks added, so the chains through it still answer diffs.
-  void UnlinkSnapshot(const SnapshotState& s) {
-    auto relink = [&](SnapshotId& base, ChangeLog& changes, uint64_t capacity_blocks) {
-      if (base != s.id) return;
-      base = s.base;
+  // Snapshots `doomed` are being deleted: every other interval based on one of them is
+  // rebased on the first snapshot below them that stays, with the logs of those on the
+  // way added, so chains through them still answer diffs. Without such a snapshot the
+  // interval loses its base (and its log, of no use then) without merging anything.
+  void UnlinkSnapshots(const std::set<SnapshotId>& doomed) {
+    if (doomed.empty()) return;
+    auto rebase = [&](SnapshotId& base, ChangeLog& changes, uint64_t capacity_blocks) {
+      if (!doomed.count(base)) return;
+      std::vector<const SnapshotState*> via;
+      SnapshotId b = base;
+      while (b.valid() && doomed.count(b)) {
+        const SnapshotState* s = FindSnapshot(b);
+        // Bases are older than their snapshots: the walk ends.
+        if (s == nullptr || s->base >= b) {
+          b = SnapshotId{};
+          break;
+        }
+        via.push_back(s);
+        b = s->base;
+      }
+      base = b;
       if (!base.valid()) {
-        changes.Reset();  // nothing to diff against: the log has no use
+        changes.Reset();
         return;
       }
-      changes.Merge(s.changes, ChangeLogExtentsMax(capacity_blocks));
+      for (const SnapshotState* s : via) {
+        changes.Merge(s->changes, ChangeLogExtentsMax(capacity_blocks));
+      }
     };
-    for (auto& [id, v] : vsds_) relink(v->base, v->changes, v->map.capacity_blocks());
-    // A snapshot's base is older than it: only later snapshots can start at `s`.
-    for (auto it = snapshots_.upper_bound(s.id); it != snapshots_.end(); ++it) {
+    for (auto& [id, v] : vsds_) rebase(v->base, v->changes, v->map.capacity_blocks());
+    // A snapshot's base is older than it: only later snapshots can be based on these.
+    for (auto it = snapshots_.upper_bound(*doomed.begin()); it != snapshots_.end(); ++it) {
+      if (doomed.count(it->first)) continue;
       SnapshotState& t = *it->second;
-      relink(t.base, t.changes, t.map.capacity_blocks());
+      rebase(t.base, t.changes, t.map.capacity_blocks());
     }
   }
 

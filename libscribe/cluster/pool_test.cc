@@ -326,6 +326,53 @@ TEST(PoolDiff, NearbySnapshotsAreAnsweredFromChangeLogs) {
   EXPECT_TRUE(p.pool_->Fsck().ok());
 }
 
+// Deleting a VSD rebases clones made from its snapshots onto the first snapshot below
+// them that stays (merging the logs on the way), or leaves them without a base.
+TEST(PoolDiff, DeletingAVsdRebasesClonesOfItsSnapshots) {
+  SimPool p(3, 2, 64ull << 20, TestPoolOptions(8ull << 20));
+  VsdId u = p.Create("u", 4 << 20);
+  ASSERT_TRUE(p.Write(u, 0, Pattern('u', 100 * 4096)).ok());
+  SnapshotId x = p.Snap(u, "x");
+  auto w = p.CloneSnap(x, "w");
+  ASSERT_TRUE(w.ok());
+  ASSERT_TRUE(p.Write(*w, 5 * 4096, Pattern('5', 4096)).ok());
+  SnapshotId w1 = p.Snap(*w, "w1");
+  ASSERT_TRUE(p.Write(*w, 7 * 4096, Pattern('7', 4096)).ok());
+  SnapshotId w2 = p.Snap(*w, "w2");
+  auto z = p.CloneSnap(w2, "z");
+  ASSERT_TRUE(z.ok());
+  ASSERT_TRUE(p.Write(*z, 9 * 4096, Pattern('9', 4096)).ok());
+  SnapshotId z1 = p.Snap(*z, "z1");
+  auto [before, logs_before] = p.DiffAndPath(x, z1);
+  EXPECT_TRUE(logs_before);
+  EXPECT_EQ(Blocks(before), (std::set<uint64_t>{5, 7, 9}));
+  (void)w1;
+  ASSERT_TRUE(WaitStatus(&p.loop_, [&](auto d) { p.pool_->DeleteVsd(*w, d); }).ok());
+  for (int crash = 0; crash < 2; ++crash) {
+    auto [after, logs_after] = p.DiffAndPath(x, z1);
+    EXPECT_TRUE(logs_after) << "crash " << crash;
+    EXPECT_EQ(after, before);
+    p.Crash(PowerLossMode::kDropAll);
+  }
+  // A clone based on a deleted VSD's snapshots with nothing below them loses its base.
+  VsdId v = p.Create("v", 4 << 20);
+  SnapshotId v1 = p.Snap(v, "v1");
+  auto y = p.CloneSnap(v1, "y");
+  ASSERT_TRUE(y.ok());
+  ASSERT_TRUE(p.Write(*y, 3 * 4096, Pattern('3', 4096)).ok());
+  SnapshotId y1 = p.Snap(*y, "y1");
+  ASSERT_TRUE(p.Write(*y, 4 * 4096, Pattern('4', 4096)).ok());
+  SnapshotId y2 = p.Snap(*y, "y2");
+  ASSERT_TRUE(WaitStatus(&p.loop_, [&](auto d) { p.pool_->DeleteVsd(v, d); }).ok());
+  auto [dy, logs_y] = p.DiffAndPath(y1, y2);  // the chain above the deleted base stays
+  EXPECT_TRUE(logs_y);
+  EXPECT_EQ(dy, (std::vector<Extent>{{4 * 4096, 4096}}));
+  auto [dy1, logs_y1] = p.DiffAndPath(SnapshotId{}, y1);
+  EXPECT_FALSE(logs_y1);
+  EXPECT_EQ(dy1, (std::vector<Extent>{{3 * 4096, 4096}}));
+  EXPECT_TRUE(p.pool_->Fsck().ok());
+}
+
 // A log past its limit is dropped: the diff walks the maps and is still exact.
 TEST(PoolDiff, ScatteredChangesPastTheLimitWalkTheMaps) {
   PoolOptions options = TestPoolOptions(8ull << 20);
