@@ -230,8 +230,8 @@ void DiffNodesIn(const BlockMap::Node* a, const BlockMap::Node* b, int level, ui
     }
     return;
   }
-  const int shift = level * BlockMap::kFanoutBits;
   if (level == 1) return DiffLeavesIn(a, b, base, r, r_end, fn);
+  const int shift = level * BlockMap::kFanoutBits;
   uint64_t child = 0;
   while (r != r_end) {
     child = std::max(child, (std::max(r->first, base) - base) >> shift);
