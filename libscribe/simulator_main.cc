@@ -107,6 +107,8 @@ int main(int argc, char** argv) {
     total.corruptions += r.corruptions;
     total.node_outages += r.node_outages;
     total.reads_checked += r.reads_checked;
+    total.diffs_checked += r.diffs_checked;
+    total.diffs_from_change_logs += r.diffs_from_change_logs;
     total.violations += r.violations;
     if (verbose) {
       std::printf("seed=%llu ops=%llu faults=%llu reads_checked=%llu violations=%llu\n",
@@ -127,7 +129,8 @@ int main(int argc, char** argv) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf(
       "seeds=%llu ops=%llu faults=%llu (power_cuts=%llu disk_failures=%llu corruptions=%llu "
-      "node_outages=%llu) reads_checked=%llu violations=%llu\n",
+      "node_outages=%llu) reads_checked=%llu diffs_checked=%llu (from change logs %llu) "
+      "violations=%llu\n",
       static_cast<unsigned long long>(seeds), static_cast<unsigned long long>(total.ops),
       static_cast<unsigned long long>(total.faults),
       static_cast<unsigned long long>(total.power_cuts),
@@ -135,6 +138,8 @@ int main(int argc, char** argv) {
       static_cast<unsigned long long>(total.corruptions),
       static_cast<unsigned long long>(total.node_outages),
       static_cast<unsigned long long>(total.reads_checked),
+      static_cast<unsigned long long>(total.diffs_checked),
+      static_cast<unsigned long long>(total.diffs_from_change_logs),
       static_cast<unsigned long long>(total.violations));
   // Wall time goes to stderr so stdout stays identical from run to run.
   std::fprintf(stderr, "%.1f s wall, %llu failing seeds\n", seconds,

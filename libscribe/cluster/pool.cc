@@ -6,6 +6,7 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <utility>
 
@@ -26,6 +27,10 @@ constexpr uint32_t kFlagCheckpointBegin = 1;
 constexpr uint32_t kFlagCheckpointEnd = 2;
 // A checkpoint is written in batches of at most this many payload bytes.
 constexpr size_t kCheckpointBatchBytes = 1 << 20;
+// A change log may always hold this many extents, however small its VSD.
+constexpr uint64_t kChangeLogExtentsMin = 16;
+// A checkpoint writes a change log in records of at most this many extents (64 KiB).
+constexpr size_t kCkptChangeLogExtentsPerRecord = 4096;
 
 uint64_t RoundUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
@@ -365,6 +370,9 @@ class PoolImpl : public Pool {
         // Writes queued behind block locks find the VSD gone and report NOT_FOUND.
         for (LockWaiter& w : v->waiters) loop_->Post(std::move(w.fn));
         v->waiters.clear();
+        // Its own interval goes with it; clones based on its snapshots are rebased.
+        StartInterval(v, SnapshotId{});
+        UnlinkSnapshots(std::set<SnapshotId>(v->snapshots.begin(), v->snapshots.end()));
         for (SnapshotId s : v->snapshots) snapshots_.erase(s);
         CloseOpenChunk(v);
         vsd_by_name_.erase(v->name);
@@ -399,6 +407,7 @@ class PoolImpl : public Pool {
           if (c) c->crc[e.block] = e.crc;
           if (v && lba + i < v->map.capacity_blocks()) v->map.Set(lba + i, e);
         }
+        if (v && d.ok()) LogChange(v, lba, lba + count);
         break;
       }
       case kRecUnmap: {
@@ -409,6 +418,7 @@ class PoolImpl : public Pool {
           for (uint64_t i = lba; i < lba + count && i < v->map.capacity_blocks(); ++i) {
             v->map.Clear(i);
           }
+          LogChange(v, lba, lba + std::min(count, UINT64_MAX - lba));
         }
         break;
       }
@@ -419,6 +429,10 @@ class PoolImpl : public Pool {
         if (!v) break;
         s->size_bytes = v->size_bytes;
         s->map = v->map;
+        // The live interval ends here and a new one starts at this snapshot.
+        s->base = v->base;
+        s->changes = std::move(v->changes);
+        StartInterval(v, s->id);
         InsertSnapshot(std::move(s));
         break;
       }
@@ -428,6 +442,7 @@ class PoolImpl : public Pool {
         if (VsdState* v = FindVsdState(s->vsd)) {
           std::erase(v->snapshots, s->id);
         }
+        UnlinkSnapshots({s->id});
         snapshots_.erase(s->id);
         break;
       }
@@ -446,7 +461,9 @@ class PoolImpl : public Pool {
           v->map = s->map;
           v->replication = parent ? parent->replication : 2;
           v->flash_priority = parent ? parent->flash_priority : 4;
+          StartInterval(v.get(), s->id);
         } else {
+          // No interval: logging it would mean copying the source's log (not O(1)).
           VsdState* src = FindVsdState(VsdId{source});
           if (!src) break;
           v->size_bytes = src->size_bytes;
@@ -463,6 +480,7 @@ class PoolImpl : public Pool {
         if (v && s) {
           v->map = s->map;
           v->size_bytes = s->size_bytes;
+          StartInterval(v, s->id);
         }
         break;
       }
@@ -514,6 +532,42 @@ class PoolImpl : public Pool {
       case kRecCkptEnd:
         ckpt_nodes_.clear();  // only the maps hold nodes now, so sharing counts are exact
         break;
+      case kRecCkptChangeLog: {
+        // Follows its VSD's or snapshot's record; a long log takes several records.
+        const bool of_snapshot = d.U8() != 0;
+        const uint64_t owner = d.U64();
+        const SnapshotId base{d.U64()};
+        const bool known = d.U8() != 0;
+        const uint32_t count = d.U32();
+        SnapshotId* owner_base = nullptr;
+        ChangeLog* log = nullptr;
+        uint64_t capacity_blocks = 0;
+        if (of_snapshot) {
+          if (SnapshotState* s = FindSnapshot(SnapshotId{owner})) {
+            owner_base = &s->base;
+            log = &s->changes;
+            capacity_blocks = s->map.capacity_blocks();
+          }
+        } else if (VsdState* v = FindVsdState(VsdId{owner})) {
+          owner_base = &v->base;
+          log = &v->changes;
+          capacity_blocks = v->map.capacity_blocks();
+        }
+        for (uint32_t i = 0; i < count && d.ok(); ++i) {
+          const uint64_t begin = d.U64();
+          const uint64_t end = d.U64();
+          if (log && known) log->Add(begin, end, ChangeLogExtentsMax(capacity_blocks));
+        }
+        if (log == nullptr) break;
+        if (!ChangeLogsEnabled()) {
+          *owner_base = SnapshotId{};
+          log->Reset();
+          break;
+        }
+        *owner_base = base;
+        if (!known) log->MarkUnknown();
+        break;
+      }
       default:
         // Unknown record: recovery treats the batch as invalid (decoder not done).
         d.Raw(nullptr, SIZE_MAX);
@@ -580,6 +634,121 @@ class PoolImpl : public Pool {
     if (!disk || slot >= disk->slots || disk->slot_owner[slot] != chunk) return;
     disk->slot_owner[slot] = 0;
     --disk->used_slots;
+  }
+
+  // ---------------------------------------------------------------- change logs
+  // Each VSD logs the blocks whose mapping changes between its snapshots (see
+  // VsdState::base). Only Apply() changes the logs, so replay rebuilds them exactly.
+  bool ChangeLogsEnabled() const { return options_.change_log_blocks_per_extent != 0; }
+
+  // The most extents a log of a map of `capacity_blocks` keeps before it is dropped.
+  // The bound is for memory: at that density the changes touch nearly every leaf, so a
+  // walk costs what it always did (the log would still be a few times faster).
+  size_t ChangeLogExtentsMax(uint64_t capacity_blocks) const {
+    if (!ChangeLogsEnabled()) return 0;
+    return std::max(kChangeLogExtentsMin, capacity_blocks / options_.change_log_blocks_per_extent);
+  }
+
+  // `v`'s map now equals snapshot `base`'s: its interval starts there, empty.
+  void StartInterval(VsdState* v, SnapshotId base) {
+    v->base = ChangeLogsEnabled() ? base : SnapshotId{};
+    v->changes.Reset();
+  }
+
+  // The mapping of blocks [begin, end) of `v` changed (or may have).
+  void LogChange(VsdState* v, uint64_t begin, uint64_t end) {
+    if (!v->base.valid()) return;
+    const uint64_t capacity = v->map.capacity_blocks();
+    v->changes.Add(begin, std::min(end, capacity), ChangeLogExtentsMax(capacity));
+  }
+
+  // Snapshots `doomed` are being deleted: every other interval based on one of them is
+  // rebased on the first snapshot below them that stays, with the logs of those on the
+  // way added, so chains through them still answer diffs. Without such a snapshot the
+  // interval loses its base (and its log, of no use then) without merging anything.
+  void UnlinkSnapshots(const std::set<SnapshotId>& doomed) {
+    if (doomed.empty()) return;
+    auto rebase = [&](SnapshotId& base, ChangeLog& changes, uint64_t capacity_blocks) {
+      if (!doomed.count(base)) return;
+      std::vector<const SnapshotState*> via;
+      SnapshotId b = base;
+      while (b.valid() && doomed.count(b)) {
+        const SnapshotState* s = FindSnapshot(b);
+        // Bases are older than their snapshots: the walk ends.
+        if (s == nullptr || s->base >= b) {
+          b = SnapshotId{};
+          break;
+        }
+        via.push_back(s);
+        b = s->base;
+      }
+      base = b;
+      if (!base.valid()) {
+        changes.Reset();
+        return;
+      }
+      for (const SnapshotState* s : via) {
+        changes.Merge(s->changes, ChangeLogExtentsMax(capacity_blocks));
+      }
+    };
+    for (auto& [id, v] : vsds_) rebase(v->base, v->changes, v->map.capacity_blocks());
+    // A snapshot's base is older than it: only later snapshots can be based on these.
+    for (auto it = snapshots_.upper_bound(*doomed.begin()); it != snapshots_.end(); ++it) {
+      if (doomed.count(it->first)) continue;
+      SnapshotState& t = *it->second;
+      rebase(t.base, t.changes, t.map.capacity_blocks());
+    }
+  }
+
+  // The snapshot whose map `s`'s interval starts from, if its log is known.
+  const SnapshotState* Predecessor(const SnapshotState& s) const {
+    if (!s.base.valid() || !s.changes.known() || s.base >= s.id) return nullptr;
+    auto it = snapshots_.find(s.base);
+    return it == snapshots_.end() ? nullptr : it->second.get();
+  }
+
+  // The blocks that may map differently in snapshots `a` and `b`: the logs of the
+  // intervals from their nearest common snapshot to each, merged. Nullopt when a log on
+  // the way is unknown, or together they hold more extents than one log may (the same
+  // bound: the work of merging them stays below that of a walk).
+  std::optional<std::vector<BlockMap::Range>> ChangedRanges(const SnapshotState& a,
+                                                            const SnapshotState& b) const {
+    if (!ChangeLogsEnabled()) return std::nullopt;
+    const size_t extents_max =
+        ChangeLogExtentsMax(std::max(a.map.capacity_blocks(), b.map.capacity_blocks()));
+    std::vector<const ChangeLog*> logs;
+    size_t extents = 0;
+    // Bases are older than their snapshots, so the newer of the two cannot be an
+    // ancestor of the older: step it back until both meet.
+    const SnapshotState* x = &a;
+    const SnapshotState* y = &b;
+    while (x != y) {
+      const SnapshotState*& newer = x->id > y->id ? x : y;
+      const SnapshotState* next = Predecessor(*newer);
+      if (next == nullptr) return std::nullopt;
+      logs.push_back(&newer->changes);
+      extents += newer->changes.extent_count();
+      if (extents > extents_max) return std::nullopt;
+      newer = next;
+    }
+    std::vector<BlockMap::Range> ranges;
+    ranges.reserve(extents);
+    for (const ChangeLog* log : logs) {
+      for (const auto& extent : log->extents()) ranges.push_back(extent);
+    }
+    if (logs.size() > 1) {
+      std::sort(ranges.begin(), ranges.end());
+      size_t n = 0;
+      for (const BlockMap::Range& r : ranges) {
+        if (n > 0 && r.first <= ranges[n - 1].second) {
+          ranges[n - 1].second = std::max(ranges[n - 1].second, r.second);
+        } else {
+          ranges[n++] = r;
+        }
+      }
+      ranges.resize(n);
+    }
+    return ranges;
   }
 
   // ---------------------------------------------------------------- refcounts
@@ -1550,10 +1719,12 @@ class PoolImpl : public Pool {
     if (it_to == snapshots_.end()) return NotFound(to);
     static const BlockMap kEmpty;
     const BlockMap* a = &kEmpty;
+    std::optional<std::vector<BlockMap::Range>> ranges;
     if (from.valid()) {
       auto it_from = snapshots_.find(from);
       if (it_from == snapshots_.end()) return NotFound(from);
       a = &it_from->second->map;
+      ranges = ChangedRanges(*it_from->second, *it_to->second);
     }
     const BlockMap& b = it_to->second->map;
     std::vector<Extent> out;
@@ -1565,9 +1736,16 @@ class PoolImpl : public Pool {
         out.push_back(Extent{off, kBlockBytes});
       }
     };
-    if (a == &kEmpty) {
+    if (ranges) {
+      // Only the logged blocks can differ; compare the maps there.
+      ++diffs_from_change_logs_;
+      out.reserve(ranges->size());  // usually one extent per logged one
+      BlockMap::DiffRanges(*a, b, *ranges, emit);
+    } else if (a == &kEmpty) {
+      ++diffs_walked_;
       b.ForEachMapped([&](uint64_t lba, const MapEntry&) { emit(lba); });
     } else {
+      ++diffs_walked_;
       BlockMap::Diff(*a, b, emit);
     }
     return out;
@@ -1720,6 +1898,8 @@ class PoolImpl : public Pool {
     s.rebuilds_in_flight = rebuilds_in_flight_;
     s.chunks_rebuilt = chunks_rebuilt_;
     s.metadata_sequence = sequence_;
+    s.diffs_from_change_logs = diffs_from_change_logs_;
+    s.diffs_walked = diffs_walked_;
     s.fenced = fenced_;
     return s;
   }
@@ -2331,6 +2511,30 @@ class PoolImpl : public Pool {
       }
       add(e.out());
     }
+    // A change log, after its owner's record, in pieces of bounded size. Nothing for an
+    // interval without a base (the default of the owner's record).
+    auto add_change_log = [&](bool of_snapshot, uint64_t owner, SnapshotId base,
+                              const ChangeLog& log) {
+      if (!base.valid()) return;
+      auto it = log.extents().begin();
+      size_t left = log.extent_count();
+      do {
+        const size_t n = std::min(left, kCkptChangeLogExtentsPerRecord);
+        Encoder e;
+        e.U8(kRecCkptChangeLog);
+        e.U8(of_snapshot ? 1 : 0);
+        e.U64(owner);
+        e.U64(base.value);
+        e.U8(log.known() ? 1 : 0);
+        e.U32(static_cast<uint32_t>(n));
+        for (size_t k = 0; k < n; ++k, ++it) {
+          e.U64(it->first);
+          e.U64(it->second);
+        }
+        add(e.out());
+        left -= n;
+      } while (left > 0);
+    };
     // Tree nodes, children before parents, each shared node once.
     std::map<const BlockMap::Node*, uint64_t> ids;
     std::function<uint64_t(const BlockMap::Node*)> emit = [&](const BlockMap::Node* n) -> uint64_t {
@@ -2377,6 +2581,7 @@ class PoolImpl : public Pool {
       e.U8(static_cast<uint8_t>(v->map.levels()));
       e.U64(root);
       add(e.out());
+      add_change_log(false, id.value, v->base, v->changes);
     }
     for (const auto& [id, s] : snapshots_) {
       const uint64_t root = emit(s->map.root().get());
@@ -2390,6 +2595,7 @@ class PoolImpl : public Pool {
       e.U8(static_cast<uint8_t>(s->map.levels()));
       e.U64(root);
       add(e.out());
+      add_change_log(true, id.value, s->base, s->changes);
     }
     Encoder end;
     end.U8(kRecCkptEnd);
@@ -2602,6 +2808,9 @@ class PoolImpl : public Pool {
   uint64_t checksum_failures_ = 0;
   uint64_t io_errors_ = 0;
   uint64_t read_rr_ = 0;
+  // Counted by the const Diff (for Stats: which path answered).
+  mutable uint64_t diffs_from_change_logs_ = 0;
+  mutable uint64_t diffs_walked_ = 0;
 };
 
 void Refs::Ref(const MapEntry& e) { pool_->RefFromMap(e); }

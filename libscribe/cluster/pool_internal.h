@@ -17,6 +17,7 @@
 #include "absl/container/btree_map.h"
 #include "absl/container/btree_set.h"
 #include "libscribe/volume/block_map.h"
+#include "libscribe/volume/change_log.h"
 #include "scribe/pool.h"
 
 namespace scribe {
@@ -48,6 +49,7 @@ enum RecordType : uint8_t {
   kRecCkptVsd,      // checkpoint: a VSD with its root node
   kRecCkptSnapshot, // checkpoint: a snapshot with its root node
   kRecCkptEnd,
+  kRecCkptChangeLog, // checkpoint: (part of) a VSD's or snapshot's change log
 };
 
 struct DiskState {
@@ -94,6 +96,11 @@ struct VsdState {
   int replication = 2;
   int flash_priority = 4;
   BlockMap map;
+  // The interval since the latest snapshot: `map` equals snapshot `base`'s map except
+  // for the blocks in `changes`. No base: nothing to diff against (never snapshotted,
+  // cloned from a live VSD, logs disabled), and nothing is logged.
+  SnapshotId base;
+  ChangeLog changes;
   uint64_t open_chunk = 0;
   std::vector<SnapshotId> snapshots;
   std::map<uint64_t, uint64_t> locked;  // write-locked block ranges [b0, b1)
@@ -107,6 +114,11 @@ struct SnapshotState {
   uint64_t generation = 0;
   uint64_t size_bytes = 0;
   BlockMap map;
+  // The interval that ended here: `map` equals snapshot `base`'s map (the previous
+  // snapshot of the VSD, or the snapshot a clone or revert started from) except for the
+  // blocks in `changes`. Diff follows these links back to a common snapshot.
+  SnapshotId base;
+  ChangeLog changes;
 };
 
 }  // namespace scribe

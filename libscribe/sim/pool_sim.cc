@@ -110,6 +110,14 @@ uint64_t DecodeSector(const uint8_t* in, uint64_t sector) {
   return std::memcmp(in, expected, kSectorBytes) == 0 ? token : kGarbageToken;
 }
 
+// What the model knows of a 4 KiB block's mapping in the engine (whether it names a
+// data block), for checking that a Diff reports nothing that cannot have changed.
+enum class Mapping : uint8_t {
+  kUnmapped,  // never written, or wholly discarded since
+  kMapped,    // written (a partial discard writes zeros, which maps the block too)
+  kUnknown,   // touched by writes a power cut may or may not have kept, and reads zeros
+};
+
 struct SectorRange {
   uint64_t vsd = 0;
   uint64_t begin = 0;  // sectors
@@ -136,8 +144,20 @@ struct VsdModel {
   // Sectors written or discarded since their durability point: every token issued
   // since (0 for a discard). A power cut may leave any of these, or `durable`.
   std::map<uint64_t, std::vector<uint64_t>> pending;
+  // Per 4 KiB block: a stamp that changes whenever a write or discard touches the block
+  // (unique across the run; 0: never touched), and what is known of its mapping. Two
+  // snapshots whose block has the same stamp share its mapping: nothing touched it in
+  // either history since they diverged, so a Diff must not report it.
+  std::vector<uint64_t> stamps;
+  std::vector<Mapping> mapping;
   std::vector<uint64_t> snapshots;  // SnapshotId values, oldest first
   uint64_t size_bytes() const { return current.size() * kSectorBytes; }
+  void Resize(uint64_t size_bytes) {
+    current.resize(size_bytes / kSectorBytes, 0);
+    durable.resize(size_bytes / kSectorBytes, 0);
+    stamps.resize(size_bytes / kBlockBytes, 0);
+    mapping.resize(size_bytes / kBlockBytes, Mapping::kUnmapped);
+  }
 };
 
 struct SnapshotModel {
@@ -146,6 +166,8 @@ struct SnapshotModel {
   uint64_t family = 0;
   std::string name;
   std::vector<uint64_t> data;  // token per sector, frozen
+  std::vector<uint64_t> stamps;   // per 4 KiB block, as VsdModel's
+  std::vector<Mapping> mapping;   // per 4 KiB block, as VsdModel's
 };
 
 enum class FaultKind { kNone, kDiskFailure, kCorruption, kIoErrors, kNodeOutage };
@@ -448,8 +470,16 @@ class PoolSim {
     return &it->second;
   }
 
+  // A write (or, with token 0, a discard) of sectors [begin, end) is issued.
   void Issue(VsdModel& v, uint64_t begin, uint64_t end, uint64_t token) {
     for (uint64_t s = begin; s < end; ++s) v.pending[s].push_back(token);
+    // The engine maps every block the write touches to a new block; a discard unmaps
+    // the blocks it covers whole and writes zeros into the others.
+    for (uint64_t b = begin / kSectorsPerBlock; b * kSectorsPerBlock < end; ++b) {
+      v.stamps[b] = next_stamp_++;
+      const bool whole = begin <= b * kSectorsPerBlock && (b + 1) * kSectorsPerBlock <= end;
+      v.mapping[b] = token == 0 && whole ? Mapping::kUnmapped : Mapping::kMapped;
+    }
   }
 
   void Complete(VsdModel& v, uint64_t begin, uint64_t end, uint64_t token, bool durable) {
@@ -865,8 +895,7 @@ class PoolSim {
     v.name = options.name;
     v.replication = options.replication;
     v.family = id->value;
-    v.current.assign(options.size_bytes / kSectorBytes, 0);
-    v.durable = v.current;
+    v.Resize(options.size_bytes);
     Log(absl::StrFormat("  -> vsd %d", id->value));
     auto [it, inserted] = vsds_.emplace(id->value, std::move(v));
     auto found = pool_->FindVsd(options.name);
@@ -1120,6 +1149,8 @@ class PoolSim {
     s.family = v.family;
     s.name = name;
     s.data = v.current;
+    s.stamps = v.stamps;
+    s.mapping = v.mapping;
     snaps_.emplace(id.value, std::move(s));
     v.snapshots.push_back(id.value);
     return true;
@@ -1196,7 +1227,8 @@ class PoolSim {
   }
 
   void AddClone(VsdId id, const std::string& name, uint64_t family, int replication,
-                const std::vector<uint64_t>& contents) {
+                const std::vector<uint64_t>& contents, const std::vector<uint64_t>& stamps,
+                const std::vector<Mapping>& mapping) {
     if (!id.valid() || vsds_.count(id.value)) {
       Violation(absl::StrFormat("clone id %d is invalid or already in use", id.value));
       return;
@@ -1208,6 +1240,8 @@ class PoolSim {
     v.family = family;
     v.current = contents;
     v.durable = contents;
+    v.stamps = stamps;
+    v.mapping = mapping;
     auto [it, inserted] = vsds_.emplace(id.value, std::move(v));
     CheckVsdInfo(it->second, "after clone");
   }
@@ -1224,7 +1258,8 @@ class PoolSim {
         return;
       }
       Log(absl::StrFormat("  -> vsd %d", id->value));
-      AddClone(*id, name, s->family, vsds_.at(s->vsd.value).replication, s->data);
+      AddClone(*id, name, s->family, vsds_.at(s->vsd.value).replication, s->data, s->stamps,
+               s->mapping);
       return;
     }
     VsdModel* v = PickVsd();
@@ -1236,7 +1271,7 @@ class PoolSim {
       return;
     }
     Log(absl::StrFormat("  -> vsd %d", id->value));
-    AddClone(*id, name, v->family, v->replication, v->current);
+    AddClone(*id, name, v->family, v->replication, v->current, v->stamps, v->mapping);
   }
 
   void OpRevert() {
@@ -1267,7 +1302,9 @@ class PoolSim {
       return;
     }
     v->current = s.data;
-    v->current.resize(info->size_bytes / kSectorBytes, 0);
+    v->stamps = s.stamps;
+    v->mapping = s.mapping;
+    v->Resize(info->size_bytes);
     v->durable = v->current;
     v->pending.clear();
   }
@@ -1333,8 +1370,7 @@ class PoolSim {
     absl::Status st =
         AwaitStatus([&](Pool::StatusDone done) { pool_->ResizeVsd(v->id, size, done); });
     if (!ExpectOk(st, absl::StrFormat("ResizeVsd %d to %d", v->id.value, size))) return;
-    v->current.resize(size / kSectorBytes, 0);
-    v->durable.resize(size / kSectorBytes, 0);
+    v->Resize(size);
     CheckVsdInfo(*v, "after resize");
   }
 
@@ -1354,7 +1390,9 @@ class PoolSim {
     }
     const SnapshotId from_id = from ? from->id : SnapshotId{};
     Log(absl::StrFormat("Diff %d -> %d", from_id.value, to->id.value));
+    const uint64_t from_logs_before = pool_->Stats().diffs_from_change_logs;
     auto extents = pool_->Diff(from_id, to->id);
+    const bool from_logs = pool_->Stats().diffs_from_change_logs > from_logs_before;
     if (!extents.ok()) {
       ExpectOk(extents.status(), absl::StrFormat("Diff(%d, %d)", from_id.value, to->id.value));
       return;
@@ -1397,8 +1435,49 @@ class PoolSim {
         return;
       }
     }
-    Log(absl::StrFormat("  %d extents, %d bytes, covering %d differing sectors", extents->size(),
-                        extent_bytes, differing));
+    // Nor more than may differ: a reported block either differs in contents, or was
+    // touched since the snapshots' histories diverged (a rewrite with equal bytes) and
+    // is mapped in at least one of them.
+    static const std::vector<uint64_t> kNoStamps;
+    static const std::vector<Mapping> kNoMapping;
+    const std::vector<uint64_t>& stamps_a = from ? from->stamps : kNoStamps;
+    const std::vector<Mapping>& mapping_a = from ? from->mapping : kNoMapping;
+    for (const Extent& e : *extents) {
+      for (uint64_t blk = e.offset_bytes / kBlockBytes;
+           blk * kBlockBytes < e.offset_bytes + e.length_bytes; ++blk) {
+        bool contents_differ = false;
+        for (uint64_t s = blk * kSectorsPerBlock; s < (blk + 1) * kSectorsPerBlock; ++s) {
+          const uint64_t ta = s < a.size() ? a[s] : 0;
+          const uint64_t tb = s < b.size() ? b[s] : 0;
+          contents_differ = contents_differ || ta != tb;
+        }
+        if (contents_differ) continue;
+        const uint64_t stamp_a = blk < stamps_a.size() ? stamps_a[blk] : 0;
+        const uint64_t stamp_b = blk < to->stamps.size() ? to->stamps[blk] : 0;
+        const Mapping map_a = blk < mapping_a.size() ? mapping_a[blk] : Mapping::kUnmapped;
+        const Mapping map_b = blk < to->mapping.size() ? to->mapping[blk] : Mapping::kUnmapped;
+        const char* why = nullptr;
+        if (stamp_a == stamp_b) {
+          why = "no write or discard touched it in either history since they diverged";
+        } else if (map_a == Mapping::kUnmapped && map_b == Mapping::kUnmapped) {
+          why = "it is unmapped in both";
+        }
+        if (why != nullptr) {
+          Violation(absl::StrFormat(
+              "Diff(%d, %d) reports block %d (byte %d), which cannot differ: same contents "
+              "(%s at its first sector) and %s",
+              from_id.value, to->id.value, blk, blk * kBlockBytes,
+              TokenName(blk * kSectorsPerBlock < b.size() ? b[blk * kSectorsPerBlock] : 0),
+              why));
+          return;
+        }
+      }
+    }
+    ++result_.diffs_checked;
+    result_.diffs_from_change_logs += from_logs;
+    Log(absl::StrFormat("  %d extents, %d bytes, covering %d differing sectors (%s)",
+                        extents->size(), extent_bytes, differing,
+                        from_logs ? "from change logs" : "walked"));
   }
 
   // Requests the contract says must fail cleanly and change nothing.
@@ -1900,6 +1979,16 @@ class PoolSim {
           v.current[s] = got;
         }
       }
+      // A block with writes in doubt is mapped if it holds anything but zeros; a zero
+      // one may be either (discarded, or a write of it lost).
+      for (const auto& [s, tokens] : v.pending) {
+        const uint64_t b = s / kSectorsPerBlock;
+        bool nonzero = false;
+        for (uint64_t i = b * kSectorsPerBlock; i < (b + 1) * kSectorsPerBlock; ++i) {
+          nonzero = nonzero || v.current[i] != 0;
+        }
+        v.mapping[b] = nonzero ? Mapping::kMapped : Mapping::kUnknown;
+      }
       v.durable = v.current;
       v.pending.clear();
     }
@@ -1932,6 +2021,7 @@ class PoolSim {
   std::vector<uint64_t> deleted_vsds_;
   std::map<uint64_t, uint64_t> token_op_;  // token -> op that wrote it
   uint64_t next_token_ = 1;
+  uint64_t next_stamp_ = 1;
   uint64_t names_ = 0;
   Fault fault_;
   uint64_t scrub_bad_copies_ = 0;

@@ -15,7 +15,10 @@
 //    completed flush or that of a write/discard issued since; a write with `fua` and
 //    every completed metadata operation (create, snapshot, clone, revert, delete,
 //    resize) survive exactly;
-//  - a Diff covers every sector that differs between its two snapshots;
+//  - a Diff covers every sector that differs between its two snapshots, and reports no
+//    4 KiB block that cannot map differently: one with the same contents in both that
+//    no write or discard touched since the snapshots' histories diverged, or that is
+//    unmapped (never written, or wholly discarded) in both;
 //  - Fsck is clean after every operation, and full redundancy comes back after every
 //    fault the replication can tolerate.
 #ifndef LIBSCRIBE_SIM_POOL_SIM_H_
@@ -66,6 +69,9 @@ struct PoolSimResult {
   uint64_t corruptions = 0;
   uint64_t node_outages = 0;   // including evictions
   uint64_t reads_checked = 0;  // reads (live, snapshot, post-crash) compared to the model
+  uint64_t diffs_checked = 0;  // Diff results compared to the model
+  // Of those, answered from the pool's change logs (PoolStats::diffs_from_change_logs).
+  uint64_t diffs_from_change_logs = 0;
   uint64_t violations = 0;
   // One message per violation, naming seed, operation and details, the first followed
   // by the recent-operation log. A run stops at its first violation (the model can no

@@ -556,6 +556,46 @@ class ShortDiff : public ForwardingPool {
   }
 };
 
+// Diff adds everything `to` maps: complete, but it reports blocks no one touched since
+// the snapshots diverged.
+class DiffAddsAllOfTo : public ForwardingPool {
+ public:
+  using ForwardingPool::ForwardingPool;
+  absl::StatusOr<std::vector<Extent>> Diff(SnapshotId from, SnapshotId to) const override {
+    auto extents = ForwardingPool::Diff(from, to);
+    auto all = ForwardingPool::Diff(SnapshotId{}, to);
+    if (!extents.ok() || !all.ok()) return extents;
+    extents->insert(extents->end(), all->begin(), all->end());
+    return extents;
+  }
+};
+
+// Diff also reports every whole block ever discarded (in the first MiB, which every
+// VSD has): what a change-log diff that did not compare the two maps for the logged
+// blocks would report.
+class DiffReportsDiscardedBlocks : public ForwardingPool {
+ public:
+  using ForwardingPool::ForwardingPool;
+  void Discard(VsdId vsd, uint64_t offset_bytes, uint64_t length_bytes, StatusDone done) override {
+    const uint64_t begin = (offset_bytes + 4095) / 4096 * 4096;
+    const uint64_t end = std::min<uint64_t>((offset_bytes + length_bytes) / 4096 * 4096, kMiB);
+    if (begin < end) discarded_.push_back(Extent{begin, end - begin});
+    ForwardingPool::Discard(vsd, offset_bytes, length_bytes, done);
+  }
+  absl::StatusOr<std::vector<Extent>> Diff(SnapshotId from, SnapshotId to) const override {
+    auto extents = ForwardingPool::Diff(from, to);
+    if (!extents.ok()) return extents;
+    extents->insert(extents->end(), discarded_.begin(), discarded_.end());
+    std::sort(extents->begin(), extents->end(), [](const Extent& a, const Extent& b) {
+      return a.offset_bytes < b.offset_bytes;
+    });
+    return extents;
+  }
+
+ private:
+  std::vector<Extent> discarded_;
+};
+
 // Snapshot reads see the live VSD's blocks: a snapshot that is not frozen.
 class SnapshotFollowsLiveVsd : public ForwardingPool {
  public:
@@ -587,7 +627,8 @@ class LiesAboutDurability : public ForwardingPool {
 };
 
 template <typename Broken>
-uint64_t ViolationsWithBrokenPool(uint64_t seeds, bool faults = false) {
+uint64_t ViolationsWithBrokenPool(uint64_t seeds, bool faults = false,
+                                  const std::string& expected_message = "") {
   uint64_t violations = 0;
   for (uint64_t seed = 1; seed <= seeds; ++seed) {
     PoolSimConfig config;
@@ -602,6 +643,7 @@ uint64_t ViolationsWithBrokenPool(uint64_t seeds, bool faults = false) {
     for (const auto& msg : r.violation_messages) {
       EXPECT_NE(msg.find(absl::StrCat("seed=", seed)), std::string::npos) << msg;
       EXPECT_NE(msg.find("recent operations"), std::string::npos) << msg;
+      EXPECT_NE(msg.find(expected_message), std::string::npos) << msg;
     }
   }
   return violations;
@@ -611,6 +653,14 @@ TEST(PoolSimCanFail, CatchesLostWrites) { EXPECT_EQ(ViolationsWithBrokenPool<Los
 
 TEST(PoolSimCanFail, CatchesDiffMissingAnExtent) {
   EXPECT_GE(ViolationsWithBrokenPool<ShortDiff>(5), 3u);
+}
+
+TEST(PoolSimCanFail, CatchesDiffReportingUntouchedBlocks) {
+  EXPECT_GE(ViolationsWithBrokenPool<DiffAddsAllOfTo>(5, false, "cannot differ"), 3u);
+}
+
+TEST(PoolSimCanFail, CatchesDiffReportingBlocksThatChangedBack) {
+  EXPECT_GE(ViolationsWithBrokenPool<DiffReportsDiscardedBlocks>(10, false, "cannot differ"), 2u);
 }
 
 TEST(PoolSimCanFail, CatchesFlushesThatAreNotDurable) {

@@ -1,6 +1,7 @@
 #include "libscribe/volume/block_map.h"
 
 #include <algorithm>
+#include <array>
 #include <utility>
 
 #include "scribe/status.h"
@@ -8,11 +9,7 @@
 namespace scribe {
 
 BlockMap::Node::Node(int level, BlockRefs* refs) : level(level), refs(refs) {
-  if (level == 0) {
-    entries.resize(kFanout);
-  } else {
-    children.resize(kFanout);
-  }
+  if (level != 0) children.resize(kFanout);
 }
 
 BlockMap::Node::Node(const Node& other)
@@ -159,7 +156,119 @@ const BlockMap::Node* Descend(const BlockMap::Node* n, int from_level, int to_le
   return n;
 }
 
+// The child `i` of `n` seen as a node at `level`. A map shallower than the other is
+// compared as if Grow had deepened it: above its root's own level, its root is child 0.
+const BlockMap::Node* ChildAt(const BlockMap::Node* n, int level, uint64_t i) {
+  if (n == nullptr) return nullptr;
+  if (n->level < level) return i == 0 ? n : nullptr;
+  return n->children[i].get();
+}
+
+void DiffNodesIn(const BlockMap::Node* a, const BlockMap::Node* b, int level, uint64_t base,
+                 const BlockMap::Range* r, const BlockMap::Range* r_end,
+                 const std::function<void(uint64_t)>& fn);
+
+// Compares the leaves under `a` and `b` (nodes at level 1 covering [base, base +
+// kFanout^2)) over the ranges [r, r_end). Ranges are often single scattered blocks, one
+// per leaf, so the cost is memory latency: first every leaf entry the ranges start at
+// is prefetched (its address needs no load: entries are inline), then the leaves are
+// compared, so the loads of different leaves overlap instead of following one another.
+void DiffLeavesIn(const BlockMap::Node* a, const BlockMap::Node* b, uint64_t base,
+                  const BlockMap::Range* r, const BlockMap::Range* r_end,
+                  const std::function<void(uint64_t)>& fn) {
+  constexpr int kLevel = 1;
+  constexpr int kShift = BlockMap::kFanoutBits;
+  struct Leaf {
+    const BlockMap::Node* a;
+    const BlockMap::Node* b;
+    uint64_t base;
+    const BlockMap::Range* r;
+    const BlockMap::Range* r_end;
+  };
+  std::array<Leaf, BlockMap::kFanout> leaves;
+  size_t n = 0;
+  uint64_t child = 0;
+  while (r != r_end) {
+    child = std::max(child, (std::max(r->first, base) - base) >> kShift);
+    if (child >= BlockMap::kFanout) break;
+    const uint64_t child_base = base + (child << kShift);
+    const uint64_t child_end = child_base + BlockMap::kFanout;
+    const BlockMap::Range* q = r;
+    while (q != r_end && q->first < child_end) ++q;
+    const BlockMap::Node* la = ChildAt(a, kLevel, child);
+    const BlockMap::Node* lb = ChildAt(b, kLevel, child);
+    if (la != lb) {
+      leaves[n++] = Leaf{la, lb, child_base, r, q};
+      const uint64_t first = std::max(r->first, child_base) - child_base;
+      if (la) __builtin_prefetch(&la->entries[first]);
+      if (lb) __builtin_prefetch(&lb->entries[first]);
+    }
+    r = (q - 1)->second > child_end ? q - 1 : q;
+    ++child;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    DiffNodesIn(leaves[i].a, leaves[i].b, 0, leaves[i].base, leaves[i].r, leaves[i].r_end, fn);
+  }
+}
+
+// Compares `a` and `b` (nodes at `level` covering [base, base + kFanout^(level+1)))
+// over the ranges [r, r_end), each of which intersects that span.
+void DiffNodesIn(const BlockMap::Node* a, const BlockMap::Node* b, int level, uint64_t base,
+                 const BlockMap::Range* r, const BlockMap::Range* r_end,
+                 const std::function<void(uint64_t)>& fn) {
+  if (a == b) return;  // the same subtree (or both empty)
+  if (level == 0) {
+    static const MapEntry kUnmapped;
+    for (; r != r_end; ++r) {
+      const uint64_t lo = std::max(r->first, base);
+      const uint64_t hi = std::min(r->second, base + BlockMap::kFanout);
+      for (uint64_t lba = lo; lba < hi; ++lba) {
+        const MapEntry& x = a ? a->entries[lba - base] : kUnmapped;
+        const MapEntry& y = b ? b->entries[lba - base] : kUnmapped;
+        if (x.mapped() != y.mapped() || (x.mapped() && !x.SameBlock(y))) fn(lba);
+      }
+    }
+    return;
+  }
+  if (level == 1) return DiffLeavesIn(a, b, base, r, r_end, fn);
+  const int shift = level * BlockMap::kFanoutBits;
+  uint64_t child = 0;
+  while (r != r_end) {
+    child = std::max(child, (std::max(r->first, base) - base) >> shift);
+    if (child >= BlockMap::kFanout) return;
+    const uint64_t child_base = base + (child << shift);
+    const uint64_t child_end = child_base + (1ull << shift);
+    const BlockMap::Range* q = r;
+    while (q != r_end && q->first < child_end) ++q;
+    DiffNodesIn(ChildAt(a, level, child), ChildAt(b, level, child), level - 1, child_base, r, q,
+                fn);
+    // Ranges that end in this child are done; the last one may go on into the next.
+    r = (q - 1)->second > child_end ? q - 1 : q;
+    ++child;
+  }
+}
+
 }  // namespace
+
+void BlockMap::DiffRanges(const BlockMap& a, const BlockMap& b, const std::vector<Range>& ranges,
+                          const std::function<void(uint64_t)>& fn) {
+  const int levels = std::max(a.levels_, b.levels_);
+  const uint64_t span = 1ull << (levels * kFanoutBits);
+  // Only the part of the ranges either tree can address.
+  auto end = std::lower_bound(ranges.begin(), ranges.end(), span,
+                              [](const Range& r, uint64_t v) { return r.first < v; });
+  if (end == ranges.begin()) return;
+  std::vector<Range> clipped;
+  const Range* first = ranges.data();
+  const Range* last = ranges.data() + (end - ranges.begin());
+  if ((last - 1)->second > span) {
+    clipped.assign(ranges.begin(), end);
+    clipped.back().second = span;
+    first = clipped.data();
+    last = clipped.data() + clipped.size();
+  }
+  DiffNodesIn(a.root_.get(), b.root_.get(), levels - 1, 0, first, last, fn);
+}
 
 void BlockMap::ForEachMapped(const std::function<void(uint64_t, const MapEntry&)>& fn) const {
   Walk(root_.get(), 0, fn);

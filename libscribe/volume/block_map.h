@@ -7,15 +7,19 @@
 // touch. Each data block's reference count is the number of leaves naming it: copying a
 // leaf adds a reference to each of its blocks, and destroying one drops them, through
 // the BlockRefs the map was made with. Diff compares two maps subtree by subtree and
-// skips subtrees that are the same node, so it costs what changed, not the map's size.
+// skips subtrees that are the same node, so it costs what changed, not the map's size;
+// DiffRanges does the same for given block ranges only (the pool's change logs say
+// which).
 //
 // Not thread-safe; the owner (the pool) serialises all access.
 #ifndef SCRIBE_VOLUME_BLOCK_MAP_H_
 #define SCRIBE_VOLUME_BLOCK_MAP_H_
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <utility>
 #include <vector>
 
 namespace scribe {
@@ -48,7 +52,10 @@ class BlockMap {
     int level;  // 0: leaf
     BlockRefs* refs;
     uint32_t mapped = 0;  // leaf: entries mapped
-    std::vector<MapEntry> entries;                // leaf
+    // Leaf entries are held inline (unused in interior nodes, which are 1/256 of all
+    // nodes): a leaf is one allocation, and finding an entry from its parent is one
+    // dependent load, which is what a lookup of scattered blocks costs.
+    std::array<MapEntry, kFanout> entries{};      // leaf
     std::vector<std::shared_ptr<Node>> children;  // interior
   };
 
@@ -69,6 +76,12 @@ class BlockMap {
   void ForEachMapped(const std::function<void(uint64_t, const MapEntry&)>& fn) const;
   // Calls fn(lba) for each block mapped differently in `a` and `b`, ascending.
   static void Diff(const BlockMap& a, const BlockMap& b, const std::function<void(uint64_t)>& fn);
+  // The same, restricted to the blocks of `ranges` ([begin, end) pairs, ascending and
+  // disjoint): costs the trees' depth per range plus the blocks in the ranges (less
+  // where a subtree is shared), not the maps' size. Blocks beyond a map read as unmapped.
+  using Range = std::pair<uint64_t, uint64_t>;
+  static void DiffRanges(const BlockMap& a, const BlockMap& b, const std::vector<Range>& ranges,
+                         const std::function<void(uint64_t)>& fn);
 
   // Counts mapped blocks; `unique` counts those referenced from this map alone (no other
   // map shares their leaf and the block has a single reference).

@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <map>
+#include <random>
+#include <utility>
+#include <vector>
 
 namespace scribe {
 namespace {
@@ -74,6 +77,51 @@ TEST(BlockMap, GrowKeepsContentsAndDiffsAcrossDepths) {
   std::vector<uint64_t> diff;
   BlockMap::Diff(small, m, [&](uint64_t lba) { diff.push_back(lba); });
   EXPECT_EQ(diff, std::vector<uint64_t>{500000});
+}
+
+// DiffRanges reports exactly what Diff reports inside the ranges, for maps of different
+// depths, shared and unshared subtrees, and ranges beyond either map.
+TEST(BlockMap, DiffRangesEqualsDiffRestrictedToTheRanges) {
+  CountingRefs refs;
+  std::mt19937_64 rng(5);
+  BlockMap base(&refs, 300);
+  for (uint64_t i = 0; i < 300; i += 3) base.Set(i, E(1, i % 256));
+  BlockMap later = base;
+  later.Grow(1 << 18);
+  for (int i = 0; i < 400; ++i) {
+    const uint64_t lba = rng() % 2 ? rng() % 300 : rng() % (1 << 18);
+    if (rng() % 4 == 0) {
+      later.Clear(lba);
+    } else {
+      later.Set(lba, E(2 + lba / 256, lba % 256));
+    }
+  }
+  std::vector<uint64_t> all;
+  BlockMap::Diff(base, later, [&](uint64_t lba) { all.push_back(lba); });
+  ASSERT_FALSE(all.empty());
+  for (int round = 0; round < 50; ++round) {
+    std::vector<BlockMap::Range> ranges;
+    uint64_t at = rng() % 200;
+    while (at < (1ull << 19)) {  // past the end of both maps too
+      const uint64_t len = 1 + (rng() % 3 == 0 ? rng() % 70000 : rng() % 300);
+      ranges.push_back({at, at + len});
+      at += len + 1 + rng() % 90000;
+    }
+    std::vector<uint64_t> want;
+    for (uint64_t lba : all) {
+      for (const auto& [b, e] : ranges) {
+        if (b <= lba && lba < e) want.push_back(lba);
+      }
+    }
+    std::vector<uint64_t> got, got_reversed;
+    BlockMap::DiffRanges(base, later, ranges, [&](uint64_t lba) { got.push_back(lba); });
+    BlockMap::DiffRanges(later, base, ranges, [&](uint64_t lba) { got_reversed.push_back(lba); });
+    EXPECT_EQ(got, want) << "round " << round;
+    EXPECT_EQ(got_reversed, want) << "round " << round;
+  }
+  std::vector<uint64_t> same;
+  BlockMap::DiffRanges(later, later, {{0, 1 << 18}}, [&](uint64_t lba) { same.push_back(lba); });
+  EXPECT_TRUE(same.empty());
 }
 
 }  // namespace

@@ -69,6 +69,12 @@ struct PoolOptions {
   // Reads go first to the copy on this node when it has one (the node running the pool:
   // its disks are local); invalid = spread reads over the copies.
   NodeId preferred_read_node;
+  // Each VSD logs which blocks change between its snapshots, so Diff of nearby
+  // snapshots costs what changed. A log holding more extents (runs of changed blocks)
+  // than max(16, the VSD's 4 KiB blocks / this) is dropped and diffs over it walk the
+  // block maps: the changes then touch nearly every leaf anyway. The bound is on memory:
+  // ~20-40 bytes of memory and 16 bytes of checkpoint per extent. 0 disables the logs.
+  uint64_t change_log_blocks_per_extent = 32;
 };
 
 struct DiskSpec {
@@ -129,6 +135,10 @@ struct PoolStats {
   uint64_t rebuilds_in_flight = 0;
   uint64_t chunks_rebuilt = 0;
   uint64_t metadata_sequence = 0;
+  // Diffs since this instance was created or opened: answered from the change logs of
+  // the snapshot intervals between the two snapshots, or by walking both block maps.
+  uint64_t diffs_from_change_logs = 0;
+  uint64_t diffs_walked = 0;
   // A disk refused this instance for a newer owner's epoch (see scribe/remote.h):
   // every later call fails with FAILED_PRECONDITION.
   bool fenced = false;
@@ -230,9 +240,13 @@ class Pool {
   // Brings the VSD back to the snapshot's contents and size (writes since are discarded).
   virtual void RevertToSnapshot(VsdId vsd, SnapshotId snapshot, StatusDone done) = 0;
 
-  // Extents that differ between two snapshots (or `to` = a snapshot and `from` invalid:
-  // everything mapped), in time proportional to what changed. Works across a clone
-  // boundary: the snapshots may belong to a clone and its source.
+  // Extents whose block mapping differs between two snapshots (or `to` = a snapshot and
+  // `from` invalid: everything mapped), ascending and merged, in time proportional to
+  // what changed. A block rewritten with the same bytes counts as changed; a block
+  // written and then discarded where it was unmapped before does not. Works across a
+  // clone boundary: the snapshots may belong to a clone and its source. Snapshots a few
+  // intervals apart in one lineage (the same VSD, or a clone made from a snapshot) are
+  // answered from the logs of the blocks written in between; others walk both maps.
   virtual absl::StatusOr<std::vector<Extent>> Diff(SnapshotId from, SnapshotId to) const = 0;
 
   // --- Health and accounting ---
