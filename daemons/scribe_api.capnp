@@ -146,4 +146,5 @@ interface ScribeAdmin {
   # calls forwarded from other nodes, so the caller names the node it wants):
   # `uri` is "nbd+unix:///<vsd>?socket=<nbdSocket>" (the name percent-encoded), `node`
   # the node that was resolved.
+  fenceVsd @20 (vsd :Text, epoch :UInt64) -> (error :Error);
 }

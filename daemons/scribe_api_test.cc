@@ -92,7 +92,7 @@ TEST(ScribeApi, MethodOrdinalsAreStable) {
       {"listDisks", 9},      {"failDisk", 10},         {"stats", 11},
       {"scrub", 12},         {"cluster", 13},          {"addDisk", 14},
       {"cloneVsd", 15},      {"revertToSnapshot", 16}, {"createGroupSnapshot", 17},
-      {"getVsd", 18},        {"exportInfo", 19},
+      {"getVsd", 18},        {"exportInfo", 19},       {"fenceVsd", 20},
   };
   capnp::InterfaceSchema schema = capnp::Schema::from<ScribeAdmin>();
   EXPECT_EQ(schema.getMethods().size(), expected.size());
