@@ -84,13 +84,19 @@ class Stack:
             FAKE_SCRIBED, "--dir", pool, "--nbd-socket", self.nbd_socket, "--listen", self.scribe_addr,
             "--vsd-bytes-max", str(1 << 30), "--calls", self.calls_path])
         self.wait_log("fake_scribed", "listening on", fake)
-        self.addr = "127.0.0.1:%d" % free_port()
-        hcd = self.spawn("hypercored", [
-            HYPERCORED, "--node-id=node1", "--etcd=" + self.etcd_url, "--admin=" + self.addr,
-            "--scribe-admin=" + self.scribe_addr, "--scribe-node-id=1", "--libvirt-uri=test:///default",
-            "--domain-type=qemu", "--ram-mib=2048", "--cpus=2", "--shutdown-timeout-ms=2000"])
-        self.wait_log("hypercored", "became coordinator", hcd)
+        self.addr, _ = self.add_hypercored("node1", 2048, "became coordinator")
         return self
+
+    def add_hypercored(self, node, ram_mib, ready="joined"):
+        """Another hypercored (its own libvirt test driver: a host of its own) on the
+        same etcd and scribed. Returns its API address and process."""
+        addr = "127.0.0.1:%d" % free_port()
+        proc = self.spawn("hypercored-" + node, [
+            HYPERCORED, "--node-id=" + node, "--etcd=" + self.etcd_url, "--admin=" + addr,
+            "--scribe-admin=" + self.scribe_addr, "--scribe-node-id=1", "--libvirt-uri=test:///default",
+            "--domain-type=qemu", "--ram-mib=%d" % ram_mib, "--cpus=2", "--shutdown-timeout-ms=2000"])
+        self.wait_log("hypercored-" + node, ready, proc)
+        return addr, proc
 
     def stop(self):
         for p in reversed(self.procs):
@@ -109,6 +115,11 @@ class Stack:
         if env_addr:
             env["HC3_ADDR"] = self.addr
         return subprocess.run([HC3] + list(args), capture_output=True, text=True, env=env, timeout=180)
+
+    def json_at(self, addr, *args):
+        r = subprocess.run([HC3, "--addr", addr, "--json"] + list(args), capture_output=True, text=True, timeout=180)
+        assert r.returncode == 0, "hc3 --addr %s %s: exit %d\n%s" % (addr, " ".join(args), r.returncode, r.stderr)
+        return json.loads(r.stdout)
 
     def ok(self, *args):
         r = self.hc3(*args)
@@ -329,3 +340,41 @@ def test_unreachable_hypercored_is_a_clear_error(stack):
     r = subprocess.run([HC3, "--addr", "127.0.0.1:%d" % free_port(), "vm", "list"], capture_output=True, text=True)
     assert r.returncode == 1
     assert r.stderr.startswith("hc3: vm list: cannot talk to hypercored at 127.0.0.1:")
+
+
+def test_any_node_answers_and_a_dead_nodes_vm_restarts_fenced_at_a_new_epoch(tmp_path):
+    s = Stack().start()
+    try:
+        # node2 offers more RAM: new VMs go there.
+        addr2, proc2 = s.add_hypercored("node2", 4096)
+        deadline = time.time() + 20
+        while len(s.json("node", "list")["nodes"]) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        assert [n["name"] for n in s.json("node", "list")["nodes"]] == ["node1", "node2"]
+
+        s.ok("vm", "create", "ha", "--ram", "512M", "--disk", "root:16M", "--start")
+        s.wait_status("ha", "running")
+        assert s.vm("ha")["node"] == "node2"
+        # node1 answers for a VM node2 runs; node2 sees it run on its own hypervisor.
+        assert s.json_at(addr2, "vm", "info", "ha")["status"] == "running"
+        assert s.calls_since(0, "fenceVsd") == ["fenceVsd ha-root 1"]
+
+        # node2 dies (its libvirt test driver, i.e. its VMs, with it): after its lease
+        # expires the VM restarts on node1, fenced at epoch 2 first.
+        proc2.kill()
+        proc2.wait()
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            vm = s.vm("ha")
+            if vm["node"] == "node1" and vm["status"] == "running":
+                break
+            time.sleep(0.2)
+        vm = s.vm("ha")
+        assert (vm["node"], vm["status"], vm["epoch"]) == ("node1", "running", 2), vm
+        assert s.calls_since(0, "fenceVsd") == ["fenceVsd ha-root 1", "fenceVsd ha-root 2"]
+        nodes = {n["name"]: n["alive"] for n in s.json("node", "list")["nodes"]}
+        assert nodes == {"node1": True, "node2": False}
+        # The lone survivor cannot lose a node: N-1 says so.
+        assert [f["node"] for f in s.json("conditions")["failover"]] == ["node1"]
+    finally:
+        s.stop()
