@@ -109,7 +109,8 @@ class DaemonImpl final : public Daemon {
     etcd_ = *std::move(etcd);
 
     link_ = NewTcpScribeLink(loop_, config_.scribe_admin);
-    scribe_ = std::make_unique<ScribeClient>(link_.get());
+    scribe_ = std::make_unique<ScribeClient>(link_.get(), &loop_->impl()->io.provider->getTimer(),
+                                             config_.scribe_call_timeout_ms);
     absl::Status st = ResolveScribe();
     if (!st.ok()) return st;
 

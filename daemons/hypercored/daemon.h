@@ -43,6 +43,8 @@ struct DaemonConfig {
   int64_t shutdown_timeout_ms = 60'000;
   int64_t start_retry_ms = 5'000;
   std::string qemu_img = "/usr/bin/qemu-img";
+  // A ScribeAdmin call not answered in this time fails (a start then fails and is retried).
+  int64_t scribe_call_timeout_ms = 60'000;
   // How long startup waits for scribed and etcd.
   int64_t startup_timeout_ms = 60'000;
   // Where log lines go (default: stderr with a "hypercored: " prefix).

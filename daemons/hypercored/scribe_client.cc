@@ -91,9 +91,16 @@ auto ScribeClient::Call(capnp::RemotePromise<Results>&& call, Decode decode)
     -> kj::Promise<decltype(decode(std::declval<typename Results::Reader>()))> {
   using Out = decltype(decode(std::declval<typename Results::Reader>()));
   kj::Promise<capnp::Response<Results>> promise = kj::mv(call);
+  if (timer_ != nullptr) promise = timer_->timeoutAfter(call_timeout_ms_ * kj::MILLISECONDS, kj::mv(promise));
   return promise.then(
       [decode](capnp::Response<Results>&& r) -> Out { return decode(static_cast<typename Results::Reader>(r)); },
       [this](kj::Exception&& e) -> Out {
+        if (e.getType() == kj::Exception::Type::OVERLOADED && e.getDescription().startsWith("operation timed out")) {
+          link_->Broken();
+          return Out(absl::DeadlineExceededError(
+              absl::StrCat("no answer from ", link_->description(), " within ", call_timeout_ms_,
+                           " ms (the call may or may not have taken effect)")));
+        }
         if (e.getType() == kj::Exception::Type::UNIMPLEMENTED) {
           // An older scribed (e.g. without fenceVsd): the connection itself is fine.
           return Out(absl::UnimplementedError(absl::StrCat(

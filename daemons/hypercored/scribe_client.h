@@ -12,6 +12,7 @@
 #define DAEMONS_HYPERCORED_SCRIBE_CLIENT_H_
 
 #include <kj/async.h>
+#include <kj/timer.h>
 
 #include <cstdint>
 #include <memory>
@@ -60,10 +61,14 @@ struct ScribeNode {
   bool alive = false;
 };
 
-// One method per ScribeAdmin call hypercored makes. `link` must outlive the client.
+// One method per ScribeAdmin call hypercored makes. `link` (and `timer`) must outlive
+// the client. With a timer, a call not answered within `call_timeout_ms` fails
+// DEADLINE_EXCEEDED (it may or may not have taken effect) and the link reconnects: a
+// hung scribed must not hang a VM start (HaOptions::prepare_start) forever.
 class ScribeClient {
  public:
-  explicit ScribeClient(ScribeLink* link) : link_(link) {}
+  explicit ScribeClient(ScribeLink* link, kj::Timer* timer = nullptr, int64_t call_timeout_ms = 60'000)
+      : link_(link), timer_(timer), call_timeout_ms_(call_timeout_ms) {}
 
   kj::Promise<absl::Status> CreateVsd(const std::string& name, uint64_t size_bytes,
                                       int replication, int flash_priority);
@@ -88,6 +93,8 @@ class ScribeClient {
       -> kj::Promise<decltype(decode(std::declval<typename Results::Reader>()))>;
 
   ScribeLink* link_;
+  kj::Timer* timer_;
+  int64_t call_timeout_ms_;
 };
 
 }  // namespace hypercore::daemon

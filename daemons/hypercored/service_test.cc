@@ -91,7 +91,7 @@ class ServiceTest : public ::testing::Test {
     ASSERT_TRUE(scribed.ok()) << scribed.status();
     scribed_ = *std::move(scribed);
     link_ = NewFixedScribeLink(scribed_->client(), "the fake scribed");
-    scribe_ = std::make_unique<ScribeClient>(link_.get());
+    scribe_ = std::make_unique<ScribeClient>(link_.get(), &loop_->impl()->io.provider->getTimer());
 
     store_ = scribe::InMemoryMetaStore::Create(loop_.get());
     LibvirtHypervisorOptions lo;
@@ -766,6 +766,35 @@ TEST_F(ServiceTest, NodesAndConditions) {
   EXPECT_EQ(Str(conditions.getConditions().getFailover()[0].getNode()), "node1");
   ASSERT_EQ(conditions.getConditions().getFailover()[0].getVms().size(), 1u);
   EXPECT_EQ(Str(conditions.getConditions().getFailover()[0].getVms()[0]), "web");
+}
+
+// A scribed that takes calls and never answers them.
+class SilentScribed final : public capnp::Capability::Server {
+ public:
+  DispatchCallResult dispatchCall(uint64_t, uint16_t, capnp::CallContext<capnp::AnyPointer, capnp::AnyPointer>) override {
+    return {kj::NEVER_DONE, false};
+  }
+};
+
+TEST(StartPreparer, AHungScribedFailsTheStartAfterTheCallTimeout) {
+  auto loop = scribe::RealLoop::Create();
+  auto silent = capnp::Capability::Client(kj::heap<SilentScribed>()).castAs<scribe::api::ScribeAdmin>();
+  auto link = NewFixedScribeLink(silent, "scribed at 127.0.0.1:7001");
+  ScribeClient client(link.get(), &loop->impl()->io.provider->getTimer(), /*call_timeout_ms=*/200);
+  StartPreparer preparer(&client, 1);
+  VmSpec spec;
+  spec.name = "web";
+  spec.ram_bytes = 256 * kMiB;
+  spec.disks = {VmDisk{"root", 16 * kMiB}};
+  const VmLaunch launch = MakeNbdLaunch(spec, "0b1c2d3e-4f50-4617-8899-aabbccddeeff", 3, LaunchOptions("/run/nbd.sock"));
+  std::optional<absl::Status> result;
+  const int64_t start = loop->NowNanos();
+  preparer.Prepare(launch, [&](absl::Status st) { result = st; });
+  ASSERT_TRUE(loop->RunUntil([&] { return result.has_value(); }, 10 * kSecondNs));
+  EXPECT_GE(loop->NowNanos() - start, 200'000'000);
+  EXPECT_EQ(result->code(), absl::StatusCode::kDeadlineExceeded) << *result;
+  EXPECT_TRUE(absl::StrContains(result->message(), "VSD \"web-root\": export: no answer from scribed at 127.0.0.1:7001 within 200 ms"))
+      << *result;
 }
 
 }  // namespace
