@@ -28,7 +28,9 @@
 
 namespace scribe::python {
 
-// The module that owns the exception classes (PYBIND11_MODULE(scribe, m)).
+// The module that owns the exception classes (PYBIND11_MODULE(scribe, m)). Another
+// module (`hypercore`) registers the same hierarchy in itself and names itself when
+// raising.
 inline constexpr char kModuleName[] = "scribe";
 
 namespace status_internal {
@@ -116,11 +118,12 @@ inline void RegisterStatusExceptions(pybind11::module_& module) {
   }
 }
 
-// Raises the Python exception `status` maps to; returns if `status` is OK.
-inline void ThrowIfError(const absl::Status& status) {
+// Raises the Python exception `status` maps to (a class of `module`, which registered
+// them); returns if `status` is OK.
+inline void ThrowIfError(const absl::Status& status, const char* module = kModuleName) {
   namespace py = pybind11;
   if (status.ok()) return;
-  py::object cls = py::module_::import(kModuleName)
+  py::object cls = py::module_::import(module)
                        .attr(status_internal::ExceptionName(status.code()));
   const absl::string_view message = status.message();
   // Messages are meant to be UTF-8; a stray byte must not turn into a decoding error.
@@ -135,8 +138,8 @@ inline void ThrowIfError(const absl::Status& status) {
 
 // The value of `status_or`, or raises as ThrowIfError does.
 template <typename T>
-T ValueOrThrow(absl::StatusOr<T> status_or) {
-  ThrowIfError(status_or.status());
+T ValueOrThrow(absl::StatusOr<T> status_or, const char* module = kModuleName) {
+  ThrowIfError(status_or.status(), module);
   return *std::move(status_or);
 }
 

@@ -99,6 +99,7 @@ const char* HaDecisionKindName(HaDecision::Kind kind) {
     case K::kPowerOnFailed: return "power-on-failed";
     case K::kShutdown: return "shutdown";
     case K::kForceOff: return "force-off";
+    case K::kUpdate: return "update";
   }
   return "?";
 }
@@ -519,6 +520,10 @@ struct HaManager::Impl {
         }
         if (now >= l.next_start_ns) StartLocal(vm);
       } else {
+        if (running && vm.force_off) {
+          ForceOffVm(name, "force off requested");
+          continue;
+        }
         if (running) {
           if (l.shutdown_sent_ns < 0) {
             SendShutdown(name);
@@ -638,6 +643,7 @@ struct HaManager::Impl {
     next.owner.clear();
     next.owner_lease = 0;
     next.condition.clear();
+    next.force_off = false;
     ++local[name].ops;
     store->CompareAndSwap(
         VmKey(name), vm.revision, EncodeVm(next), {},
@@ -749,6 +755,7 @@ struct HaManager::Impl {
     std::string target;
     if (vm.desired == DesiredState::kStopped) {
       next.condition.clear();
+      next.force_off = false;
       kind = HaDecision::Kind::kRelease;
       message = absl::StrCat("release vm ", name, " (epoch ", vm.epoch, "): ", why, ", desired stopped");
     } else {
@@ -940,6 +947,7 @@ struct HaManager::Impl {
              }
              vm.desired = DesiredState::kRunning;
              vm.condition.clear();
+             vm.force_off = false;
              d->kind = HaDecision::Kind::kStart;
              d->vm = vm.spec.name;
              if (!vm.owner.empty()) {
@@ -979,6 +987,56 @@ struct HaManager::Impl {
              d->message = vm.owner.empty()
                               ? absl::StrCat("stop vm ", vm.spec.name, ": requested (it was not placed)")
                               : absl::StrCat("stop vm ", vm.spec.name, " (on ", vm.owner, "): requested");
+             return absl::OkStatus();
+           },
+           std::move(done));
+  }
+
+  void RequestForceOff(const std::string& name, StatusDone done) {
+    Mutate(name,
+           [](const Snapshot&, VmInfo& vm, bool* write, HaDecision* d) -> absl::Status {
+             if (vm.desired == DesiredState::kStopped && (vm.owner.empty() || vm.force_off)) {
+               *write = false;
+               return absl::OkStatus();
+             }
+             vm.desired = DesiredState::kStopped;
+             vm.condition.clear();
+             d->kind = HaDecision::Kind::kStop;
+             d->vm = vm.spec.name;
+             if (vm.owner.empty()) {
+               d->message = absl::StrCat("stop vm ", vm.spec.name, ": requested (it was not placed)");
+               return absl::OkStatus();
+             }
+             vm.force_off = true;
+             d->message = absl::StrCat("stop vm ", vm.spec.name, " (on ", vm.owner, "): force off requested");
+             return absl::OkStatus();
+           },
+           std::move(done));
+  }
+
+  void UpdateVmSpec(const std::string& name, VmSpec spec, StatusDone done) {
+    if (spec.name != name) {
+      return ReplyLater<absl::Status>(
+          std::move(done), absl::InvalidArgumentError(absl::StrCat(
+                               "the spec names vm \"", spec.name, "\", not ", name, " (a VM is not renamed)")));
+    }
+    absl::Status valid = ValidateVmSpec(spec);
+    if (!valid.ok()) return ReplyLater<absl::Status>(std::move(done), valid);
+    Mutate(name,
+           [this, spec](const Snapshot& snap, VmInfo& vm, bool*, HaDecision* d) -> absl::Status {
+             if (vm.desired == DesiredState::kRunning) {
+               return absl::FailedPreconditionError(
+                   absl::StrCat("vm ", vm.spec.name, " is meant to run; stop it first"));
+             }
+             if (!vm.owner.empty()) {
+               return absl::FailedPreconditionError(
+                   absl::StrCat("vm ", vm.spec.name, " is still being stopped by ", vm.owner));
+             }
+             vm.spec = spec;
+             AssignMacs(vm.spec, snap);
+             d->kind = HaDecision::Kind::kUpdate;
+             d->vm = vm.spec.name;
+             d->message = absl::StrCat("update vm ", vm.spec.name, ": spec replaced");
              return absl::OkStatus();
            },
            std::move(done));
@@ -1143,6 +1201,12 @@ void HaManager::CreateVm(VmSpec spec, bool start, Done<VmInfo> done) {
 void HaManager::StartVm(const std::string& name, StatusDone done) { impl_->StartVm(name, std::move(done)); }
 void HaManager::StopVm(const std::string& name, StatusDone done) { impl_->StopVm(name, std::move(done)); }
 void HaManager::DeleteVm(const std::string& name, StatusDone done) { impl_->DeleteVm(name, std::move(done)); }
+void HaManager::ForceOffVm(const std::string& name, StatusDone done) {
+  impl_->RequestForceOff(name, std::move(done));
+}
+void HaManager::UpdateVmSpec(const std::string& name, VmSpec spec, StatusDone done) {
+  impl_->UpdateVmSpec(name, std::move(spec), std::move(done));
+}
 void HaManager::GetVm(const std::string& name, Done<VmInfo> done) { impl_->GetVm(name, std::move(done)); }
 void HaManager::ListVms(Done<std::vector<VmInfo>> done) { impl_->ListVms(std::move(done)); }
 void HaManager::ListNodes(Done<std::vector<NodeInfo>> done) { impl_->ListNodes(std::move(done)); }

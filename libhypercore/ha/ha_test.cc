@@ -398,6 +398,81 @@ TEST(Ha, GuestIgnoringAcpiIsForcedOffAfterTheTimeout) {
   EXPECT_TRUE(Contains(c.LogLines(HaDecision::Kind::kForceOff)[0], "ACPI shutdown not done after"));
 }
 
+TEST(Ha, ForceOffPullsThePlugAtOnceEvenDuringAnAcpiShutdown) {
+  Cluster c(2);
+  c.BootAll();
+  auto vm = c.Create(Spec("web1", 1024));
+  ASSERT_TRUE(vm.ok());
+  ASSERT_TRUE(c.RunUntil([&] { return !c.RunningOn("web1").empty(); }, 5 * kSec));
+  c.hv(vm->owner)->SetIgnoresAcpi("web1", true);
+  ASSERT_TRUE(c.Stop("web1").ok());
+  c.RunFor(1 * kSec);
+  ASSERT_FALSE(c.RunningOn("web1").empty()) << "the guest ignores ACPI";
+  const int64_t force_at = c.loop_.NowNanos();
+  ASSERT_TRUE(c.AwaitStatus([&](auto done) { c.Any()->ForceOffVm("web1", done); }).ok());
+  ASSERT_TRUE(c.RunUntil([&] { return c.RunningOn("web1").empty(); }, 5 * kSec)) << c.Log();
+  EXPECT_LT(c.loop_.NowNanos() - force_at, 2 * kSec) << "not the 5 s ACPI timeout";
+  ASSERT_EQ(c.LogLines(HaDecision::Kind::kForceOff).size(), 1u) << c.Log();
+  EXPECT_TRUE(Contains(c.LogLines(HaDecision::Kind::kForceOff)[0], "force off vm web1: force off requested"));
+  ASSERT_TRUE(c.RunUntil([&] { return c.Get("web1")->owner.empty(); }, 5 * kSec)) << c.Log();
+  EXPECT_FALSE(c.Get("web1")->force_off) << "cleared at release";
+  // Forcing off a stopped VM changes nothing; an unknown one is NOT_FOUND.
+  const int64_t revision = c.store_->revision();
+  EXPECT_TRUE(c.AwaitStatus([&](auto done) { c.Any()->ForceOffVm("web1", done); }).ok());
+  EXPECT_EQ(c.store_->revision(), revision);
+  EXPECT_EQ(c.AwaitStatus([&](auto done) { c.Any()->ForceOffVm("nope", done); }).code(),
+            absl::StatusCode::kNotFound);
+  // A running VM is forced off without an ACPI press first.
+  ASSERT_TRUE(c.Start("web1").ok());
+  ASSERT_TRUE(c.RunUntil([&] { return !c.RunningOn("web1").empty(); }, 5 * kSec));
+  EXPECT_FALSE(c.Get("web1")->force_off);
+  const size_t shutdowns = c.LogLines(HaDecision::Kind::kShutdown).size();
+  ASSERT_TRUE(c.AwaitStatus([&](auto done) { c.Any()->ForceOffVm("web1", done); }).ok());
+  ASSERT_TRUE(c.RunUntil([&] { return c.Get("web1")->owner.empty(); }, 5 * kSec)) << c.Log();
+  EXPECT_TRUE(c.RunningOn("web1").empty());
+  EXPECT_EQ(c.LogLines(HaDecision::Kind::kShutdown).size(), shutdowns);
+  EXPECT_TRUE(c.NeverTwice());
+}
+
+TEST(Ha, UpdateVmSpecReplacesAStoppedVmsSpecKeepingUuidAndEpoch) {
+  Cluster c(2);
+  c.BootAll();
+  auto vm = c.Create(Spec("web1", 1024));
+  ASSERT_TRUE(vm.ok());
+  VmSpec next = vm->spec;
+  next.ram_bytes = 2048 * kMiB;
+  next.description = "restored";
+  next.nics.push_back(VmNic{});
+  auto update = [&](const std::string& name, const VmSpec& spec) {
+    return c.AwaitStatus([&](auto done) { c.Any()->UpdateVmSpec(name, spec, done); });
+  };
+  EXPECT_EQ(update("web1", next).code(), absl::StatusCode::kFailedPrecondition) << "it is meant to run";
+  ASSERT_TRUE(c.Stop("web1").ok());
+  ASSERT_TRUE(c.RunUntil([&] { return c.Get("web1")->owner.empty(); }, 10 * kSec)) << c.Log();
+  VmSpec renamed = next;
+  renamed.name = "web2";
+  EXPECT_EQ(update("web1", renamed).code(), absl::StatusCode::kInvalidArgument);
+  VmSpec invalid = next;
+  invalid.vcpus = 0;
+  EXPECT_EQ(update("web1", invalid).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(update("nope", Spec("nope", 512)).code(), absl::StatusCode::kNotFound);
+
+  ASSERT_TRUE(update("web1", next).ok());
+  auto after = c.Get("web1");
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->uuid, vm->uuid);
+  EXPECT_EQ(after->epoch, 1u);
+  EXPECT_EQ(after->spec.ram_bytes, 2048 * kMiB);
+  EXPECT_EQ(after->spec.description, "restored");
+  ASSERT_EQ(after->spec.nics.size(), 2u);
+  EXPECT_EQ(after->spec.nics[0].mac, vm->spec.nics[0].mac);
+  ASSERT_TRUE(after->spec.nics[1].mac.has_value());
+  EXPECT_NE(after->spec.nics[1].mac, after->spec.nics[0].mac);
+  ASSERT_EQ(c.LogLines(HaDecision::Kind::kUpdate).size(), 1u);
+  ASSERT_TRUE(c.Start("web1").ok());
+  EXPECT_EQ(c.Get("web1")->epoch, 2u);
+}
+
 TEST(Ha, CrashedNodesVmsRestartOnTheSurvivorWithMostFreeRam) {
   Cluster c(3);
   c.BootAll();

@@ -180,14 +180,16 @@ absl::StatusOr<NodeRecord> DecodeNode(const std::string& value) {
 }
 
 std::string EncodeVm(const VmInfo& vm) {
-  return Json({{"spec", EncodeSpec(vm.spec)},
+  Json out = Json({{"spec", EncodeSpec(vm.spec)},
                {"uuid", vm.uuid},
                {"desired", DesiredStateName(vm.desired)},
                {"owner", vm.owner},
                {"owner_lease", vm.owner_lease},
                {"epoch", vm.epoch},
-               {"condition", vm.condition}})
-      .dump();
+               {"condition", vm.condition}});
+  // Written only when set, so records of VMs stopped the usual way stay as they were.
+  if (vm.force_off) out["force_off"] = true;
+  return out.dump();
 }
 
 absl::StatusOr<VmInfo> DecodeVm(const std::string& value) {
@@ -206,6 +208,7 @@ absl::StatusOr<VmInfo> DecodeVm(const std::string& value) {
   vm.owner_lease = r.Signed("owner_lease");
   vm.epoch = r.Unsigned("epoch");
   vm.condition = r.String("condition");
+  if (r.Field("force_off", /*required=*/false) != nullptr) vm.force_off = r.Bool("force_off");
   if (!r.status().ok()) return r.status();
   if (desired == DesiredStateName(DesiredState::kRunning)) {
     vm.desired = DesiredState::kRunning;

@@ -26,6 +26,7 @@ VmInfo FullVm() {
   vm.owner_lease = 7'587'890'123'456'789'012;
   vm.epoch = 41;
   vm.condition = "start failed on node3: x";
+  vm.force_off = true;
   return vm;
 }
 
@@ -55,6 +56,7 @@ void ExpectSameVm(const VmInfo& a, const VmInfo& b) {
   EXPECT_EQ(a.owner_lease, b.owner_lease);
   EXPECT_EQ(a.epoch, b.epoch);
   EXPECT_EQ(a.condition, b.condition);
+  EXPECT_EQ(a.force_off, b.force_off);
 }
 
 TEST(VmRecord, RoundTripsEveryField) {
@@ -70,6 +72,8 @@ TEST(VmRecord, RoundTripsEveryField) {
   ASSERT_TRUE(decoded.ok()) << decoded.status();
   ExpectSameVm(bare, *decoded);
   EXPECT_FALSE(decoded->spec.cdrom_iso.has_value());
+  // force_off is written only when set: a record without it reads as false.
+  EXPECT_EQ(EncodeVm(bare).find("force_off"), std::string::npos);
 }
 
 TEST(VmRecord, IsReadableJson) {

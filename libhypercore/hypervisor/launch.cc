@@ -102,13 +102,17 @@ VmLaunch MakeNbdLaunch(const VmSpec& spec, const std::string& uuid, uint64_t epo
   launch.uuid = uuid;
   launch.epoch = epoch;
   for (const VmDisk& disk : spec.disks) {
-    launch.disks.push_back(
-        DiskAttachment{NbdSource{options.socket_path, DiskExportName(spec.name, disk.name)}});
+    launch.disks.push_back(DiskAttachment{NbdSource{
+        options.socket_path, options.disk_export_name
+                                 ? options.disk_export_name(spec.name, disk.name, epoch)
+                                 : DiskExportName(spec.name, disk.name)}});
   }
   if (spec.cdrom_iso) {
     CdromAttachment cdrom;
     if (options.iso_directory.empty()) {
-      cdrom.nbd = NbdSource{options.socket_path, absl::StrCat("iso/", *spec.cdrom_iso)};
+      cdrom.nbd = NbdSource{options.socket_path, options.iso_export_name
+                                                     ? options.iso_export_name(*spec.cdrom_iso)
+                                                     : absl::StrCat("iso/", *spec.cdrom_iso)};
     } else {
       cdrom.file_path = absl::StrCat(options.iso_directory, "/", *spec.cdrom_iso);
     }

@@ -54,6 +54,24 @@ TEST(MakeNbdLaunch, IsoAsExportOrFile) {
   EXPECT_TRUE(ValidateLaunch(launch).ok());
 }
 
+TEST(MakeNbdLaunch, DaemonNamesTheExports) {
+  VmSpec spec = Spec();
+  spec.cdrom_iso = "debian-12";
+  NbdLaunchOptions o = Nbd();
+  o.disk_export_name = [](const std::string& vm, const std::string& disk, uint64_t epoch) {
+    return vm + "-" + disk + "@" + std::to_string(epoch);
+  };
+  o.iso_export_name = [](const std::string& iso) { return "iso-" + iso; };
+  const VmLaunch launch = MakeNbdLaunch(spec, kUuid, 12, o);
+  EXPECT_TRUE(ValidateLaunch(launch).ok()) << ValidateLaunch(launch);
+  ASSERT_EQ(launch.disks.size(), 2u);
+  EXPECT_EQ(launch.disks[0].nbd.export_name, "web1-root@12");
+  EXPECT_EQ(launch.disks[1].nbd.export_name, "web1-data@12");
+  EXPECT_EQ(launch.disks[1].nbd.socket_path, "/run/scribed/nbd.sock");
+  ASSERT_TRUE(launch.cdrom.has_value() && launch.cdrom->nbd.has_value());
+  EXPECT_EQ(launch.cdrom->nbd->export_name, "iso-debian-12");
+}
+
 TEST(ValidateLaunch, NamesTheProblem) {
   const VmLaunch good = MakeNbdLaunch(Spec(), kUuid, 1, Nbd());
   struct Case {

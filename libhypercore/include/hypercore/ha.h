@@ -79,6 +79,9 @@ struct VmInfo {
   int64_t owner_lease = 0;  // the owner's liveness lease id when it was made owner
   uint64_t epoch = 0;       // 0 until first placed; +1 with every new owner
   std::string condition;    // why it is not as desired (no capacity, start failed); or empty
+  // A stop asked to pull the plug: the owner forces the VM off at once instead of
+  // pressing the ACPI button first. Cleared when the VM is released or started.
+  bool force_off = false;
   int64_t revision = 0;     // the record's mod_revision when read
 };
 
@@ -119,6 +122,7 @@ struct HaDecision {
     kPowerOnFailed,  // ... failed to
     kShutdown,       // ACPI shutdown sent
     kForceOff,       // force off sent
+    kUpdate,         // a stopped VM's spec replaced
   };
   int64_t time_ns = 0;  // the manager's loop time
   std::string node;     // the node that decided
@@ -227,6 +231,15 @@ class HaManager {
   // Desired state -> stopped: its owner shuts it down (ACPI, then force off after
   // shutdown_timeout_ms) and releases it. NOT_FOUND for an unknown VM.
   void StopVm(const std::string& name, StatusDone done);
+  // Desired state -> stopped, without the ACPI grace: its owner forces it off at once
+  // (also when an ACPI shutdown is already under way) and releases it. NOT_FOUND for an
+  // unknown VM; OK without change if it is stopped and released already.
+  void ForceOffVm(const std::string& name, StatusDone done);
+  // Replaces the spec of a stopped VM (desired stopped, no owner), keeping its uuid and
+  // epoch — e.g. a revert restoring the configuration saved with a snapshot. NICs
+  // without a MAC get one. INVALID_ARGUMENT for an invalid spec or one naming another
+  // VM, FAILED_PRECONDITION unless stopped and released, NOT_FOUND for an unknown VM.
+  void UpdateVmSpec(const std::string& name, VmSpec spec, StatusDone done);
   // Deletes a stopped VM's record (FAILED_PRECONDITION while it is meant to run or is
   // still being stopped). NOT_FOUND for an unknown VM.
   void DeleteVm(const std::string& name, StatusDone done);

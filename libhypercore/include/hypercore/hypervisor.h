@@ -83,12 +83,22 @@ struct NbdLaunchOptions {
   // scribed's NBD socket; every disk is an export on it.
   std::string socket_path;
   // Where ISO files live on every node; the CD-ROM is <iso_directory>/<cdrom_iso>.
-  // Empty: the ISO is the export "iso/<cdrom_iso>" on `socket_path`.
+  // Empty: the ISO is the export "iso/<cdrom_iso>" on `socket_path` (or
+  // iso_export_name's).
   std::string iso_directory;
+  // How the daemon names exports, when it differs from the defaults. hypercored serves
+  // disk D of VM V as "<VSD>@<epoch>" (scribed refuses an older epoch's connection)
+  // and an ISO as its VSD. Both must be pure functions of their arguments and return a
+  // non-empty name. Empty: DiskExportName(vm, disk) (the epoch is not part of it) and
+  // "iso/<cdrom_iso>".
+  std::function<std::string(const std::string& vm, const std::string& disk, uint64_t epoch)>
+      disk_export_name;
+  std::function<std::string(const std::string& iso)> iso_export_name;
 };
 
-// The launch of `spec` with every disk on scribed's socket as DiskExportName(). The
-// result passes ValidateLaunch when the spec does and `uuid`/`epoch` are valid.
+// The launch of `spec` with every disk on scribed's socket as DiskExportName() (or
+// options.disk_export_name's). The result passes ValidateLaunch when the spec does and
+// `uuid`/`epoch` are valid.
 VmLaunch MakeNbdLaunch(const VmSpec& spec, const std::string& uuid, uint64_t epoch,
                        const NbdLaunchOptions& options);
 
