@@ -766,6 +766,7 @@ class PoolImpl : public Pool {
         // Replayed records are durable already: the block is free at once (a later
         // record may reuse it).
         --c->used;
+        NoteMaybeReusable(c);
         return;
       }
       // Not reusable until the metadata that dropped it is durable.
@@ -782,6 +783,7 @@ class PoolImpl : public Pool {
       if (!c || !c->busy[block] || c->refs[block] != 0) continue;
       c->busy[block] = false;
       --c->used;
+      NoteMaybeReusable(c);
       MaybeFreeChunk(c);
     }
   }
@@ -847,6 +849,7 @@ class PoolImpl : public Pool {
     if (v->open_chunk == 0) return;
     if (ChunkState* c = FindChunk(v->open_chunk)) {
       c->open = false;
+      NoteMaybeReusable(c);
       MaybeFreeChunk(c);
     }
     v->open_chunk = 0;
@@ -866,14 +869,25 @@ class PoolImpl : public Pool {
 
   // The closed chunk of this replication with the most free blocks, if at least half
   // of it is free: space freed by overwrites is reused before new chunks are taken.
+  // Only chunks that were at least half free when they last lost a block (or were
+  // closed) are looked at, so the cost follows fragmentation, not the pool's size.
   ChunkState* ReusableChunk(int replication) {
     ChunkState* best = nullptr;
-    for (auto& [id, c] : chunks_) {
-      if (c.open || c.replication != replication || c.used > kBlocksPerChunk / 2) continue;
-      if (!ChunkAcceptsWrites(c)) continue;
-      if (best == nullptr || c.used < best->used) best = &c;
+    for (auto it = reuse_candidates_.begin(); it != reuse_candidates_.end();) {
+      ChunkState* c = FindChunk(*it);
+      if (c == nullptr || c->used > kBlocksPerChunk / 2) {
+        it = reuse_candidates_.erase(it);  // gone, or filled up: back when it drains
+        continue;
+      }
+      ++it;
+      if (c->open || c->replication != replication || !ChunkAcceptsWrites(*c)) continue;
+      if (best == nullptr || c->used < best->used) best = c;
     }
     return best;
+  }
+
+  void NoteMaybeReusable(const ChunkState* c) {
+    if (c->used <= kBlocksPerChunk / 2) reuse_candidates_.insert(c->id);
   }
 
   // Reserves `n` free blocks for a write of `v`, from its open chunk and then others.
@@ -911,6 +925,7 @@ class PoolImpl : public Pool {
     if (!c || !c->busy[e.block]) return;
     c->busy[e.block] = false;
     if (c->refs[e.block] == 0) --c->used;
+    NoteMaybeReusable(c);
     MaybeFreeChunk(c);
   }
 
@@ -1487,6 +1502,7 @@ class PoolImpl : public Pool {
                             // The map is about to reference it: no longer merely reserved.
                             c->busy[e.block] = false;
                             --c->used;
+                            NoteMaybeReusable(c);
                           }
                           if (!v) {
                             for (const MapEntry& e : *entries) MaybeFreeChunk(FindChunk(e.chunk));
@@ -2729,6 +2745,8 @@ class PoolImpl : public Pool {
       for (uint64_t id : ids) {
         if (ChunkState* c = FindChunk(id)) MaybeFreeChunk(c);
       }
+      reuse_candidates_.clear();
+      for (const auto& [id, c] : chunks_) NoteMaybeReusable(&c);
       pending_records_.clear();
       for (DiskId id : missing) FailDiskNow(id, false);
       need_checkpoint_ = true;  // start a fresh epoch on the current mirrors
@@ -2769,6 +2787,8 @@ class PoolImpl : public Pool {
 
   std::map<DiskId, DiskState> disks_;
   std::map<NodeId, bool> nodes_online_;
+  // Chunks that may be at least half free (see ReusableChunk); a superset.
+  std::set<uint64_t> reuse_candidates_;
   struct ErrorWindow {
     int count = 0;
     int64_t first_ns = 0;
