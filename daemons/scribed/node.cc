@@ -660,8 +660,12 @@ class NodeImpl final : public Node, public kj::TaskSet::ErrorHandler {
           }
         }
         AttachAll([this, alive, epoch] {
-          if (!*alive || role_ != Role::kOpening || epoch_ != epoch) return;
-          ServePool();
+          // From a loop callback of our own: a failure there steps down, destroying the
+          // pool, which must not be on the stack.
+          loop_->Post([this, alive, epoch] {
+            if (!*alive || role_ != Role::kOpening || epoch_ != epoch) return;
+            ServePool();
+          });
         });
       };
       PoolOptions options = config_.pool_options;
