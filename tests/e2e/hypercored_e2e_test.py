@@ -94,19 +94,28 @@ def test_vm_disks_snapshots_clones_revert_and_media_on_real_scribed(stack, tmp_p
     names = {v["name"] for v in c.scribe_json("vsd", "list")["vsds"]}
     assert "db-log" not in names and "db" not in [v["name"] for v in hc3("vm", "list")["vms"]]
 
-    # Start: hypercored fences every disk at the VM's epoch first. A scribed without
-    # fenceVsd (before that change lands) makes the start fail closed, with the reason.
+    # Start: hypercored fences every disk at the VM's epoch in scribed first, then the
+    # domain opens "<vsd>@<epoch>".
     hc3("vm", "start", "web")
     deadline = time.time() + 20
     while time.time() < deadline:
         vm = hc3("vm", "info", "web")
-        if vm["status"] == "running" or "fenceVsd" in vm["condition"]:
+        if vm["status"] == "running":
             break
         time.sleep(0.25)
-    if vm["status"] != "running":
-        assert 'fenceVsd("web-root", 1)' in vm["condition"] and "does not implement" in vm["condition"], vm
-    else:
-        assert vm["epoch"] == 1
+    assert vm["status"] == "running" and vm["epoch"] == 1, vm
+    # scribed now holds writer epoch 1 for the VM's disks: an older writer cannot open.
+    r = subprocess.run(["qemu-io", "-f", "raw", "-c", "write 0 4k",
+                        c.nodes[1].uri("web-root@1")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "wrote" in r.stdout, r.stdout + r.stderr
+    stale = c.scribe("vsd", "fence", "web-root", "0", check=False)
+    assert stale.returncode == 2, stale.stderr  # epochs start at 1
+    # hypercored fenced epoch 1; a later epoch (a restart elsewhere) shuts epoch 1 out.
+    c.scribe("vsd", "fence", "web-root", "2")
+    r = subprocess.run(["qemu-io", "-f", "raw", "-c", "write 0 4k",
+                        c.nodes[1].uri("web-root@1")], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 or "failed" in (r.stdout + r.stderr).lower(), r.stdout + r.stderr
+    assert c.scribe("vsd", "fence", "web-root", "1", check=False).returncode == 1
 
     hc3("vm", "force-off", "web", "--wait")
     for name in ("web", "web-s1", "web-now"):
