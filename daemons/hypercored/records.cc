@@ -1,135 +1,22 @@
 #include "daemons/hypercored/records.h"
 
-#include <nlohmann/json.hpp>
-
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "libhypercore/ha/json_codec.h"
 
 namespace hypercore::daemon {
 namespace {
 
-using Json = nlohmann::json;
-
-// Field accessors that record the first problem instead of throwing.
-class Reader {
- public:
-  Reader(const Json& object, std::string where) : object_(object), where_(std::move(where)) {}
-  const absl::Status& status() const { return status_; }
-
-  const Json* Field(const char* name, bool required = true) {
-    if (!object_.is_object()) return Fail("is not a JSON object");
-    auto it = object_.find(name);
-    if (it == object_.end()) {
-      if (required) Fail(absl::StrCat("has no field \"", name, "\""));
-      return nullptr;
-    }
-    return &*it;
-  }
-  std::string String(const char* name, bool required = true) {
-    const Json* f = Field(name, required);
-    if (f == nullptr) return "";
-    if (!f->is_string()) return Fail(absl::StrCat("field \"", name, "\" is not a string")), "";
-    return f->get<std::string>();
-  }
-  uint64_t Unsigned(const char* name) {
-    const Json* f = Field(name);
-    if (f == nullptr) return 0;
-    if (!f->is_number_unsigned()) return Fail(absl::StrCat("field \"", name, "\" is not an unsigned integer")), 0;
-    return f->get<uint64_t>();
-  }
-  int Int(const char* name) {
-    const Json* f = Field(name);
-    if (f == nullptr) return 0;
-    if (!f->is_number_integer() || f->get<int64_t>() < INT32_MIN || f->get<int64_t>() > INT32_MAX) {
-      return Fail(absl::StrCat("field \"", name, "\" is not a 32-bit integer")), 0;
-    }
-    return static_cast<int>(f->get<int64_t>());
-  }
-  const Json* Array(const char* name) {
-    const Json* f = Field(name);
-    if (f == nullptr) return nullptr;
-    if (!f->is_array()) return Fail(absl::StrCat("field \"", name, "\" is not an array"));
-    return f;
-  }
-  std::nullptr_t Fail(const std::string& what) {
-    if (status_.ok()) status_ = absl::DataLossError(absl::StrCat(where_, " ", what));
-    return nullptr;
-  }
-
- private:
-  const Json& object_;
-  std::string where_;
-  absl::Status status_;
-};
+using json_codec::DecodeSpec;
+using json_codec::EncodeSpec;
+using json_codec::Json;
+using json_codec::Reader;
 
 absl::StatusOr<Json> Parse(const std::string& value, const char* what) {
   Json json = Json::parse(value, nullptr, /*allow_exceptions=*/false);
   if (json.is_discarded()) return absl::DataLossError(absl::StrCat(what, " is not valid JSON"));
   return json;
-}
-
-Json EncodeSpec(const VmSpec& spec) {
-  Json disks = Json::array();
-  for (const VmDisk& d : spec.disks) {
-    disks.push_back({{"name", d.name},
-                     {"size_bytes", d.size_bytes},
-                     {"flash_priority", d.flash_priority},
-                     {"replication", d.replication}});
-  }
-  Json nics = Json::array();
-  for (const VmNic& n : spec.nics) {
-    Json nic = {{"model", n.model}};
-    if (n.vlan) nic["vlan"] = *n.vlan;
-    if (n.mac) nic["mac"] = *n.mac;
-    nics.push_back(std::move(nic));
-  }
-  Json out = {{"name", spec.name},   {"description", spec.description}, {"tags", spec.tags},
-              {"vcpus", spec.vcpus}, {"ram_bytes", spec.ram_bytes},     {"disks", std::move(disks)},
-              {"nics", std::move(nics)}};
-  if (spec.cdrom_iso) out["cdrom_iso"] = *spec.cdrom_iso;
-  return out;
-}
-
-absl::StatusOr<VmSpec> DecodeSpec(const Json& json) {
-  Reader r(json, "spec");
-  VmSpec spec;
-  spec.name = r.String("name");
-  spec.description = r.String("description");
-  if (const Json* tags = r.Array("tags")) {
-    for (const Json& t : *tags) {
-      if (!t.is_string()) return absl::DataLossError("spec.tags holds a non-string");
-      spec.tags.push_back(t.get<std::string>());
-    }
-  }
-  spec.vcpus = r.Int("vcpus");
-  spec.ram_bytes = r.Unsigned("ram_bytes");
-  if (const Json* disks = r.Array("disks")) {
-    for (const Json& d : *disks) {
-      Reader dr(d, "spec.disks[]");
-      VmDisk disk;
-      disk.name = dr.String("name");
-      disk.size_bytes = dr.Unsigned("size_bytes");
-      disk.flash_priority = dr.Int("flash_priority");
-      disk.replication = dr.Int("replication");
-      if (!dr.status().ok()) return dr.status();
-      spec.disks.push_back(std::move(disk));
-    }
-  }
-  if (const Json* nics = r.Array("nics")) {
-    for (const Json& n : *nics) {
-      Reader nr(n, "spec.nics[]");
-      VmNic nic;
-      nic.model = nr.String("model");
-      if (nr.Field("vlan", /*required=*/false) != nullptr) nic.vlan = nr.Int("vlan");
-      if (nr.Field("mac", /*required=*/false) != nullptr) nic.mac = nr.String("mac");
-      if (!nr.status().ok()) return nr.status();
-      spec.nics.push_back(std::move(nic));
-    }
-  }
-  if (r.Field("cdrom_iso", /*required=*/false) != nullptr) spec.cdrom_iso = r.String("cdrom_iso");
-  if (!r.status().ok()) return r.status();
-  return spec;
 }
 
 }  // namespace
