@@ -30,11 +30,14 @@ namespace scribe {
 namespace {
 
 using remote::wire::DiskService;
+using remote::wire::Op;
 
 // After a failed accept (descriptor or memory exhaustion), wait this long before the next.
 constexpr int64_t kAcceptRetryDelayNs = 100'000'000;
 // Largest request_bytes_max accepted: a reply must fit Cap'n Proto's message limits.
 constexpr uint32_t kRequestBytesLimit = 64u << 20;
+// Most ops one batch may carry.
+constexpr size_t kBatchOpsMax = 4096;
 
 enum class Kind { kOpen, kRead, kWrite, kFlush, kDiscard };
 
@@ -298,63 +301,78 @@ class Service final : public DiskService::Server {
     });
   }
 
-  kj::Promise<void> read(ReadContext context) override {
+  kj::Promise<void> batch(BatchContext context) override {
     auto p = context.getParams();
-    Request r;
-    r.kind = Kind::kRead;
-    r.disk_id = p.getDiskId();
-    r.epoch = p.getEpoch();
-    r.offset_bytes = p.getOffsetBytes();
-    r.length_bytes = p.getLengthBytes();
-    return Run(std::move(r)).then([context](Outcome o) mutable {
-      const size_t n = o.status.ok() ? o.data->size() : 0;
-      auto results = context.getResults(capnp::MessageSize{n / sizeof(capnp::word) + 64, 0});
-      remote::EncodeError(o.status, results.initError());
-      if (n > 0) results.setData(kj::arrayPtr(o.data->data(), n));
-    });
-  }
-
-  kj::Promise<void> write(WriteContext context) override {
-    auto p = context.getParams();
-    auto data = p.getData();
-    Request r;
-    r.kind = Kind::kWrite;
-    r.disk_id = p.getDiskId();
-    r.epoch = p.getEpoch();
-    r.offset_bytes = p.getOffsetBytes();
-    r.length_bytes = data.size();
-    // O_DIRECT needs an aligned buffer; the message is freed as soon as it is copied.
-    if (data.size() <= impl_->options.request_bytes_max) {
-      r.data = std::make_shared<AlignedBuffer>(data.size());
-      if (data.size() > 0) std::memcpy(r.data->data(), data.begin(), data.size());
+    auto ops = p.getOps();
+    const uint64_t disk_id = p.getDiskId();
+    const uint64_t epoch = p.getEpoch();
+    // The batch's limits first: over them, every op fails and nothing runs.
+    uint64_t data_bytes = 0;
+    const uint64_t over = uint64_t{impl_->options.request_bytes_max} + 1;  // no overflow
+    for (auto op : ops) {
+      if (op.getKind() == Op::Kind::READ) data_bytes += std::min(op.getLengthBytes(), over);
+      if (op.getKind() == Op::Kind::WRITE) data_bytes += op.getData().size();
     }
+    absl::Status refused;
+    if (ops.size() > kBatchOpsMax) {
+      refused = absl::InvalidArgumentError(
+          absl::StrFormat("batch of %d ops is over the limit of %d", ops.size(), kBatchOpsMax));
+    } else if (data_bytes > impl_->options.request_bytes_max) {
+      refused = absl::InvalidArgumentError(
+          absl::StrFormat("batch of %d data bytes is over the server's limit of %d", data_bytes,
+                          impl_->options.request_bytes_max));
+    }
+    auto outcomes = kj::heapArrayBuilder<kj::Promise<Outcome>>(ops.size());
+    impl_->loop->Dispatch([&] {
+      for (auto op : ops) {
+        Request r;
+        r.disk_id = disk_id;
+        r.epoch = epoch;
+        r.offset_bytes = op.getOffsetBytes();
+        r.length_bytes = op.getLengthBytes();
+        switch (op.getKind()) {
+          case Op::Kind::READ:
+            r.kind = Kind::kRead;
+            break;
+          case Op::Kind::WRITE: {
+            r.kind = Kind::kWrite;
+            auto data = op.getData();
+            r.length_bytes = data.size();
+            // O_DIRECT needs an aligned buffer; the message is freed once all are copied.
+            if (refused.ok()) {
+              r.data = std::make_shared<AlignedBuffer>(data.size());
+              if (data.size() > 0) std::memcpy(r.data->data(), data.begin(), data.size());
+            }
+            break;
+          }
+          case Op::Kind::FLUSH:
+            r.kind = Kind::kFlush;
+            break;
+          case Op::Kind::DISCARD:
+            r.kind = Kind::kDiscard;
+            break;
+          default:
+            outcomes.add(impl_->Reject(absl::InvalidArgumentError(
+                absl::StrFormat("unknown op kind %d", static_cast<int>(op.getKind())))));
+            continue;
+        }
+        outcomes.add(refused.ok() ? impl_->Submit(std::move(r)) : impl_->Reject(refused));
+      }
+    });
     context.releaseParams();
-    return Run(std::move(r)).then([context](Outcome o) mutable {
-      remote::EncodeError(o.status, context.getResults().initError());
-    });
-  }
-
-  kj::Promise<void> flush(FlushContext context) override {
-    auto p = context.getParams();
-    Request r;
-    r.kind = Kind::kFlush;
-    r.disk_id = p.getDiskId();
-    r.epoch = p.getEpoch();
-    return Run(std::move(r)).then([context](Outcome o) mutable {
-      remote::EncodeError(o.status, context.getResults().initError());
-    });
-  }
-
-  kj::Promise<void> discard(DiscardContext context) override {
-    auto p = context.getParams();
-    Request r;
-    r.kind = Kind::kDiscard;
-    r.disk_id = p.getDiskId();
-    r.epoch = p.getEpoch();
-    r.offset_bytes = p.getOffsetBytes();
-    r.length_bytes = p.getLengthBytes();
-    return Run(std::move(r)).then([context](Outcome o) mutable {
-      remote::EncodeError(o.status, context.getResults().initError());
+    return kj::joinPromises(outcomes.finish()).then([context](kj::Array<Outcome> done) mutable {
+      size_t words = 16;
+      for (const Outcome& o : done) {
+        words += 8 + (o.status.ok() ? 0 : o.status.message().size() / sizeof(capnp::word) + 1);
+        if (o.status.ok() && o.data) words += o.data->size() / sizeof(capnp::word) + 1;
+      }
+      auto results = context.getResults(capnp::MessageSize{words, 0}).initResults(done.size());
+      for (size_t i = 0; i < done.size(); ++i) {
+        remote::EncodeError(done[i].status, results[i].initError());
+        if (done[i].status.ok() && done[i].data && done[i].data->size() > 0) {
+          results[i].setData(kj::arrayPtr(done[i].data->data(), done[i].data->size()));
+        }
+      }
     });
   }
 

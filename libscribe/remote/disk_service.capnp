@@ -23,13 +23,32 @@ interface DiskService {
   # epochs' requests to finish) and returns its size.
   open @0 (diskId :UInt64, epoch :UInt64) -> (sizeBytes :UInt64, error :Error);
 
-  # `lengthBytes` is at most the server's request limit (8 MiB by default); offsets and
-  # lengths are multiples of 512 and within the disk, as for any BlockDevice.
-  read @1 (diskId :UInt64, epoch :UInt64, offsetBytes :UInt64, lengthBytes :UInt32)
-      -> (data :Data, error :Error);
-  write @2 (diskId :UInt64, epoch :UInt64, offsetBytes :UInt64, data :Data) -> (error :Error);
-  # Makes every write to this disk that completed before the call durable.
-  flush @3 (diskId :UInt64, epoch :UInt64) -> (error :Error);
-  discard @4 (diskId :UInt64, epoch :UInt64, offsetBytes :UInt64, lengthBytes :UInt64)
-      -> (error :Error);
+  # Runs `ops` on one disk (the client gathers what it has to send in one loop turn into
+  # one call). Each op is admitted and answered on its own terms (its own error, a
+  # read's data); the call returns when every op has finished. The data bytes of a
+  # batch (write payloads plus read lengths) are at most the server's request limit
+  # (8 MiB by default) and a batch holds at most 4096 ops, else every op fails
+  # INVALID_ARGUMENT. Offsets and lengths are multiples of 512 and within the disk, as
+  # for any BlockDevice. A flush makes every write to this disk that completed before
+  # the batch arrived durable; ops of one batch run concurrently, in no set order.
+  batch @1 (diskId :UInt64, epoch :UInt64, ops :List(Op)) -> (results :List(OpResult));
+}
+
+struct Op {
+  kind @0 :Kind;
+  offsetBytes @1 :UInt64;  # read, write, discard
+  lengthBytes @2 :UInt64;  # read, discard (a write's length is its data's)
+  data @3 :Data;           # write
+
+  enum Kind {
+    read @0;
+    write @1;
+    flush @2;
+    discard @3;
+  }
+}
+
+struct OpResult {
+  error @0 :Error;
+  data @1 :Data;  # a read's bytes when error is OK
 }

@@ -9,7 +9,11 @@
 // attempt (or a connection that never answered anything) calls fail fast during a
 // growing backoff, so a dead server costs no more than a connect() per backoff period.
 //
-// Bookkeeping. Every call is an Op in `ops_` until it completes once: by its reply, by
+// Batching. Reads, writes, flushes and discards are queued and go out together at the
+// end of the loop turn (a Post) as one `batch` call with one timeout: at queue depth 32
+// the owner sends a few messages per turn instead of one per op.
+//
+// Bookkeeping. Every op is an Op in `ops_` until it completes once: by its reply, by
 // the loss of its connection, or by its timeout; whichever comes later finds no Op and
 // does nothing, so a late reply never writes into a buffer its caller got back. User
 // callbacks are posted as loop callbacks of their own, never run inside a KJ
@@ -34,6 +38,10 @@ namespace scribe {
 namespace {
 
 using remote::wire::DiskService;
+using OpKind = remote::wire::Op::Kind;
+
+// Most ops in one batch call (the server's limit).
+constexpr size_t kBatchOpsMax = 4096;
 
 class RemoteBlockDevice final : public BlockDevice, private kj::TaskSet::ErrorHandler {
  public:
@@ -63,7 +71,7 @@ class RemoteBlockDevice final : public BlockDevice, private kj::TaskSet::ErrorHa
     auto req = service->openRequest();
     req.setDiskId(disk_id_);
     req.setEpoch(epoch_);
-    const uint64_t id = Register(std::move(done), nullptr, 0);
+    const uint64_t id = Register(std::move(done), nullptr, 0, /*timed=*/true);
     Track(id, req.send(), [this](capnp::Response<DiskService::OpenResults>& reply, Op&) {
       absl::Status st = remote::DecodeError(reply.getError());
       if (!st.ok()) return st;
@@ -85,46 +93,26 @@ class RemoteBlockDevice final : public BlockDevice, private kj::TaskSet::ErrorHa
     auto* base = static_cast<uint8_t*>(buf);
     InPieces(offset_bytes, length_bytes, std::move(done),
              [this, base, offset_bytes](uint64_t off, size_t len, Callback piece_done) {
-               ReadPiece(off, len, base + (off - offset_bytes), std::move(piece_done));
+               Queue(OpKind::READ, off, len, base + (off - offset_bytes), std::move(piece_done));
              });
   }
 
   void Write(uint64_t offset_bytes, size_t length_bytes, const void* buf, Callback done) override {
     absl::Status st = CheckRange(offset_bytes, length_bytes, buf);
     if (!st.ok()) return Complete(std::move(done), std::move(st));
-    auto* base = static_cast<const uint8_t*>(buf);
+    auto* base = static_cast<uint8_t*>(const_cast<void*>(buf));
     InPieces(offset_bytes, length_bytes, std::move(done),
              [this, base, offset_bytes](uint64_t off, size_t len, Callback piece_done) {
-               WritePiece(off, len, base + (off - offset_bytes), std::move(piece_done));
+               Queue(OpKind::WRITE, off, len, base + (off - offset_bytes), std::move(piece_done));
              });
   }
 
-  void Flush(Callback done) override {
-    DiskService::Client* service = Service(done);
-    if (service == nullptr) return;
-    auto req = service->flushRequest();
-    req.setDiskId(disk_id_);
-    req.setEpoch(epoch_);
-    const uint64_t id = Register(std::move(done), nullptr, 0);
-    Track(id, req.send(), [](capnp::Response<DiskService::FlushResults>& reply, Op&) {
-      return remote::DecodeError(reply.getError());
-    });
-  }
+  void Flush(Callback done) override { Queue(OpKind::FLUSH, 0, 0, nullptr, std::move(done)); }
 
   void Discard(uint64_t offset_bytes, size_t length_bytes, Callback done) override {
     absl::Status st = CheckRange(offset_bytes, length_bytes, nullptr);
     if (!st.ok()) return Complete(std::move(done), std::move(st));
-    DiskService::Client* service = Service(done);
-    if (service == nullptr) return;
-    auto req = service->discardRequest();
-    req.setDiskId(disk_id_);
-    req.setEpoch(epoch_);
-    req.setOffsetBytes(offset_bytes);
-    req.setLengthBytes(length_bytes);
-    const uint64_t id = Register(std::move(done), nullptr, 0);
-    Track(id, req.send(), [](capnp::Response<DiskService::DiscardResults>& reply, Op&) {
-      return remote::DecodeError(reply.getError());
-    });
+    Queue(OpKind::DISCARD, offset_bytes, length_bytes, nullptr, std::move(done));
   }
 
  private:
@@ -178,42 +166,137 @@ class RemoteBlockDevice final : public BlockDevice, private kj::TaskSet::ErrorHa
     }
   }
 
-  void ReadPiece(uint64_t offset_bytes, size_t length_bytes, uint8_t* dst, Callback done) {
-    DiskService::Client* service = Service(done);
-    if (service == nullptr) return;
-    auto req = service->readRequest();
-    req.setDiskId(disk_id_);
-    req.setEpoch(epoch_);
-    req.setOffsetBytes(offset_bytes);
-    req.setLengthBytes(static_cast<uint32_t>(length_bytes));
-    const uint64_t id = Register(std::move(done), dst, length_bytes);
-    Track(id, req.send(), [this](capnp::Response<DiskService::ReadResults>& reply, Op& op) {
-      absl::Status st = remote::DecodeError(reply.getError());
-      if (!st.ok()) return st;
-      auto data = reply.getData();
-      if (data.size() != op.read_bytes) {
-        return absl::InternalError(
-            absl::StrFormat("disk %d at %s returned %d bytes for a %d-byte read", disk_id_,
-                            address_, data.size(), op.read_bytes));
-      }
-      if (data.size() > 0) std::memcpy(op.read_buf, data.begin(), data.size());
-      return absl::OkStatus();
-    });
+  // An op waiting for the end of this loop turn, when everything queued goes out as one
+  // batch call (a batch is also sent early when the next op would take it over the
+  // request size limit).
+  struct Queued {
+    uint64_t id;
+    OpKind kind;
+    uint64_t offset_bytes;
+    uint64_t length_bytes;
+    uint8_t* buf;  // a write's data (copied into the message when the batch is sent)
+  };
+
+  void Queue(OpKind kind, uint64_t offset_bytes, uint64_t length_bytes, uint8_t* buf,
+             Callback done) {
+    if (Service(done) == nullptr) return;
+    const bool data = kind == OpKind::READ || kind == OpKind::WRITE;
+    const uint64_t bytes = data ? length_bytes : 0;
+    if (!queued_.empty() && (queued_bytes_ + bytes > options_.request_bytes_max ||
+                             queued_.size() >= kBatchOpsMax)) {
+      SendQueued();
+    }
+    const uint64_t id = Register(std::move(done), kind == OpKind::READ ? buf : nullptr,
+                                 kind == OpKind::READ ? length_bytes : 0, /*timed=*/false);
+    queued_.push_back(Queued{id, kind, offset_bytes, length_bytes, buf});
+    queued_bytes_ += bytes;
+    if (!send_posted_) {
+      send_posted_ = true;
+      loop_->Post([this, alive = alive_] {
+        if (!*alive) return;
+        send_posted_ = false;
+        SendQueued();
+      });
+    }
   }
 
-  void WritePiece(uint64_t offset_bytes, size_t length_bytes, const uint8_t* src, Callback done) {
-    DiskService::Client* service = Service(done);
-    if (service == nullptr) return;
-    auto req =
-        service->writeRequest(capnp::MessageSize{length_bytes / sizeof(capnp::word) + 64, 0});
+  // Sends the queued ops that are still outstanding (a lost connection may have failed
+  // some) as one batch call, with one timeout for the batch.
+  void SendQueued() {
+    std::vector<Queued> batch = std::move(queued_);
+    queued_.clear();
+    queued_bytes_ = 0;
+    std::erase_if(batch, [this](const Queued& q) { return ops_.find(q.id) == ops_.end(); });
+    if (batch.empty()) return;
+    const uint64_t gen = ops_.at(batch.front().id).generation;
+    DiskService::Client* service = nullptr;
+    KJ_IF_MAYBE (s, service_) {
+      service = s;
+    }
+    // Ops still outstanding belong to the current connection: a lost one failed its ops.
+    SCRIBE_CHECK(service != nullptr && connection_.get() != nullptr &&
+                 connection_->generation == gen);
+    size_t words = 16 + 8 * batch.size();
+    for (const Queued& q : batch) {
+      if (q.kind == OpKind::WRITE) words += q.length_bytes / sizeof(capnp::word) + 1;
+    }
+    auto req = service->batchRequest(capnp::MessageSize{words, 0});
     req.setDiskId(disk_id_);
     req.setEpoch(epoch_);
-    req.setOffsetBytes(offset_bytes);
-    req.setData(kj::arrayPtr(src, length_bytes));  // the copy: `src` is free from here on
-    const uint64_t id = Register(std::move(done), nullptr, 0);
-    Track(id, req.send(), [](capnp::Response<DiskService::WriteResults>& reply, Op&) {
-      return remote::DecodeError(reply.getError());
-    });
+    auto ops = req.initOps(static_cast<unsigned>(batch.size()));
+    auto ids = std::make_shared<std::vector<uint64_t>>();
+    ids->reserve(batch.size());
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const Queued& q = batch[i];
+      auto op = ops[static_cast<unsigned>(i)];
+      op.setKind(q.kind);
+      op.setOffsetBytes(q.offset_bytes);
+      if (q.kind == OpKind::WRITE) {
+        op.setData(kj::arrayPtr(q.buf, q.length_bytes));
+      } else {
+        op.setLengthBytes(q.length_bytes);
+      }
+      ids->push_back(q.id);
+    }
+    const Loop::TimerId timer =
+        loop_->RunAfter(options_.call_timeout_ns, [this, alive = alive_, ids, gen] {
+          if (!*alive) return;
+          for (uint64_t id : *ids) {
+            if (ops_.count(id)) {
+              return Drop(gen, absl::StrFormat("no reply within %d ms",
+                                               options_.call_timeout_ns / 1'000'000));
+            }
+          }
+        });
+    tasks_.add(req.send().then(
+        [this, alive = alive_, ids, gen, timer](capnp::Response<DiskService::BatchResults>&& reply) {
+          if (!*alive) return;
+          loop_->Dispatch([&] {
+            loop_->Cancel(timer);
+            if (connection_.get() != nullptr && connection_->generation == gen) {
+              connection_->answered = true;
+              backoff_ns_ = options_.reconnect_backoff_min_ns;
+            }
+            auto results = reply.getResults();
+            for (size_t i = 0; i < ids->size(); ++i) {
+              auto it = ops_.find((*ids)[i]);
+              if (it == ops_.end()) continue;  // already failed: timeout or connection loss
+              if (results.size() != ids->size()) {
+                Finish(it, absl::InternalError(absl::StrFormat(
+                               "disk %d at %s answered %d results for %d ops", disk_id_,
+                               address_, results.size(), ids->size())));
+                continue;
+              }
+              auto result = results[static_cast<unsigned>(i)];
+              absl::Status st = remote::DecodeError(result.getError());
+              Op& op = it->second;
+              if (st.ok() && op.read_buf != nullptr) {
+                auto data = result.getData();
+                if (data.size() != op.read_bytes) {
+                  st = absl::InternalError(
+                      absl::StrFormat("disk %d at %s returned %d bytes for a %d-byte read",
+                                      disk_id_, address_, data.size(), op.read_bytes));
+                } else if (data.size() > 0) {
+                  std::memcpy(op.read_buf, data.begin(), data.size());
+                }
+              }
+              Finish(it, std::move(st));
+            }
+          });
+        },
+        [this, alive = alive_, ids, gen, timer](kj::Exception&& e) {
+          if (!*alive) return;
+          loop_->Dispatch([&] {
+            loop_->Cancel(timer);
+            const std::string why = e.getDescription().cStr();
+            Drop(gen, why);
+            // Still there only if their connection was already gone.
+            for (uint64_t id : *ids) {
+              auto it = ops_.find(id);
+              if (it != ops_.end()) Finish(it, absl::UnavailableError(why));
+            }
+          });
+        }));
   }
 
   // The capability to call, connecting first if there is no connection. Null while
@@ -299,13 +382,16 @@ class RemoteBlockDevice final : public BlockDevice, private kj::TaskSet::ErrorHa
     }
   }
 
-  uint64_t Register(Callback done, uint8_t* read_buf, size_t read_bytes) {
+  // An outstanding call on the current connection; `timed` gives it a timeout of its own
+  // (batched ops share their batch's).
+  uint64_t Register(Callback done, uint8_t* read_buf, size_t read_bytes, bool timed) {
     const uint64_t id = next_op_id_++;
     Op& op = ops_[id];
     op.done = std::move(done);
     op.read_buf = read_buf;
     op.read_bytes = read_bytes;
     op.generation = connection_->generation;
+    if (!timed) return id;
     op.timer = loop_->RunAfter(options_.call_timeout_ns, [this, alive = alive_, id] {
       if (!*alive) return;
       auto it = ops_.find(id);
@@ -365,6 +451,9 @@ class RemoteBlockDevice final : public BlockDevice, private kj::TaskSet::ErrorHa
   uint64_t size_bytes_ = 0;  // learnt by Open(); until then every range is out of range
   std::shared_ptr<bool> alive_;
   std::map<uint64_t, Op> ops_;  // calls not yet completed, by id (issue order)
+  std::vector<Queued> queued_;  // ops for the batch sent at the end of this loop turn
+  uint64_t queued_bytes_ = 0;
+  bool send_posted_ = false;
   uint64_t next_op_id_ = 1;
   uint64_t next_generation_ = 1;
   int64_t retry_after_ns_ = 0;

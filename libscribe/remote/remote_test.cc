@@ -207,30 +207,62 @@ TEST(RemoteBlockDevice, WritesLandOnTheServedFile) {
 
 // ------------------------------------------------------------ raw request checks
 
-// Sends one raw request and returns its decoded Error (or UNAVAILABLE for an exception).
-template <typename Results>
-absl::Status CallRaw(RealLoop* loop, capnp::RemotePromise<Results> call) {
-  std::optional<absl::Status> result;
+// One op of a raw batch.
+struct RawOp {
+  remote::wire::Op::Kind kind;
+  uint64_t offset = 0;
+  uint64_t length = 0;  // read, discard
+  std::vector<uint8_t> data;  // write
+};
+
+// Sends one raw batch and returns each op's decoded Error (all UNAVAILABLE for an
+// exception), and the data of reads in `read_data` when given.
+std::vector<absl::Status> BatchRaw(RealLoop* loop, remote::wire::DiskService::Client& disk,
+                                   uint64_t disk_id, uint64_t epoch, const std::vector<RawOp>& ops,
+                                   std::vector<std::string>* read_data = nullptr) {
+  auto req = disk.batchRequest();
+  req.setDiskId(disk_id);
+  req.setEpoch(epoch);
+  auto list = req.initOps(ops.size());
+  for (size_t i = 0; i < ops.size(); ++i) {
+    list[i].setKind(ops[i].kind);
+    list[i].setOffsetBytes(ops[i].offset);
+    list[i].setLengthBytes(ops[i].length);
+    if (!ops[i].data.empty()) list[i].setData(kj::arrayPtr(ops[i].data.data(), ops[i].data.size()));
+  }
+  std::optional<std::vector<absl::Status>> result;
   auto task =
-      call.then(
-              [&](capnp::Response<Results>&& r) {
+      req.send()
+          .then(
+              [&](capnp::Response<remote::wire::DiskService::BatchResults>&& r) {
                 loop->Dispatch([&] {
-                  auto e = r.getError();
-                  result = e.getCode() == 0
-                               ? absl::OkStatus()
-                               : absl::Status(static_cast<absl::StatusCode>(e.getCode()),
-                                              std::string(e.getMessage().cStr()));
+                  result.emplace();
+                  for (auto res : r.getResults()) {
+                    auto e = res.getError();
+                    result->push_back(e.getCode() == 0
+                                          ? absl::OkStatus()
+                                          : absl::Status(static_cast<absl::StatusCode>(e.getCode()),
+                                                         std::string(e.getMessage().cStr())));
+                    if (read_data) {
+                      read_data->emplace_back(reinterpret_cast<const char*>(res.getData().begin()),
+                                              res.getData().size());
+                    }
+                  }
                 });
               },
               [&](kj::Exception&& e) {
-                loop->Dispatch([&] { result = absl::UnavailableError(e.getDescription().cStr()); });
+                loop->Dispatch([&] {
+                  result.emplace(ops.size(), absl::UnavailableError(e.getDescription().cStr()));
+                });
               })
           .eagerlyEvaluate(nullptr);
   loop->RunUntil([&] { return result.has_value(); }, 10 * kSecondNs);
-  return result ? *result : absl::DeadlineExceededError("no reply");
+  if (!result) return std::vector<absl::Status>(ops.size(), absl::DeadlineExceededError("no reply"));
+  return *result;
 }
 
 TEST(DiskServer, ValidatesEveryRequest) {
+  using Kind = remote::wire::Op::Kind;
   auto loop = RealLoop::Create();
   auto file = MakeFile(loop.get(), "remote_validate", 16ull << 20);
   auto server = Serve(loop.get(), {{5, file.get()}});
@@ -242,50 +274,67 @@ TEST(DiskServer, ValidatesEveryRequest) {
   capnp::TwoPartyClient client(*stream);
   auto disk = client.bootstrap().castAs<remote::wire::DiskService>();
 
-  auto read = [&](uint64_t disk_id, uint64_t epoch, uint64_t offset, uint32_t length) {
-    auto req = disk.readRequest();
-    req.setDiskId(disk_id);
-    req.setEpoch(epoch);
-    req.setOffsetBytes(offset);
-    req.setLengthBytes(length);
-    return CallRaw(loop.get(), req.send());
+  auto read = [&](uint64_t disk_id, uint64_t epoch, uint64_t offset, uint64_t length) {
+    auto st = BatchRaw(loop.get(), disk, disk_id, epoch, {RawOp{Kind::READ, offset, length}});
+    return st.size() == 1 ? st[0] : absl::InternalError("wrong result count");
   };
   EXPECT_TRUE(read(5, 0, 0, 4096).ok());
   EXPECT_EQ(read(6, 0, 0, 4096).code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(read(5, 0, 0, (8u << 20) + 512).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(read(5, 0, 0, ~uint64_t{0}).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(read(5, 0, 100, 512).code(), absl::StatusCode::kInvalidArgument);  // the device's check
   EXPECT_EQ(read(5, 0, 16ull << 20, 512).code(), absl::StatusCode::kOutOfRange);
 
   // A write at a higher epoch raises the fence; the lower one is then refused.
-  auto write = disk.writeRequest();
-  write.setDiskId(5);
-  write.setEpoch(9);
-  write.setOffsetBytes(0);
-  std::vector<uint8_t> payload(4096, 0x5a);
-  write.setData(kj::arrayPtr(payload.data(), payload.size()));
-  EXPECT_TRUE(CallRaw(loop.get(), write.send()).ok());
+  std::vector<absl::Status> w =
+      BatchRaw(loop.get(), disk, 5, 9, {RawOp{Kind::WRITE, 0, 0, std::vector<uint8_t>(4096, 0x5a)}});
+  ASSERT_EQ(w.size(), 1u);
+  EXPECT_TRUE(w[0].ok()) << w[0];
   EXPECT_EQ(*server->FenceEpoch(5), 9u);
   absl::Status stale = read(5, 8, 0, 4096);
   EXPECT_EQ(stale.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(stale.message(), "stale epoch 8 < 9 for disk 5");
   EXPECT_EQ(server->FenceEpoch(6).status().code(), absl::StatusCode::kNotFound);
 
-  auto big = disk.writeRequest();
-  big.setDiskId(5);
-  big.setEpoch(9);
-  std::vector<uint8_t> too_much((8u << 20) + 512, 1);
-  big.setData(kj::arrayPtr(too_much.data(), too_much.size()));
-  EXPECT_EQ(CallRaw(loop.get(), big.send()).code(), absl::StatusCode::kInvalidArgument);
+  // A batch over the byte limit fails as a whole: its small write does not land either.
+  w = BatchRaw(loop.get(), disk, 5, 9,
+               {RawOp{Kind::WRITE, 0, 0, std::vector<uint8_t>(4096, 0x11)},
+                RawOp{Kind::WRITE, 8192, 0, std::vector<uint8_t>(8u << 20, 1)}});
+  ASSERT_EQ(w.size(), 2u);
+  EXPECT_EQ(w[0].code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(w[1].code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(w[0].message().find("over the server's limit"), std::string::npos) << w[0];
+
+  // A mixed batch: each op answered on its own (a bad one does not spoil the others),
+  // reads carry their data.
+  std::vector<std::string> data;
+  w = BatchRaw(loop.get(), disk, 5, 9,
+               {RawOp{Kind::READ, 0, 4096}, RawOp{Kind::READ, 100, 512},
+                RawOp{Kind::WRITE, 1 << 20, 0, std::vector<uint8_t>(512, 0x77)},
+                RawOp{Kind::FLUSH}, RawOp{Kind::DISCARD, 16ull << 20, 512}},
+               &data);
+  ASSERT_EQ(w.size(), 5u);
+  EXPECT_TRUE(w[0].ok()) << w[0];
+  EXPECT_EQ(data[0], std::string(4096, 0x5a));
+  EXPECT_EQ(w[1].code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(data[1].empty());
+  EXPECT_TRUE(w[2].ok()) << w[2];
+  EXPECT_TRUE(w[3].ok()) << w[3];
+  EXPECT_EQ(w[4].code(), absl::StatusCode::kOutOfRange);
+  // An empty batch is an empty answer.
+  EXPECT_TRUE(BatchRaw(loop.get(), disk, 5, 9, {}).empty());
 
   const DiskServerStats stats = server->Stats();
-  EXPECT_EQ(stats.requests, 8u);
   EXPECT_EQ(stats.stale_epoch_rejections, 1u);
-  EXPECT_EQ(stats.request_errors, 6u);
   EXPECT_EQ(stats.connections_active, 1u);
   // Nothing a refused request carried reached the disk.
   AlignedBuffer got(4096);
   ASSERT_TRUE(Await(loop.get(), [&](auto cb) { file->Read(0, 4096, got.data(), cb); }).ok());
   EXPECT_TRUE(AllBytes(got, 0x5a));
+  ASSERT_TRUE(Await(loop.get(), [&](auto cb) { file->Read(1 << 20, 4096, got.data(), cb); }).ok());
+  EXPECT_EQ(got.data()[0], 0x77);
+  EXPECT_EQ(got.data()[511], 0x77);
+  EXPECT_EQ(got.data()[512], 0);
 }
 
 TEST(DiskServer, BadArgumentsAreRefused) {

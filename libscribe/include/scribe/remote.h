@@ -114,14 +114,16 @@ struct RemoteDeviceOptions {
 // device, or with the server's error (NOT_FOUND, FAILED_PRECONDITION for a stale epoch)
 // or UNAVAILABLE when the server cannot be reached.
 //
-// The device (a BlockDevice, same contract and argument checks as a local one) sends
-// every Read/Write/Flush/Discard as one RPC carrying `epoch`. Write copies the data into
-// the request before returning. Losing the connection fails the calls in flight with
-// UNAVAILABLE; the next call reconnects (with backoff). Calls fenced off by a newer
-// owner fail FAILED_PRECONDITION. Completion callbacks run as loop callbacks of their
-// own, never inside KJ. Destroying the device drops the callbacks of calls in flight
-// (they never run) and their replies (nothing is written into their buffers). `loop`
-// must outlive the device.
+// The device (a BlockDevice, same contract and argument checks as a local one) queues
+// every Read/Write/Flush/Discard and sends what one loop turn queued as one `batch` RPC
+// carrying `epoch` (one message and one reply for many ops: the cost per message, not
+// per op, is what limits a loopback cluster); write data is copied into the message
+// when the batch goes out, at the end of the turn. Losing the connection fails the
+// calls in flight with UNAVAILABLE; the next call reconnects (with backoff). Calls
+// fenced off by a newer owner fail FAILED_PRECONDITION. Completion callbacks run as
+// loop callbacks of their own, never inside KJ. Destroying the device drops the
+// callbacks of calls in flight (they never run) and their replies (nothing is written
+// into their buffers). `loop` must outlive the device.
 void OpenRemoteDevice(RealLoop* loop, std::string address, uint64_t disk_id, uint64_t epoch,
                       std::function<void(absl::StatusOr<std::unique_ptr<BlockDevice>>)> done,
                       RemoteDeviceOptions options = {});
