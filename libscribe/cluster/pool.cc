@@ -1166,7 +1166,7 @@ class PoolImpl : public Pool {
     state->crcs = std::move(crcs);
     state->dst = dst;
     state->candidates = std::move(candidates);
-    state->buf = AlignedBuffer(count * kBlockBytes);
+    state->buf = AlignedBuffer(count * kBlockBytes, AlignedBuffer::Uninitialized{});
     state->done = std::move(done);
     TryReplica(state, 0);
   }
@@ -1387,7 +1387,7 @@ class PoolImpl : public Pool {
       const uint8_t* data = static_cast<const uint8_t*>(buf);
       std::shared_ptr<AlignedBuffer> copy;
       if (reinterpret_cast<uintptr_t>(buf) % BlockDevice::kBufferAlignment != 0) {
-        copy = std::make_shared<AlignedBuffer>(length_bytes);
+        copy = std::make_shared<AlignedBuffer>(length_bytes, AlignedBuffer::Uninitialized{});
         std::memcpy(copy->data(), buf, length_bytes);
         data = copy->data();
       }

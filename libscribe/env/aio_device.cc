@@ -1,5 +1,6 @@
 // BlockDevice over a file or block device opened O_DIRECT, driven by libaio. Completions
 // are signalled on an eventfd that the RealLoop watches, so callbacks run on the loop.
+// Submissions are gathered per loop turn (see Enqueue).
 #include <fcntl.h>
 #include <libaio.h>
 #include <linux/falloc.h>
@@ -11,6 +12,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
 #include <deque>
 #include <memory>
@@ -33,6 +35,9 @@ absl::Status ErrnoStatus(int err, const std::string& what) {
   return absl::Status(err == EIO ? absl::StatusCode::kUnavailable : absl::StatusCode::kInternal,
                       absl::StrFormat("%s: %s", what, std::strerror(err)));
 }
+
+// Most iocbs handed to one io_submit.
+constexpr size_t kSubmitBatchMax = 64;
 
 class AioDevice : public BlockDevice {
  public:
@@ -63,6 +68,8 @@ class AioDevice : public BlockDevice {
         --in_flight_;
       }
     }
+    // Never submitted: their callbacks are dropped with the device.
+    for (Op* op : waiting_) delete op;
     io_destroy(ctx_);
     close(efd_);
     close(fd_);
@@ -152,24 +159,39 @@ class AioDevice : public BlockDevice {
     Fail(std::move(done), st);
   }
 
+  // Ops queued in one loop turn go to the kernel together, at the end of the turn: one
+  // io_submit (and one doorbell to the device) for many.
   void Enqueue(Op* op) {
     waiting_.push_back(op);
-    SubmitWaiting();
+    if (submit_posted_) return;
+    submit_posted_ = true;
+    loop_->Post([this, alive = alive_] {
+      if (!*alive) return;
+      submit_posted_ = false;
+      SubmitWaiting();
+    });
   }
 
   void SubmitWaiting() {
     while (!waiting_.empty() && in_flight_ < queue_depth_max_) {
-      Op* op = waiting_.front();
-      io_set_eventfd(&op->cb, efd_);
-      op->cb.data = op;
-      iocb* cbs[1] = {&op->cb};
-      int rc = io_submit(ctx_, 1, cbs);
-      if (rc == 1) {
-        waiting_.pop_front();
-        ++in_flight_;
+      const size_t n = std::min({waiting_.size(), static_cast<size_t>(queue_depth_max_ - in_flight_),
+                                 kSubmitBatchMax});
+      iocb* cbs[kSubmitBatchMax];
+      for (size_t i = 0; i < n; ++i) {
+        Op* op = waiting_[i];
+        io_set_eventfd(&op->cb, efd_);
+        op->cb.data = op;
+        cbs[i] = &op->cb;
+      }
+      int rc = io_submit(ctx_, static_cast<long>(n), cbs);
+      if (rc > 0) {  // the first rc went in
+        waiting_.erase(waiting_.begin(), waiting_.begin() + rc);
+        in_flight_ += rc;
         continue;
       }
-      if (rc == -EAGAIN) return;  // the kernel queue is full; Reap resubmits
+      if (rc == -EAGAIN || rc == 0) return;  // the kernel queue is full; Reap resubmits
+      // The first op was refused.
+      Op* op = waiting_.front();
       waiting_.pop_front();
       if (op->is_flush && rc == -EINVAL) {
         // Kernels before 4.18 have no aio fsync: flush synchronously from now on.
@@ -226,6 +248,7 @@ class AioDevice : public BlockDevice {
   int in_flight_ = 0;
   bool fdsync_unsupported_ = false;
   bool dsync_unsupported_ = false;
+  bool submit_posted_ = false;  // a SubmitWaiting is posted for the end of this turn
   std::deque<Op*> waiting_;
   std::unique_ptr<RealLoop::FdWatch> watch_;
 };

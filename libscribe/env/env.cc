@@ -1,6 +1,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_format.h"
 #include "scribe/env.h"
@@ -51,13 +52,61 @@ void BlockDevice::WriteDurable(uint64_t offset_bytes, size_t length_bytes, const
   });
 }
 
+namespace {
+
+// Recycled aligned buffers of 1..kCachedPagesMax pages, per thread and size, up to
+// kCachedBytesMax in all: aligned_alloc of a page splits a heap chunk, and freeing it
+// merges them again, on every request otherwise.
+constexpr size_t kPageBytes = BlockDevice::kBufferAlignment;
+constexpr size_t kCachedPagesMax = 32;
+constexpr size_t kCachedBytesMax = 8u << 20;
+
+struct BufferCache {
+  std::vector<uint8_t*> free[kCachedPagesMax + 1];
+  size_t bytes = 0;
+  ~BufferCache() {
+    for (auto& list : free) {
+      for (uint8_t* p : list) std::free(p);
+    }
+  }
+};
+thread_local BufferCache buffer_cache;
+
+size_t Pages(size_t size_bytes) { return size_bytes == 0 ? 1 : (size_bytes + kPageBytes - 1) / kPageBytes; }
+
+uint8_t* AllocateAligned(size_t size_bytes) {
+  const size_t pages = Pages(size_bytes);
+  if (pages <= kCachedPagesMax && !buffer_cache.free[pages].empty()) {
+    uint8_t* p = buffer_cache.free[pages].back();
+    buffer_cache.free[pages].pop_back();
+    buffer_cache.bytes -= pages * kPageBytes;
+    return p;
+  }
+  auto* p = static_cast<uint8_t*>(std::aligned_alloc(kPageBytes, pages * kPageBytes));
+  SCRIBE_CHECK(p != nullptr);
+  return p;
+}
+
+void FreeAligned(uint8_t* p, size_t size_bytes) {
+  if (p == nullptr) return;
+  const size_t pages = Pages(size_bytes);
+  if (pages <= kCachedPagesMax && buffer_cache.bytes + pages * kPageBytes <= kCachedBytesMax) {
+    buffer_cache.free[pages].push_back(p);
+    buffer_cache.bytes += pages * kPageBytes;
+    return;
+  }
+  std::free(p);
+}
+
+}  // namespace
+
 AlignedBuffer::AlignedBuffer(size_t size_bytes) : size_(size_bytes) {
-  const size_t rounded = (size_bytes + BlockDevice::kBufferAlignment - 1) /
-                         BlockDevice::kBufferAlignment * BlockDevice::kBufferAlignment;
-  data_ = static_cast<uint8_t*>(
-      std::aligned_alloc(BlockDevice::kBufferAlignment, rounded == 0 ? BlockDevice::kBufferAlignment : rounded));
-  SCRIBE_CHECK(data_ != nullptr);
+  data_ = AllocateAligned(size_bytes);
   std::memset(data_, 0, size_bytes);
+}
+
+AlignedBuffer::AlignedBuffer(size_t size_bytes, Uninitialized) : size_(size_bytes) {
+  data_ = AllocateAligned(size_bytes);
 }
 
 AlignedBuffer::AlignedBuffer(AlignedBuffer&& other) noexcept
@@ -65,13 +114,13 @@ AlignedBuffer::AlignedBuffer(AlignedBuffer&& other) noexcept
 
 AlignedBuffer& AlignedBuffer::operator=(AlignedBuffer&& other) noexcept {
   if (this != &other) {
-    std::free(data_);
+    FreeAligned(data_, size_);
     data_ = std::exchange(other.data_, nullptr);
     size_ = std::exchange(other.size_, 0);
   }
   return *this;
 }
 
-AlignedBuffer::~AlignedBuffer() { std::free(data_); }
+AlignedBuffer::~AlignedBuffer() { FreeAligned(data_, size_); }
 
 }  // namespace scribe

@@ -31,6 +31,11 @@ Loop::TimerId RealLoop::RunAfter(int64_t delay_ns, std::function<void()> fn) {
   return id;
 }
 
+void RealLoop::Post(std::function<void()> fn) {
+  impl_->ready.push_back(std::move(fn));
+  if (impl_->wakeup) impl_->wakeup->fulfill();
+}
+
 bool RealLoop::Cancel(TimerId id) {
   auto it = impl_->deadline_of.find(id);
   if (it == impl_->deadline_of.end()) return false;
@@ -54,6 +59,13 @@ bool RealLoop::RunUntil(const std::function<bool()>& done, int64_t timeout_ns) {
       result = true;
       break;
     }
+    // Posted callbacks, one at a time, in order.
+    if (!impl_->ready.empty()) {
+      std::function<void()> fn = std::move(impl_->ready.front());
+      impl_->ready.pop_front();
+      fn();
+      continue;
+    }
     // Due timers, one at a time, in deadline order.
     const int64_t now = NowNanos();
     if (!impl_->timers.empty() && impl_->timers.begin()->first.deadline_ns <= now) {
@@ -71,7 +83,8 @@ bool RealLoop::RunUntil(const std::function<bool()>& done, int64_t timeout_ns) {
       break;
     }
     const int64_t after_poll = NowNanos();
-    if (!impl_->timers.empty() && impl_->timers.begin()->first.deadline_ns <= after_poll) {
+    if (!impl_->ready.empty() ||
+        (!impl_->timers.empty() && impl_->timers.begin()->first.deadline_ns <= after_poll)) {
       continue;
     }
     if (after_poll >= deadline) break;

@@ -5,6 +5,7 @@
 #include <kj/async-io.h>
 #include <kj/async-unix.h>
 
+#include <deque>
 #include <functional>
 #include <map>
 
@@ -25,6 +26,8 @@ struct RealLoop::Impl {
   TimerId next_id = 1;
   std::map<Key, std::function<void()>> timers;
   std::map<TimerId, int64_t> deadline_of;
+  // Posted callbacks, in order: run before due timers, with no deadline bookkeeping.
+  std::deque<std::function<void()>> ready;
 
   // Set while RunUntil blocks in KJ: any callback fulfils it so RunUntil re-checks.
   kj::Own<kj::PromiseFulfiller<void>> wakeup;

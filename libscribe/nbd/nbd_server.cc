@@ -330,7 +330,7 @@ class Connection final : public kj::TaskSet::ErrorHandler {
               loop_->Dispatch([&] { Start(req, check, held, nullptr); });
               return ReadRequests();
             }
-            auto payload = std::make_shared<AlignedBuffer>(payload_bytes);
+            auto payload = std::make_shared<AlignedBuffer>(payload_bytes, AlignedBuffer::Uninitialized{});
             return stream_->read(payload->data(), payload_bytes)
                 .then([this, req, check, held, payload]() {
                   loop_->Dispatch([&] { Start(req, check, held, payload); });
@@ -358,7 +358,7 @@ class Connection final : public kj::TaskSet::ErrorHandler {
     }
     switch (req.type) {
       case nbd::kCmdRead: {
-        auto data = std::make_shared<AlignedBuffer>(req.length_bytes);
+        auto data = std::make_shared<AlignedBuffer>(req.length_bytes, AlignedBuffer::Uninitialized{});
         pool->Read(vsd_, req.offset_bytes, req.length_bytes, data->data(),
                    [this, alive, handle, held, data](absl::Status st) {
                      if (!*alive) return;

@@ -198,7 +198,7 @@ struct DiskServer::Impl : public kj::TaskSet::ErrorHandler {
 
     auto outcome = std::make_shared<Outcome>();
     outcome->size_bytes = d.device->size_bytes();
-    if (r.kind == Kind::kRead) outcome->data = std::make_shared<AlignedBuffer>(r.length_bytes);
+    if (r.kind == Kind::kRead) outcome->data = std::make_shared<AlignedBuffer>(r.length_bytes, AlignedBuffer::Uninitialized{});
     // The fulfiller and both buffers ride in the device callback: the device may use the
     // buffers until it calls back, whatever happened to the call or the server meanwhile.
     auto fulfiller = std::make_shared<kj::Own<kj::PromiseFulfiller<Outcome>>>(kj::mv(w.fulfiller));
@@ -340,7 +340,7 @@ class Service final : public DiskService::Server {
             r.length_bytes = data.size();
             // O_DIRECT needs an aligned buffer; the message is freed once all are copied.
             if (refused.ok()) {
-              r.data = std::make_shared<AlignedBuffer>(data.size());
+              r.data = std::make_shared<AlignedBuffer>(data.size(), AlignedBuffer::Uninitialized{});
               if (data.size() > 0) std::memcpy(r.data->data(), data.begin(), data.size());
             }
             break;
@@ -417,7 +417,7 @@ class LocalDevice final : public BlockDevice, private kj::TaskSet::ErrorHandler 
     r.kind = Kind::kWrite;
     r.offset_bytes = offset;
     r.length_bytes = length;
-    r.data = std::make_shared<AlignedBuffer>(length);
+    r.data = std::make_shared<AlignedBuffer>(length, AlignedBuffer::Uninitialized{});
     if (length > 0) std::memcpy(r.data->data(), buf, length);
     Run(std::move(r), nullptr, std::move(done));
   }

@@ -34,7 +34,9 @@ class Loop {
   // Runs `fn` on the loop no earlier than `delay_ns` from now (0: the next turn).
   // Callbacks with equal deadlines run in the order they were scheduled.
   virtual TimerId RunAfter(int64_t delay_ns, std::function<void()> fn) = 0;
-  void Post(std::function<void()> fn) { RunAfter(0, std::move(fn)); }
+  // Runs `fn` on the next turn; posted callbacks run in the order they were posted.
+  // (A loop may keep them apart from its timers: they need no deadline bookkeeping.)
+  virtual void Post(std::function<void()> fn) { RunAfter(0, std::move(fn)); }
 
   // Cancels a timer that has not fired. Returns false if it already ran or is unknown.
   virtual bool Cancel(TimerId id) = 0;
@@ -110,10 +112,15 @@ class Transport {
 };
 
 // A heap buffer aligned for direct I/O; the unit every engine read and write uses.
+// Zero-filled unless made with Uninitialized (for buffers about to be overwritten whole:
+// a socket read, a copy, a device read). Buffers of up to 128 KiB are recycled through
+// a small per-thread cache (the I/O path makes and drops one or more per request).
 class AlignedBuffer {
  public:
+  struct Uninitialized {};
   AlignedBuffer() = default;
   explicit AlignedBuffer(size_t size_bytes);
+  AlignedBuffer(size_t size_bytes, Uninitialized);
   AlignedBuffer(AlignedBuffer&& other) noexcept;
   AlignedBuffer& operator=(AlignedBuffer&& other) noexcept;
   AlignedBuffer(const AlignedBuffer&) = delete;

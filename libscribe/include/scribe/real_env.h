@@ -26,6 +26,7 @@ class RealLoop : public Loop {
 
   int64_t NowNanos() override;
   TimerId RunAfter(int64_t delay_ns, std::function<void()> fn) override;
+  void Post(std::function<void()> fn) override;
   bool Cancel(TimerId id) override;
   bool RunUntil(const std::function<bool()>& done, int64_t timeout_ns) override;
 
