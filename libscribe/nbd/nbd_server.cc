@@ -17,8 +17,10 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
 #include <deque>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -32,6 +34,8 @@ namespace scribe {
 
 namespace {
 
+// Bytes one socket read may take while serving requests.
+constexpr size_t kReceiveBufferBytes = 256 << 10;
 // Replies gathered into one socket write at most.
 constexpr size_t kRepliesPerWriteMax = 64;
 // Longest export name quoted back in an error message (messages must stay <= 4096 bytes).
@@ -301,42 +305,72 @@ class Connection final : public kj::TaskSet::ErrorHandler {
   }
 
   // ------------------------------------------------------------ transmission
+  // Requests come off the socket in bulk: one read takes whatever the client has sent
+  // (at queue depth 32, many requests), and every whole request in the buffer starts
+  // before the next read. A write payload larger than what is buffered is read straight
+  // into its own buffer. Reading stops while the connection has no room (in-flight
+  // count or bytes), which holds the client back through the socket.
   kj::Promise<void> ReadRequests() {
-    return WhenRoom(0)
-        .then([this] {
-          return stream_->tryRead(request_, nbd::kRequestHeaderBytes, nbd::kRequestHeaderBytes);
-        })
+    for (;;) {
+      const size_t have = rx_end_ - rx_begin_;
+      if (have < nbd::kRequestHeaderBytes) break;
+      const uint8_t* at = rx_.get() + rx_begin_;
+      auto parsed = nbd::ParseRequestHeader(at);
+      if (!parsed.ok()) return ProtocolError<void>(std::string(parsed.status().message()));
+      const nbd::Request req = *parsed;
+      if (req.type == nbd::kCmdDisc) {
+        ++server_->stats.requests;
+        return kj::READY_NOW;  // replies drain, then close
+      }
+      const nbd::RequestCheck check = nbd::ValidateRequest(req, export_size_bytes_, limits_);
+      if (check.disconnect) return ProtocolError<void>("request payload over the limit");
+      // Bytes held until the reply is sent: a write's payload or a read's data.
+      const uint64_t held =
+          req.type == nbd::kCmdWrite || (req.type == nbd::kCmdRead && check.ok())
+              ? req.length_bytes
+              : 0;
+      if (!HasRoom(held)) {
+        // The header stays buffered and is parsed again once there is room.
+        return WhenRoom(held).then([this] { return ReadRequests(); });
+      }
+      ++server_->stats.requests;
+      Reserve(held);
+      rx_begin_ += nbd::kRequestHeaderBytes;
+      const uint32_t payload_bytes = nbd::RequestPayloadBytes(req);
+      if (payload_bytes == 0) {
+        loop_->Dispatch([&] { Start(req, check, held, nullptr); });
+        continue;
+      }
+      auto payload =
+          std::make_shared<AlignedBuffer>(payload_bytes, AlignedBuffer::Uninitialized{});
+      const size_t buffered = std::min<size_t>(payload_bytes, rx_end_ - rx_begin_);
+      std::memcpy(payload->data(), rx_.get() + rx_begin_, buffered);
+      rx_begin_ += buffered;
+      if (buffered == payload_bytes) {
+        loop_->Dispatch([&] { Start(req, check, held, payload); });
+        continue;
+      }
+      return stream_->read(payload->data() + buffered, payload_bytes - buffered)
+          .then([this, req, check, held, payload]() {
+            loop_->Dispatch([&] { Start(req, check, held, payload); });
+            return ReadRequests();
+          });
+    }
+    // Less than a header buffered: keep the partial bytes at the front, read more.
+    const size_t have = rx_end_ - rx_begin_;
+    if (rx_begin_ > 0) {
+      std::memmove(rx_.get(), rx_.get() + rx_begin_, have);
+      rx_begin_ = 0;
+      rx_end_ = have;
+    }
+    return stream_->tryRead(rx_.get() + rx_end_, 1, kReceiveBufferBytes - rx_end_)
         .then([this](size_t n) -> kj::Promise<void> {
-          if (n == 0) return kj::READY_NOW;  // the client hung up between requests
-          if (n < nbd::kRequestHeaderBytes) {
+          if (n == 0) {
+            if (rx_end_ == 0) return kj::READY_NOW;  // the client hung up between requests
             return KJ_EXCEPTION(DISCONNECTED, "connection closed inside a request header");
           }
-          auto parsed = nbd::ParseRequestHeader(request_);
-          if (!parsed.ok()) return ProtocolError<void>(std::string(parsed.status().message()));
-          const nbd::Request req = *parsed;
-          ++server_->stats.requests;
-          if (req.type == nbd::kCmdDisc) return kj::READY_NOW;  // replies drain, then close
-          const nbd::RequestCheck check = nbd::ValidateRequest(req, export_size_bytes_, limits_);
-          if (check.disconnect) return ProtocolError<void>("request payload over the limit");
-          // Bytes held until the reply is sent: a write's payload or a read's data.
-          const uint64_t held =
-              req.type == nbd::kCmdWrite || (req.type == nbd::kCmdRead && check.ok())
-                  ? req.length_bytes
-                  : 0;
-          return WhenRoom(held).then([this, req, check, held]() -> kj::Promise<void> {
-            Reserve(held);
-            const uint32_t payload_bytes = nbd::RequestPayloadBytes(req);
-            if (payload_bytes == 0) {
-              loop_->Dispatch([&] { Start(req, check, held, nullptr); });
-              return ReadRequests();
-            }
-            auto payload = std::make_shared<AlignedBuffer>(payload_bytes, AlignedBuffer::Uninitialized{});
-            return stream_->read(payload->data(), payload_bytes)
-                .then([this, req, check, held, payload]() {
-                  loop_->Dispatch([&] { Start(req, check, held, payload); });
-                  return ReadRequests();
-                });
-          });
+          rx_end_ += n;
+          return ReadRequests();
         });
   }
 
@@ -519,7 +553,10 @@ class Connection final : public kj::TaskSet::ErrorHandler {
   uint64_t epoch_ = 0;  // declared by the client's export name
   VsdId vsd_;
   uint64_t export_size_bytes_ = 0;
-  uint8_t request_[nbd::kRequestHeaderBytes];
+  // Received bytes not yet taken as requests: rx_[rx_begin_, rx_end_).
+  std::unique_ptr<uint8_t[]> rx_ = std::make_unique<uint8_t[]>(kReceiveBufferBytes);
+  size_t rx_begin_ = 0;
+  size_t rx_end_ = 0;
   int in_flight_ = 0;  // requests reserved and not yet answered or dropped
   uint64_t held_bytes_ = 0;
   kj::Own<kj::PromiseFulfiller<void>> room_waiter_;
