@@ -4,6 +4,7 @@
 // docs/ARCHITECTURE.md for the design.
 #include <algorithm>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <memory>
 #include <optional>
@@ -203,30 +204,56 @@ class PoolImpl : public Pool {
   // Wraps a device callback so it runs exactly once: on completion, or with UNAVAILABLE
   // after `io_timeout_ns` when the disk (or, later, its node) stops answering. The
   // original callback, and the buffers it holds, live until the device really finishes.
+  //
+  // Every deadline is "issued + io_timeout_ns", so deadlines follow issue order: the
+  // I/Os wait in one FIFO with one loop timer for its front, instead of a timer each
+  // (setting and cancelling a timer per I/O showed in profiles).
+  struct TimedIo {
+    bool fired = false;
+    int64_t deadline_ns = 0;
+    BlockDevice::Callback cb;
+  };
+
   BlockDevice::Callback Timed(BlockDevice::Callback cb) {
-    struct State {
-      bool fired = false;
-      BlockDevice::Callback cb;
-    };
-    auto state = std::make_shared<State>();
-    state->cb = std::move(cb);
+    auto io = std::make_shared<TimedIo>();
+    io->cb = std::move(cb);
+    io->deadline_ns = loop_->NowNanos() + options_.io_timeout_ns;
+    timed_.push_back(io);
+    if (!timed_armed_) ArmTimedIo();
     auto alive = alive_;
-    const Loop::TimerId timer = loop_->RunAfter(options_.io_timeout_ns, [state, alive] {
-      if (!*alive || state->fired) return;
-      state->fired = true;
-      BlockDevice::Callback copy = state->cb;
-      copy(absl::UnavailableError("I/O timed out: the disk stopped answering"));
-    });
-    return [this, state, alive, timer](absl::Status st) {
-      if (state->fired) {
-        state->cb = nullptr;
+    return [this, io, alive](absl::Status st) {
+      if (io->fired) {
+        io->cb = nullptr;
         return;
       }
-      state->fired = true;
-      if (*alive) loop_->Cancel(timer);
-      BlockDevice::Callback cb = std::move(state->cb);
+      io->fired = true;
+      BlockDevice::Callback cb = std::move(io->cb);
+      if (*alive) {
+        while (!timed_.empty() && timed_.front()->fired) timed_.pop_front();
+      }
       cb(st);
     };
+  }
+
+  void ArmTimedIo() {
+    timed_armed_ = true;
+    const int64_t wait = std::max<int64_t>(0, timed_.front()->deadline_ns - loop_->NowNanos());
+    auto alive = alive_;
+    loop_->RunAfter(wait, [this, alive] {
+      if (!*alive) return;
+      timed_armed_ = false;
+      const int64_t now = loop_->NowNanos();
+      while (!timed_.empty() && (timed_.front()->fired || timed_.front()->deadline_ns <= now)) {
+        std::shared_ptr<TimedIo> io = std::move(timed_.front());
+        timed_.pop_front();
+        if (io->fired) continue;
+        io->fired = true;
+        BlockDevice::Callback copy = io->cb;  // the device still holds the original
+        copy(absl::UnavailableError("I/O timed out: the disk stopped answering"));
+        if (!*alive) return;
+      }
+      if (!timed_.empty() && !timed_armed_) ArmTimedIo();
+    });
   }
 
   // ---------------------------------------------------------------- records
@@ -2796,6 +2823,9 @@ class PoolImpl : public Pool {
   PoolOptions options_;
   Refs refs_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  // Device I/Os in issue order (so in deadline order) until they finish; see Timed().
+  std::deque<std::shared_ptr<TimedIo>> timed_;
+  bool timed_armed_ = false;  // a loop timer is set for the front's deadline
   uint64_t pool_uuid_ = 0;
   uint64_t half_bytes_ = 0;
 
