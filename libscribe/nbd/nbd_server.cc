@@ -436,7 +436,14 @@ class Connection final : public kj::TaskSet::ErrorHandler {
     r.data = std::move(data);
     r.held_bytes = held;
     replies_.push_back(std::move(r));
-    Pump();
+    // Written at the end of this loop turn, with every other reply the turn produced.
+    if (pump_posted_) return;
+    pump_posted_ = true;
+    loop_->Post([this, alive = alive_] {
+      if (!*alive) return;
+      pump_posted_ = false;
+      Pump();
+    });
   }
 
   // Starts one gathered write of the queued replies unless one is under way.
@@ -566,6 +573,7 @@ class Connection final : public kj::TaskSet::ErrorHandler {
   std::vector<Reply> batch_;   // being written
   kj::Array<kj::ArrayPtr<const kj::byte>> pieces_;
   bool writing_ = false;
+  bool pump_posted_ = false;  // a Pump is posted for the end of this loop turn
   bool closed_ = false;
   bool shut_down_ = false;
   // Declared last: pending writes are cancelled before the buffers they point into go.

@@ -253,10 +253,7 @@ class RemoteBlockDevice final : public BlockDevice, private kj::TaskSet::ErrorHa
           if (!*alive) return;
           loop_->Dispatch([&] {
             loop_->Cancel(timer);
-            if (connection_.get() != nullptr && connection_->generation == gen) {
-              connection_->answered = true;
-              backoff_ns_ = options_.reconnect_backoff_min_ns;
-            }
+            if (connection_.get() != nullptr && connection_->generation == gen) Answered();
             auto results = reply.getResults();
             for (size_t i = 0; i < ids->size(); ++i) {
               auto it = ops_.find((*ids)[i]);
@@ -350,6 +347,26 @@ class RemoteBlockDevice final : public BlockDevice, private kj::TaskSet::ErrorHa
     service_ = DiskService::Client(kj::mv(ready));
   }
 
+  // The current connection answered a call: it works. The first time, calls stop going
+  // through the promise the capability was made from (a queue and a fork per call) and
+  // go to the resolved capability.
+  void Answered() {
+    backoff_ns_ = options_.reconnect_backoff_min_ns;
+    if (connection_->answered) return;
+    connection_->answered = true;
+    KJ_IF_MAYBE (service, service_) {
+      kj::Own<capnp::ClientHook> hook = capnp::ClientHook::from(kj::cp(*service));
+      for (;;) {
+        KJ_IF_MAYBE (next, hook->getResolved()) {
+          hook = next->addRef();
+        } else {
+          break;
+        }
+      }
+      service_ = DiskService::Client(kj::mv(hook));
+    }
+  }
+
   // Forgets connection `gen` if it is the current one; its calls fail UNAVAILABLE.
   void Drop(uint64_t gen, const std::string& why) {
     if (connection_.get() == nullptr || connection_->generation != gen) return;
@@ -416,8 +433,7 @@ class RemoteBlockDevice final : public BlockDevice, private kj::TaskSet::ErrorHa
             auto it = ops_.find(id);
             if (it == ops_.end()) return;  // already failed: timeout or connection loss
             if (connection_.get() != nullptr && connection_->generation == it->second.generation) {
-              connection_->answered = true;
-              backoff_ns_ = options_.reconnect_backoff_min_ns;
+              Answered();
             }
             absl::Status st = on_reply(response, it->second);
             Finish(it, std::move(st));

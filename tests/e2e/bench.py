@@ -6,6 +6,7 @@ table and the ratios docs/BENCHMARKS.md records.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,14 @@ def measure(name, target_args, prefill):
 
 def main():
     root = tempfile.mkdtemp(prefix="scribe-bench-", dir=os.environ.get("BENCH_DIR"))
+    try:
+        run(root)
+    finally:
+        # The cluster's disks hold gigabytes of written data: never leave them behind.
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run(root):
     results = {}
     # Raw: a file on the same file system, O_DIRECT through libaio.
     raw = os.path.join(root, "raw.img")
