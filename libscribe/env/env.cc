@@ -58,8 +58,8 @@ namespace {
 // kCachedBytesMax in all: aligned_alloc of a page splits a heap chunk, and freeing it
 // merges them again, on every request otherwise.
 constexpr size_t kPageBytes = BlockDevice::kBufferAlignment;
-constexpr size_t kCachedPagesMax = 32;
-constexpr size_t kCachedBytesMax = 8u << 20;
+constexpr size_t kCachedPagesMax = 256;  // 1 MiB
+constexpr size_t kCachedBytesMax = 16u << 20;
 
 struct BufferCache {
   std::vector<uint8_t*> free[kCachedPagesMax + 1];

@@ -47,8 +47,14 @@ struct Request {
   uint64_t epoch = 0;
   uint64_t offset_bytes = 0;
   uint64_t length_bytes = 0;
-  std::shared_ptr<AlignedBuffer> data;  // a write's payload
-  bool local = false;  // from OpenLocal's device: no message size to respect
+  std::shared_ptr<AlignedBuffer> data;  // a write's payload (remote requests)
+  // From OpenLocal's device: no message size to respect, the caller's own buffers (valid
+  // until `local_done`, which runs only once the disk is done with them), and a plain
+  // callback instead of a KJ promise.
+  bool local = false;
+  const uint8_t* src = nullptr;  // a local write's data
+  uint8_t* dst = nullptr;        // where a local read goes
+  std::function<void(absl::Status)> local_done;
 };
 
 struct Outcome {
@@ -72,9 +78,19 @@ struct DiskServer::Impl : public kj::TaskSet::ErrorHandler {
     }
   };
 
+  // A request waiting for admission; it completes through `fulfiller` (remote) or its
+  // request's local_done (local).
   struct Waiting {
     Request request;
     kj::Own<kj::PromiseFulfiller<Outcome>> fulfiller;
+    bool Wanted() { return request.local || fulfiller->isWaiting(); }
+    void Answer(Outcome o) {
+      if (request.local) {
+        request.local_done(o.status);
+      } else {
+        fulfiller->fulfill(kj::mv(o));
+      }
+    }
   };
 
   // One accepted connection: its own RPC system over the shared bootstrap capability,
@@ -104,7 +120,16 @@ struct DiskServer::Impl : public kj::TaskSet::ErrorHandler {
       d.epoch = options.epoch_min;
     }
   }
-  ~Impl() { *alive = false; }
+  ~Impl() {
+    *alive = false;
+    // Local requests not started yet fail now; started ones finish when their disk does.
+    for (Waiting& w : waiting) {
+      if (!w.request.local) continue;
+      loop->Post([done = std::move(w.request.local_done)] {
+        done(absl::UnavailableError("its disk server closed"));
+      });
+    }
+  }
 
   // Connection tasks end when their peer goes; a failing accept loop retries itself.
   void taskFailed(kj::Exception&& exception) override { (void)exception; }
@@ -129,26 +154,47 @@ struct DiskServer::Impl : public kj::TaskSet::ErrorHandler {
         absl::StrFormat("stale epoch %d < %d for disk %d", epoch, d.epoch, disk_id));
   }
 
-  // Arrival: validation and the fence; the request then waits for admission.
-  kj::Promise<Outcome> Submit(Request r) {
+  // Arrival: validation and the fence; OK if the request may wait for admission.
+  absl::Status Arrive(const Request& r) {
     ++stats.requests;
     auto it = disks.find(r.disk_id);
     if (it == disks.end()) {
-      return Reject(absl::NotFoundError(absl::StrFormat("disk %d is not served here", r.disk_id)));
+      return absl::NotFoundError(absl::StrFormat("disk %d is not served here", r.disk_id));
     }
     if (CarriesData(r.kind) && !r.local && r.length_bytes > options.request_bytes_max) {
-      return Reject(absl::InvalidArgumentError(
+      return absl::InvalidArgumentError(
           absl::StrFormat("request of %d bytes is over the server's limit of %d", r.length_bytes,
-                          options.request_bytes_max)));
+                          options.request_bytes_max));
     }
     Disk& d = it->second;
-    if (r.epoch < d.epoch) return Reject(Stale(r.epoch, d, r.disk_id));
+    if (r.epoch < d.epoch) return Stale(r.epoch, d, r.disk_id);
     d.epoch = r.epoch;
-    auto paf = kj::newPromiseAndFulfiller<Outcome>();
-    waiting.push_back(Waiting{std::move(r), kj::mv(paf.fulfiller)});
+    return absl::OkStatus();
+  }
+
+  void Enqueue(Waiting w) {
+    waiting.push_back(std::move(w));
     Pump();
     stats.requests_waiting_max = std::max<uint64_t>(stats.requests_waiting_max, waiting.size());
+  }
+
+  kj::Promise<Outcome> Submit(Request r) {
+    absl::Status st = Arrive(r);
+    if (!st.ok()) return Reject(std::move(st));
+    auto paf = kj::newPromiseAndFulfiller<Outcome>();
+    Enqueue(Waiting{std::move(r), kj::mv(paf.fulfiller)});
     return kj::mv(paf.promise);
+  }
+
+  // The same for a local request; its local_done runs as a loop callback of its own.
+  void SubmitLocal(Request r) {
+    absl::Status st = Arrive(r);
+    if (!st.ok()) {
+      (void)Reject(st);
+      loop->Post([done = std::move(r.local_done), st = std::move(st)] { done(st); });
+      return;
+    }
+    Enqueue(Waiting{std::move(r), kj::Own<kj::PromiseFulfiller<Outcome>>()});
   }
 
   // Admission, in arrival order; a request blocked only by its disk's fence drain does
@@ -162,18 +208,22 @@ struct DiskServer::Impl : public kj::TaskSet::ErrorHandler {
     do {
       pump_again = false;
       for (auto it = waiting.begin(); it != waiting.end();) {
-        if (!it->fulfiller->isWaiting()) {  // the caller cancelled or went away
+        if (!it->Wanted()) {  // the remote caller cancelled or went away
           it = waiting.erase(it);
           continue;
         }
         Disk& d = disks.at(it->request.disk_id);
         if (it->request.epoch < d.epoch) {
-          auto fulfiller = kj::mv(it->fulfiller);
-          const absl::Status st = Stale(it->request.epoch, d, it->request.disk_id);
+          Waiting w = std::move(*it);
+          const absl::Status st = Stale(w.request.epoch, d, w.request.disk_id);
           it = waiting.erase(it);
           ++stats.request_errors;
           ++stats.stale_epoch_rejections;
-          fulfiller->fulfill(Outcome{st});
+          if (w.request.local) {
+            loop->Post([done = std::move(w.request.local_done), st] { done(st); });
+          } else {
+            w.Answer(Outcome{st});
+          }
           continue;
         }
         if (d.OlderEpochRunning()) {
@@ -198,12 +248,15 @@ struct DiskServer::Impl : public kj::TaskSet::ErrorHandler {
 
     auto outcome = std::make_shared<Outcome>();
     outcome->size_bytes = d.device->size_bytes();
-    if (r.kind == Kind::kRead) outcome->data = std::make_shared<AlignedBuffer>(r.length_bytes, AlignedBuffer::Uninitialized{});
-    // The fulfiller and both buffers ride in the device callback: the device may use the
+    if (r.kind == Kind::kRead && r.dst == nullptr) {
+      outcome->data = std::make_shared<AlignedBuffer>(r.length_bytes, AlignedBuffer::Uninitialized{});
+    }
+    // The answer and both buffers ride in the device callback: the device may use the
     // buffers until it calls back, whatever happened to the call or the server meanwhile.
-    auto fulfiller = std::make_shared<kj::Own<kj::PromiseFulfiller<Outcome>>>(kj::mv(w.fulfiller));
-    auto finish = [this, alive = alive, disk_id = r.disk_id, epoch = r.epoch, bytes, outcome,
-                   fulfiller, payload = r.data](absl::Status st) {
+    auto waiting = std::make_shared<Waiting>(std::move(w));
+    RealLoop* loop = this->loop;
+    auto finish = [this, alive = alive, loop, disk_id = r.disk_id, epoch = r.epoch, bytes, outcome,
+                   waiting](absl::Status st) {
       if (*alive) {
         Disk& disk = disks.at(disk_id);
         in_flight_bytes -= bytes;
@@ -212,27 +265,33 @@ struct DiskServer::Impl : public kj::TaskSet::ErrorHandler {
         if (--running->second == 0) disk.running_by_epoch.erase(running);
         if (!st.ok()) ++stats.request_errors;
       }
-      outcome->status = std::move(st);
-      (*fulfiller)->fulfill(Outcome(*outcome));
+      if (waiting->request.local) {
+        loop->Post([waiting, st] { waiting->request.local_done(st); });
+      } else {
+        outcome->status = std::move(st);
+        waiting->Answer(Outcome(*outcome));
+      }
       if (*alive) Pump();
     };
 
+    const Request& q = waiting->request;
     BlockDevice* dev = d.device;
-    switch (r.kind) {
+    switch (q.kind) {
       case Kind::kOpen:
         finish(absl::OkStatus());
         return;
       case Kind::kRead:
-        dev->Read(r.offset_bytes, r.length_bytes, outcome->data->data(), std::move(finish));
+        dev->Read(q.offset_bytes, q.length_bytes, q.dst ? q.dst : outcome->data->data(),
+                  std::move(finish));
         return;
       case Kind::kWrite:
-        dev->Write(r.offset_bytes, r.length_bytes, r.data->data(), std::move(finish));
+        dev->Write(q.offset_bytes, q.length_bytes, q.src ? q.src : q.data->data(), std::move(finish));
         return;
       case Kind::kFlush:
         dev->Flush(std::move(finish));
         return;
       case Kind::kDiscard:
-        dev->Discard(r.offset_bytes, r.length_bytes, std::move(finish));
+        dev->Discard(q.offset_bytes, q.length_bytes, std::move(finish));
         return;
     }
     SCRIBE_CHECK(false);
@@ -391,14 +450,16 @@ class Service final : public DiskService::Server {
 namespace {
 
 // A disk of this server used from this process: requests go through the same fence and
-// admission as remote ones (Submit), without Cap'n Proto.
-class LocalDevice final : public BlockDevice, private kj::TaskSet::ErrorHandler {
+// admission as remote ones, without Cap'n Proto or KJ promises, on the caller's buffers
+// (the BlockDevice contract keeps them valid until the callback, which runs only once
+// the disk is done with them, even if the server went away meanwhile).
+class LocalDevice final : public BlockDevice {
  public:
   LocalDevice(DiskServer::Impl* impl, RealLoop* loop, std::shared_ptr<bool> server_alive,
               uint64_t disk_id, uint64_t epoch, uint64_t size_bytes)
       : impl_(impl), loop_(loop), server_alive_(std::move(server_alive)), disk_id_(disk_id),
-        epoch_(epoch), size_bytes_(size_bytes) {}
-  ~LocalDevice() noexcept override = default;
+        epoch_(epoch), size_bytes_(size_bytes), alive_(std::make_shared<bool>(true)) {}
+  ~LocalDevice() override { *alive_ = false; }
 
   uint64_t size_bytes() const override { return size_bytes_; }
   void Read(uint64_t offset, size_t length, void* buf, Callback done) override {
@@ -407,9 +468,8 @@ class LocalDevice final : public BlockDevice, private kj::TaskSet::ErrorHandler 
     r.kind = Kind::kRead;
     r.offset_bytes = offset;
     r.length_bytes = length;
-    Run(std::move(r), [buf, length](const Outcome& o) {
-      if (length > 0) std::memcpy(buf, o.data->data(), length);
-    }, std::move(done));
+    r.dst = static_cast<uint8_t*>(buf);
+    Run(std::move(r), std::move(done));
   }
   void Write(uint64_t offset, size_t length, const void* buf, Callback done) override {
     if (absl::Status st = CheckRange(offset, length, buf); !st.ok()) return Fail(st, std::move(done));
@@ -417,14 +477,13 @@ class LocalDevice final : public BlockDevice, private kj::TaskSet::ErrorHandler 
     r.kind = Kind::kWrite;
     r.offset_bytes = offset;
     r.length_bytes = length;
-    r.data = std::make_shared<AlignedBuffer>(length, AlignedBuffer::Uninitialized{});
-    if (length > 0) std::memcpy(r.data->data(), buf, length);
-    Run(std::move(r), nullptr, std::move(done));
+    r.src = static_cast<const uint8_t*>(buf);
+    Run(std::move(r), std::move(done));
   }
   void Flush(Callback done) override {
     Request r;
     r.kind = Kind::kFlush;
-    Run(std::move(r), nullptr, std::move(done));
+    Run(std::move(r), std::move(done));
   }
   void Discard(uint64_t offset, size_t length, Callback done) override {
     if (absl::Status st = CheckRange(offset, length, nullptr); !st.ok()) return Fail(st, std::move(done));
@@ -432,17 +491,15 @@ class LocalDevice final : public BlockDevice, private kj::TaskSet::ErrorHandler 
     r.kind = Kind::kDiscard;
     r.offset_bytes = offset;
     r.length_bytes = length;
-    Run(std::move(r), nullptr, std::move(done));
+    Run(std::move(r), std::move(done));
   }
 
  private:
-  void taskFailed(kj::Exception&& e) override { (void)e; }
-
   void Fail(absl::Status st, Callback done) {
     loop_->Post([st, done = std::move(done)] { done(st); });
   }
 
-  void Run(Request r, std::function<void(const Outcome&)> on_ok, Callback done) {
+  void Run(Request r, Callback done) {
     if (!*server_alive_) {
       return Fail(absl::UnavailableError(absl::StrFormat("disk %d: its server is closed", disk_id_)),
                   std::move(done));
@@ -450,26 +507,18 @@ class LocalDevice final : public BlockDevice, private kj::TaskSet::ErrorHandler 
     r.disk_id = disk_id_;
     r.epoch = epoch_;
     r.local = true;
-    RealLoop* loop = loop_;
-    auto shared_done = std::make_shared<Callback>(std::move(done));
-    tasks_.add(impl_->Submit(std::move(r))
-                   .then(
-                       [loop, on_ok, shared_done](Outcome o) {
-                         if (o.status.ok() && on_ok) on_ok(o);
-                         loop->Dispatch([&] { (*shared_done)(o.status); });
-                       },
-                       [loop, shared_done, id = disk_id_](kj::Exception&& e) {
-                         const absl::Status st = absl::UnavailableError(absl::StrFormat(
-                             "disk %d: its server closed: %s", id, e.getDescription().cStr()));
-                         loop->Dispatch([&] { (*shared_done)(st); });
-                       }));
+    // A device destroyed first drops its callbacks, as every BlockDevice does.
+    r.local_done = [alive = alive_, done = std::move(done)](absl::Status st) {
+      if (*alive) done(st);
+    };
+    impl_->SubmitLocal(std::move(r));
   }
 
   DiskServer::Impl* impl_;
   RealLoop* loop_;
   std::shared_ptr<bool> server_alive_;
   uint64_t disk_id_, epoch_, size_bytes_;
-  kj::TaskSet tasks_{*this};
+  std::shared_ptr<bool> alive_;
 };
 
 }  // namespace

@@ -34,15 +34,34 @@ def fio(target_args, job_args):
     return json.loads(r.stdout[r.stdout.index("{"):])["jobs"][0]
 
 
-def measure(name, target_args, prefill):
+def cpu_seconds(pid):
+    """User + system CPU time of process `pid` so far."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(name, target_args, prefill, servers=()):
+    """Runs the jobs; `servers` are (label, pid) whose CPU time per I/O is reported too
+    (CPU over the whole fio run, ramp included, divided by IOPS x wall time: a cost
+    figure that a busy machine disturbs far less than the IOPS themselves)."""
     if prefill:
         fio(target_args, ["--rw=write", "--bs=1m", "--iodepth=8", "--time_based=0", "--runtime=0"])
     out = {}
     for label, job, side, metric in JOBS:
-        j = fio(target_args, job)[side]
+        before = {who: cpu_seconds(pid) for who, pid in servers}
+        t0 = time.time()
+        run = fio(target_args, job)
+        wall = time.time() - t0
+        j = run[side]
         out[label] = j["iops"] if metric == "iops" else j["bw_bytes"] / (1 << 20)
-        print("  %-8s %-18s %10.0f %s" % (name, label, out[label], "IOPS" if metric == "iops" else "MiB/s"),
-              flush=True)
+        cost = {"fio": (run["usr_cpu"] + run["sys_cpu"]) / 100.0 / j["iops"] * 1e6}
+        for who, pid in servers:
+            cost[who] = (cpu_seconds(pid) - before[who]) / (j["iops"] * wall) * 1e6
+        out[label + " cpu_us_per_io"] = cost
+        print("  %-8s %-18s %10.0f %s   CPU us/IO: %s" % (
+            name, label, out[label], "IOPS" if metric == "iops" else "MiB/s",
+            " ".join("%s %.1f" % (k, v) for k, v in cost.items())), flush=True)
     return out
 
 
@@ -73,7 +92,8 @@ def run(root):
             break
         time.sleep(0.1)
     try:
-        results["qemu-nbd"] = measure("qemu-nbd", ["--ioengine=nbd", "--uri=nbd+unix:///?socket=" + sock], True)
+        results["qemu-nbd"] = measure("qemu-nbd", ["--ioengine=nbd", "--uri=nbd+unix:///?socket=" + sock], True,
+                                      [("qemu-nbd", qn.pid)])
     finally:
         qn.terminate()
         qn.wait()
@@ -83,7 +103,8 @@ def run(root):
         c.start()
         c.scribe("vsd", "create", "bench", SIZE.upper())
         owner = c.owner()
-        results["scribe"] = measure("scribe", ["--ioengine=nbd", "--uri=" + owner.uri("bench")], True)
+        servers = [("owner" if n is owner else "peer%d" % n.id, n.proc.pid) for n in c.nodes.values()]
+        results["scribe"] = measure("scribe", ["--ioengine=nbd", "--uri=" + owner.uri("bench")], True, servers)
     print()
     s, q, r = results["scribe"], results["qemu-nbd"], results["raw"]
     for label, _, _, _ in JOBS:

@@ -113,7 +113,7 @@ class Transport {
 
 // A heap buffer aligned for direct I/O; the unit every engine read and write uses.
 // Zero-filled unless made with Uninitialized (for buffers about to be overwritten whole:
-// a socket read, a copy, a device read). Buffers of up to 128 KiB are recycled through
+// a socket read, a copy, a device read). Buffers of up to 1 MiB are recycled through
 // a small per-thread cache (the I/O path makes and drops one or more per request).
 class AlignedBuffer {
  public:
