@@ -363,6 +363,27 @@ def wait_console(path, predicate, timeout_s, what, poll_s=0.1):
         time.sleep(poll_s)
 
 
+def wait_new_boot(console_path, known, timeout_s, what, min_seq=None):
+    """Waits on a console file for an instance whose boot id is not in `known` to have
+    printed its start line and its first record (or record `min_seq`). Returns
+    (boot, pattern, head, monotonic time it was seen)."""
+    def ready(c):
+        for boot, _, head in c.starts:
+            if boot not in known and c.last_seq.get(boot, -1) >= (head if min_seq is None else min_seq):
+                return True
+        return False
+
+    c, t = wait_console(console_path, ready, timeout_s, what)
+    boot, pattern, head = next(s for s in c.starts if s[0] not in known)
+    return boot, pattern, head, t
+
+
+def wait_seq(console_path, boot, seq, timeout_s=60):
+    """Waits until instance `boot` has reported record `seq` (or a later one)."""
+    wait_console(console_path, lambda c: c.last_seq.get(boot, -1) >= seq, timeout_s,
+                 "record seq %d of boot %s" % (seq, boot))
+
+
 def read_log(uri, slots):
     """The first `slots` record slots of the disk at `uri` (qemu-io, 64 bytes per slot):
     a list with, per slot, (tag, boot, seq) or None for a slot that holds no record.

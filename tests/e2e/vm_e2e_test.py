@@ -48,25 +48,6 @@ def stack():
         s.cleanup()
 
 
-def new_boot(console_path, known, timeout_s, what, min_seq=None):
-    """Waits on a console file for an instance whose boot id is not in `known` to have
-    printed its start line and its first record. Returns (boot, pattern, head, time)."""
-    def ready(c):
-        for boot, _, head in c.starts:
-            if boot not in known and c.last_seq.get(boot, -1) >= (head if min_seq is None else min_seq):
-                return True
-        return False
-
-    c, t = guest.wait_console(console_path, ready, timeout_s, what)
-    boot, pattern, head = next(s for s in c.starts if s[0] not in known)
-    return boot, pattern, head, t
-
-
-def wait_seq(console_path, boot, seq, timeout_s=60):
-    guest.wait_console(console_path, lambda c: c.last_seq.get(boot, -1) >= seq, timeout_s,
-                       "record seq %d of boot %s" % (seq, boot))
-
-
 def force_off(stack, name):
     stack.hc3("vm", "force-off", name, "--wait", "--timeout", "60")
 
@@ -77,19 +58,20 @@ def test_a_boot_snapshot_clone_revert_with_a_real_guest(stack):
     assert vm["spec"]["boot"]["kernel_path"] == stack.image.kernel, vm
     vm = stack.wait_running("app")
     node = stack.nodes[vm["node"]]
-    boot_a, pattern, head, t = new_boot(node.console("app"), set(), BOOT_TIMEOUT_S, "the first boot of app",
-                                        min_seq=10)
+    boot_a, pattern, head, t = guest.wait_new_boot(node.console("app"), set(), BOOT_TIMEOUT_S,
+                                                   "the first boot of app", min_seq=10)
     assert (pattern, head) == ("written", 0)
     print("story A: vm app booted on %s and wrote 10 records %.1f s after create" % (node.name, t - t0))
 
     stack.hc3("vm", "snapshot", "app", "s1")
     seen_at_snapshot = guest.LoopConsole(node.console("app")).last_seq[boot_a]
-    wait_seq(node.console("app"), boot_a, seen_at_snapshot + 40)  # the guest writes more
+    guest.wait_seq(node.console("app"), boot_a, seen_at_snapshot + 40)  # the guest writes more
 
     stack.hc3("vm", "clone", "app", "app-s1", "--snapshot", "s1")
     stack.hc3("vm", "start", "app-s1")
     clone_node = stack.nodes[stack.wait_running("app-s1")["node"]]
-    boot_c, pattern, k, _ = new_boot(clone_node.console("app-s1"), {boot_a}, BOOT_TIMEOUT_S, "the clone's boot")
+    boot_c, pattern, k, _ = guest.wait_new_boot(clone_node.console("app-s1"), {boot_a}, BOOT_TIMEOUT_S,
+                                                "the clone's boot")
     # The clone sees the pattern and the log as the snapshot holds them: it continues
     # after the records written before the snapshot, not after the later ones.
     assert pattern == "verified"
@@ -114,7 +96,8 @@ def test_a_boot_snapshot_clone_revert_with_a_real_guest(stack):
     # Booted again, the reverted VM verifies the pattern and continues at the snapshot.
     stack.hc3("vm", "start", "app")
     node = stack.nodes[stack.wait_running("app")["node"]]
-    _, pattern, head, _ = new_boot(node.console("app"), {boot_a}, BOOT_TIMEOUT_S, "app's boot after the revert")
+    _, pattern, head, _ = guest.wait_new_boot(node.console("app"), {boot_a}, BOOT_TIMEOUT_S,
+                                              "app's boot after the revert")
     assert (pattern, head) == ("verified", k)
     force_off(stack, "app")
     stack.hc3("vm", "delete", "app-s1")
@@ -125,7 +108,8 @@ def test_b_node_death_restarts_the_vm_elsewhere_with_its_data(stack):
     vm = stack.wait_running("ha")
     x = stack.nodes[vm["node"]]
     epoch = vm["epoch"]
-    boot_1, pattern, _, _ = new_boot(x.console("ha"), set(), BOOT_TIMEOUT_S, "ha's first boot", min_seq=20)
+    boot_1, pattern, _, _ = guest.wait_new_boot(x.console("ha"), set(), BOOT_TIMEOUT_S, "ha's first boot",
+                                                min_seq=20)
     assert pattern == "written"
     pool_owner = stack.cluster.owner().id
 
@@ -134,7 +118,8 @@ def test_b_node_death_restarts_the_vm_elsewhere_with_its_data(stack):
     vm = stack.wait_running("ha", timeout_s=FAILOVER_TIMEOUT_S, not_on=x.name)
     t_running = time.monotonic()
     y = stack.nodes[vm["node"]]
-    boot_2, pattern, head, t_record = new_boot(y.console("ha"), {boot_1}, FAILOVER_TIMEOUT_S, "ha's restart")
+    boot_2, pattern, head, t_record = guest.wait_new_boot(y.console("ha"), {boot_1}, FAILOVER_TIMEOUT_S,
+                                                          "ha's restart")
     print("failover (node %s killed%s): vm ha running on %s at epoch %d after %.1f s, its first record %.1f s "
           "after the kill" % (x.name, ", it owned the storage pool" if pool_owner == x.scribed.id else "",
                               y.name, vm["epoch"], t_running - t_kill, t_record - t_kill))
@@ -143,7 +128,7 @@ def test_b_node_death_restarts_the_vm_elsewhere_with_its_data(stack):
     # the dead instance reported written.
     assert pattern == "verified"
     assert head > last_1, (head, last_1)
-    wait_seq(y.console("ha"), boot_2, head + 10)
+    guest.wait_seq(y.console("ha"), boot_2, head + 10)
     runs = guest.log_runs(guest.read_log(stack.uri("ha-root"), head + 300))
     assert [r[0] for r in runs] == [boot_1, boot_2], runs
     assert runs[0] == (boot_1, 0, head - 1) and runs[1][1] == head, runs
@@ -162,7 +147,8 @@ def test_c_frozen_node_is_fenced_by_storage_and_forces_its_vm_off(stack):
     vm = stack.wait_running("ha", timeout_s=FAILOVER_TIMEOUT_S, not_on=y.name)
     assert vm["node"] == z.name
     known = {s[0] for s in guest.LoopConsole(y.console("ha")).starts}
-    boot_z, pattern, head, t_record = new_boot(z.console("ha"), known, FAILOVER_TIMEOUT_S, "ha's restart on z")
+    boot_z, pattern, head, t_record = guest.wait_new_boot(z.console("ha"), known, FAILOVER_TIMEOUT_S,
+                                                          "ha's restart on z")
     print("failover (hypercored of %s frozen): vm ha's first record on %s %.1f s after the freeze"
           % (y.name, z.name, t_record - t_freeze))
     assert pattern == "verified"
@@ -170,7 +156,7 @@ def test_c_frozen_node_is_fenced_by_storage_and_forces_its_vm_off(stack):
     assert y.qemu_pid("ha") is not None, "the frozen node's QEMU should still run"
     guest.wait_console(y.console("ha"), lambda c: any("boot=%s" % boot_y in f for f in c.failures), 60,
                        "a refused write of the old instance")
-    wait_seq(z.console("ha"), boot_z, head + 20)
+    guest.wait_seq(z.console("ha"), boot_z, head + 20)
     runs = guest.log_runs(guest.read_log(stack.uri("ha-root"), head + 300))
     assert runs[-2][0] == boot_y and runs[-1][0] == boot_z and runs[-1][1] == head, runs
 

@@ -138,6 +138,13 @@ class VmStack:
             return json.loads(r.stdout)
         return r
 
+    def hc3_text(self, *args):
+        """hc3's table output (for people reading along)."""
+        node = self.answering()
+        r = subprocess.run([self.hc3_bin, "--addr", node.addr] + [str(a) for a in args], capture_output=True,
+                           text=True, timeout=300)
+        return r.stdout + r.stderr
+
     def vm(self, name):
         return self.hc3("vm", "info", name)
 
