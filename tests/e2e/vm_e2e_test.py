@@ -10,8 +10,9 @@ ends.
 Stories, in order (they share one cluster; the later ones lose nodes):
   A: create -> boot -> guest writes -> snapshot -> guest writes more -> clone boots and
      sees the snapshot's data, not the later writes -> revert -> boots at the snapshot.
-  B: the VM's node dies (QEMU, hypercored, scribed SIGKILLed) -> the VM runs on another
-     node with its data; kill-to-first-record time printed ("failover ... s").
+  B: the VM's node, which also owns the storage pool, dies (QEMU, hypercored, scribed
+     SIGKILLed) -> the VM runs on another node with its data; kill-to-first-record time
+     printed ("failover ... s").
   C: the VM's hypercored freezes (SIGSTOP: lease lost, QEMU and scribed keep running) ->
      the VM restarts on the last node at a new epoch; the old instance, still running,
      is shut out by the storage fence (its writes fail) and, once its hypercored wakes,
@@ -112,6 +113,9 @@ def test_b_node_death_restarts_the_vm_elsewhere_with_its_data(stack):
                                                 min_seq=20)
     assert pattern == "written"
     pool_owner = stack.cluster.owner().id
+    # The stack puts the first VMs on the pool owner's node: the node death costs the
+    # pool its owner too, and the restart waits for the storage to fail over as well.
+    assert pool_owner == x.scribed.id, (pool_owner, x.name)
 
     t_kill = stack.kill_node(x)
     last_1 = guest.LoopConsole(x.console("ha")).last_seq[boot_1]
@@ -169,3 +173,22 @@ def test_c_frozen_node_is_fenced_by_storage_and_forces_its_vm_off(stack):
     assert stack.vm("ha")["node"] == z.name
     runs = guest.log_runs(guest.read_log(stack.uri("ha-root"), head + 300))
     assert runs[-1][0] == boot_z, runs
+
+
+def test_the_log_check_catches_two_writers_and_holes():
+    """guest.log_runs on made-up logs: what the stories rely on must be able to fail."""
+    def rec(boot, seq):
+        return ("t", boot, seq)
+
+    good = [rec("aaaaaaaa", 0), rec("aaaaaaaa", 1), rec("bbbbbbbb", 2), rec("bbbbbbbb", 3), None, None]
+    assert guest.log_runs(good) == [("aaaaaaaa", 0, 1), ("bbbbbbbb", 2, 3)]
+    # The old instance wrote again after the new one had started.
+    interleaved = [rec("aaaaaaaa", 0), rec("bbbbbbbb", 1), rec("aaaaaaaa", 2), rec("bbbbbbbb", 3)]
+    with pytest.raises(AssertionError, match="wrote again after another instance had started"):
+        guest.log_runs(interleaved)
+    # Two instances that both started at slot 2: the later one's records land on top of
+    # the earlier's, and a slot holds a seq the writer numbered differently.
+    with pytest.raises(AssertionError, match="out of place"):
+        guest.log_runs([rec("aaaaaaaa", 0), rec("bbbbbbbb", 1), rec("cccccccc", 1)])
+    with pytest.raises(AssertionError, match="empty slots"):
+        guest.log_runs([rec("aaaaaaaa", 0), None, rec("aaaaaaaa", 2)])

@@ -26,9 +26,10 @@ MiB = 1 << 20
 class HcNode:
     """One node's compute side: libvirtd + hypercored, beside scribed node `scribed`."""
 
-    def __init__(self, stack, scribed):
+    def __init__(self, stack, scribed, ram_mib):
         self.stack = stack
         self.scribed = scribed
+        self.ram_mib = ram_mib
         self.name = "node%d" % scribed.id
         self.libvirtd = guest.Libvirtd()
         self.console_dir = os.path.join(stack.cluster.root, "console-" + self.name)
@@ -43,7 +44,7 @@ class HcNode:
         self.proc = subprocess.Popen([
             self.stack.hypercored, "--node-id=" + self.name, "--etcd=" + self.stack.cluster.etcd_url,
             "--admin=" + self.addr, "--scribe-admin=" + self.scribed.admin, "--libvirt-uri=" + self.libvirtd.uri,
-            "--domain-type=qemu", "--console-log-dir=" + self.console_dir, "--ram-mib=2048", "--cpus=2",
+            "--domain-type=qemu", "--console-log-dir=" + self.console_dir, "--ram-mib=%d" % self.ram_mib, "--cpus=2",
             "--lease-ttl-ms=%d" % self.stack.lease_ttl_ms, "--shutdown-timeout-ms=10000"],
             stdout=log, stderr=subprocess.STDOUT)
 
@@ -76,19 +77,24 @@ class HcNode:
 
 
 class VmStack:
-    def __init__(self, nodes=3, disk_bytes=1 << 30, lease_ttl_ms=3000):
+    def __init__(self, nodes=3, disk_bytes=1 << 30, lease_ttl_ms=3000, vms_on_pool_owner=True):
+        """With `vms_on_pool_owner`, the node whose scribed owns the storage pool offers
+        more RAM than the others, so placement (most free RAM first) puts the first VMs
+        there: killing a VM's node then also costs the pool its owner (the harder case)."""
         self.hypercored = _find_binary("HYPERCORED_BIN", "daemons/hypercored/hypercored")
         self.hc3_bin = _find_binary("HC3_BIN", "daemons/cli/hc3")
         self.lease_ttl_ms = lease_ttl_ms
         self.cluster = Cluster(nodes=nodes, disk_bytes=disk_bytes, lease_ttl_ms=2000, evict_grace_ms=600000)
         self.nodes = {}
         self.image = None
+        self.vms_on_pool_owner = vms_on_pool_owner
 
     def start(self):
         self.cluster.start()
         self.image = guest.GuestImage(os.path.join(self.cluster.root, "guest"))
+        owner = self.cluster.owner().id if self.vms_on_pool_owner else None
         for scribed in self.cluster.nodes.values():
-            node = HcNode(self, scribed)
+            node = HcNode(self, scribed, 3072 if scribed.id == owner else 2048)
             self.nodes[node.name] = node
             node.libvirtd.start()
         for node in self.nodes.values():
