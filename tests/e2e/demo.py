@@ -126,6 +126,7 @@ def vm_story(report):
 
         x = node
         step("killing node %s (its QEMU, hypercored and scribed, SIGKILL): VM web must come back elsewhere" % x.name)
+        owned_pool = s.cluster.owner().id == x.scribed.id
         t_kill = s.kill_node(x)
         last_1 = guest.LoopConsole(x.console("web")).last_seq[boot_1]
         vm = s.wait_running("web", timeout_s=120, not_on=x.name)
@@ -135,10 +136,11 @@ def vm_story(report):
         guest.wait_seq(y.console("web"), boot_2, head + 5)
         runs = guest.log_runs(guest.read_log(s.uri("web-root"), head + 100))
         assert [r[0] for r in runs] == [boot_1, boot_2], runs
-        report.append("node %s killed: VM web running again on %s (epoch %d), its guest's first record %.1f s after "
-                      "the kill; pattern verified, log continues at record %d after the last one the old instance "
-                      "reported (%d); one writer at a time" % (x.name, y.name, vm["epoch"], t_record - t_kill,
-                                                               head, last_1))
+        report.append("node %s killed%s: VM web running again on %s (epoch %d), its guest's first record %.1f s "
+                      "after the kill; pattern verified, log continues at record %d after the last one the old "
+                      "instance reported (%d); one writer at a time"
+                      % (x.name, " (it also owned the storage pool)" if owned_pool else "", y.name, vm["epoch"],
+                         t_record - t_kill, head, last_1))
         print(s.hc3_text("vm", "list"))
         step("stopping VMs, hypercored, libvirtd, scribed and etcd")
 

@@ -33,7 +33,7 @@ BOOT_TIMEOUT_S = 120
 
 
 @pytest.fixture(scope="module")
-def stack():
+def stack(request):
     s = VmStack(nodes=3)
     try:
         s.start()
@@ -42,10 +42,9 @@ def stack():
         pytest.fail("the VM stack could not start (needs root, libvirt, QEMU): %s" % e, pytrace=False)
     try:
         yield s
-    except Exception:
-        print(s.logs())
-        raise
     finally:
+        if request.session.testsfailed:
+            print(s.logs())
         s.cleanup()
 
 

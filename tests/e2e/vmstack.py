@@ -202,7 +202,11 @@ class VmStack:
         return time.monotonic()
 
     def logs(self):
+        """The end of every daemon's log and of every guest console, for failure reports."""
         out = [self.cluster.logs()]
         for node in self.nodes.values():
             out.append("---- hypercored %s ----\n%s" % (node.name, node.log_text()[-4000:]))
+            for name in sorted(os.listdir(node.console_dir)):
+                c = guest.LoopConsole(os.path.join(node.console_dir, name))
+                out.append("---- console %s on %s ----\n%s" % (name, node.name, c.tail(1500)))
         return "\n".join(out)
