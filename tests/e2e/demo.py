@@ -9,7 +9,7 @@ VMs (as root, with libvirt and QEMU; `--no-vm` skips it): a fresh 3-node cluster
 hypercored and a private libvirtd per node boots a real guest (tests/guest, TCG) from a
 VSD; the guest writes a stamped pattern and a log of records; a VM snapshot and a clone
 that boots and continues from the snapshot's data; then the VM's node is killed
-(QEMU, hypercored and scribed) and the VM comes back on another node with its data,
+(QEMU, libvirtd, hypercored and scribed) and the VM comes back on another node with its data,
 checked on the guest's own log (one writer at a time). A short report at the end.
 Everything runs in temporary directories removed at the end; QEMU and the private
 libvirtds are stopped.
@@ -125,7 +125,7 @@ def vm_story(report):
         s.hc3("vm", "force-off", "web-clone", "--wait")
 
         x = node
-        step("killing node %s (its QEMU, hypercored and scribed, SIGKILL): VM web must come back elsewhere" % x.name)
+        step("killing node %s (its QEMU, libvirtd, hypercored and scribed, SIGKILL): VM web must come back elsewhere" % x.name)
         owned_pool = s.cluster.owner().id == x.scribed.id
         t_kill = s.kill_node(x)
         last_1 = guest.LoopConsole(x.console("web")).last_seq[boot_1]

@@ -10,13 +10,16 @@ ends.
 Stories, in order (they share one cluster; the later ones lose nodes):
   A: create -> boot -> guest writes -> snapshot -> guest writes more -> clone boots and
      sees the snapshot's data, not the later writes -> revert -> boots at the snapshot.
-  B: the VM's node, which also owns the storage pool, dies (QEMU, hypercored, scribed
-     SIGKILLed) -> the VM runs on another node with its data; kill-to-first-record time
+  B: the VM's node, which also owns the storage pool, dies (QEMU, libvirtd, hypercored,
+     scribed SIGKILLed) -> the VM runs on another node with its data; kill-to-first-record time
      printed ("failover ... s").
   C: the VM's hypercored freezes (SIGSTOP: lease lost, QEMU and scribed keep running) ->
      the VM restarts on the last node at a new epoch; the old instance, still running,
      is shut out by the storage fence (its writes fail) and, once its hypercored wakes,
      is forced off.
+  D: the node killed in B comes back (scribed, libvirtd and hypercored restarted): nothing runs
+     there by itself; the VM, restarted there, reads its data through that node's
+     caught-up storage and continues its log.
 """
 
 import os
@@ -117,6 +120,7 @@ def test_b_node_death_restarts_the_vm_elsewhere_with_its_data(stack):
     assert pool_owner == x.scribed.id, (pool_owner, x.name)
 
     t_kill = stack.kill_node(x)
+    stack.killed = x
     last_1 = guest.LoopConsole(x.console("ha")).last_seq[boot_1]
     vm = stack.wait_running("ha", timeout_s=FAILOVER_TIMEOUT_S, not_on=x.name)
     t_running = time.monotonic()
@@ -172,6 +176,29 @@ def test_c_frozen_node_is_fenced_by_storage_and_forces_its_vm_off(stack):
     assert stack.vm("ha")["node"] == z.name
     runs = guest.log_runs(guest.read_log(stack.uri("ha-root"), head + 300))
     assert runs[-1][0] == boot_z, runs
+
+
+def test_d_the_dead_node_returns_and_runs_the_vm_on_its_caught_up_storage(stack):
+    x = stack.killed
+    stack.restart_node(x)
+    assert x.domains() == [], "nothing of the dead node's may run again by itself"
+
+    force_off(stack, "ha")
+    end = guest.log_runs(guest.read_log(stack.uri("ha-root"), 1000))[-1][2]
+    known = {s[0] for n in stack.nodes.values() for s in guest.LoopConsole(n.console("ha")).starts}
+    stack.hc3("vm", "start", "ha")
+    vm = stack.wait_running("ha")
+    assert vm["node"] == x.name, "placement should prefer the returned node (most free RAM): %s" % vm
+    boot, pattern, head, _ = guest.wait_new_boot(x.console("ha"), known, BOOT_TIMEOUT_S,
+                                                 "ha's boot on the returned node")
+    # Through the returned node's scribed (its copies were stale, caught up since): the
+    # pattern and every record, continuing right after the last one.
+    assert (pattern, head) == ("verified", end + 1)
+    guest.wait_seq(x.console("ha"), boot, head + 5)
+    runs = guest.log_runs(guest.read_log(x.scribed.uri("ha-root"), head + 100))
+    assert runs[-1][0] == boot and runs[-1][1] == head and len(runs) == 4, runs
+    print("story D: %s returned; vm ha (epoch %d) runs there and continued the log at record %d"
+          % (x.name, vm["epoch"], head))
 
 
 def test_the_log_check_catches_two_writers_and_holes():

@@ -3,8 +3,8 @@ and, per node, a private libvirtd (scripts/libvirtd-local, QEMU under TCG) and a
 hypercored that drives it, each node's serial consoles in a directory of its own.
 Shared by tests/e2e/vm_e2e_test.py and scripts/demo (tests/e2e/demo.py). Needs root.
 
-A node "dies" with kill_node: its QEMU processes, hypercored and scribed are SIGKILLed
-at once (its libvirtd stays: it holds nothing the cluster uses). freeze_hypercored
+A node "dies" with kill_node: its QEMU processes, libvirtd, virtlogd, hypercored and
+scribed are SIGKILLed at once; restart_node brings it back. freeze_hypercored
 stops only the compute daemon (SIGSTOP), a node cut off from etcd whose VMs and
 storage daemon keep running: the storage epoch fence is what stops its VMs' writes.
 """
@@ -179,22 +179,42 @@ class VmStack:
 
     # ------------------------------------------------------------------ faults
     def kill_node(self, node):
-        """The node dies: QEMU, hypercored and scribed SIGKILLed together. Returns the
-        monotonic time of the kill."""
-        pids = []
-        for vm in os.listdir(os.path.join(node.libvirtd.root, "run", "qemu")) \
-                if os.path.isdir(os.path.join(node.libvirtd.root, "run", "qemu")) else []:
-            if vm.endswith(".pid"):
-                pid = node.qemu_pid(vm[:-4])
-                if pid:
-                    pids.append(pid)
+        """The node dies: its QEMU processes, libvirtd, virtlogd, hypercored and scribed
+        are SIGKILLed together. Returns the monotonic time of the kill."""
+        run = os.path.join(node.libvirtd.root, "run", "qemu")
+        # <domain>.pid next to <domain>.xml (libvirt's status file); driver.pid is libvirtd's.
+        vms = [f[:-4] for f in (os.listdir(run) if os.path.isdir(run) else [])
+               if f.endswith(".pid") and os.path.exists(os.path.join(run, f[:-4] + ".xml"))]
+        pids = [p for p in (node.qemu_pid(vm) for vm in vms) if p]
+        for daemon in ("libvirtd", "virtlogd"):
+            try:
+                with open(os.path.join(node.libvirtd.root, daemon + ".pid")) as f:
+                    pids.append(int(f.read().strip()))
+            except (OSError, ValueError):
+                pass
         t = time.monotonic()
         for pid in pids:
-            os.kill(pid, signal.SIGKILL)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         node.proc.kill()
         node.scribed.kill(signal.SIGKILL)
         node.proc.wait(timeout=30)
         return t
+
+    def restart_node(self, node):
+        """A killed node comes back: scribed (with its disks as they were), its libvirtd,
+        then hypercored. Returns once hc3 shows it alive again."""
+        node.scribed.start()
+        self.cluster.wait_running()
+        node.libvirtd.start()
+        node.start()
+        deadline = time.time() + 60
+        while not any(n["name"] == node.name and n["alive"] for n in self.hc3("node", "list")["nodes"]):
+            if time.time() > deadline:
+                raise AssertionError("%s did not rejoin:\n%s" % (node.name, self.logs()))
+            time.sleep(0.25)
 
     def freeze_hypercored(self, node, frozen=True):
         node.proc.send_signal(signal.SIGSTOP if frozen else signal.SIGCONT)
