@@ -94,6 +94,15 @@ PYBIND11_MODULE(hypercore, m) {
       .def_readwrite("mac", &VmNic::mac)
       .def("__repr__", [](const VmNic& n) { return Repr(n); });
 
+  py::class_<VmBoot>(m, "VmBoot", "Direct kernel boot: kernel, initramfs and command line on the node.")
+      .def(py::init([](std::string kernel_path, std::string initrd_path, std::string cmdline) {
+             return VmBoot{std::move(kernel_path), std::move(initrd_path), std::move(cmdline)};
+           }),
+           py::arg("kernel_path"), py::arg("initrd_path") = "", py::arg("cmdline") = "")
+      .def_readwrite("kernel_path", &VmBoot::kernel_path)
+      .def_readwrite("initrd_path", &VmBoot::initrd_path)
+      .def_readwrite("cmdline", &VmBoot::cmdline);
+
   py::class_<VmSpec>(m, "VmSpec", "What a user asks for when creating a VM (hypercore/vm_spec.h).")
       .def(py::init([](std::string name, uint64_t ram_bytes, int vcpus, std::vector<VmDisk> disks,
                        std::vector<VmNic> nics, std::vector<std::string> tags, std::string description,
@@ -120,6 +129,7 @@ PYBIND11_MODULE(hypercore, m) {
       .def_readwrite("tags", &VmSpec::tags)
       .def_readwrite("description", &VmSpec::description)
       .def_readwrite("cdrom_iso", &VmSpec::cdrom_iso)
+      .def_readwrite("boot", &VmSpec::boot)
       .def("validate", &hypercore::python::Validate,
            "Raises InvalidArgumentError naming the first offending field and its rule.")
       .def("matches_tags", &MatchesTagFilter, py::arg("tags"),

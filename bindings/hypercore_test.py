@@ -25,7 +25,10 @@ def test_a_valid_spec_validates_and_reads_back():
     hypercore.validate_vm_spec(spec)
     assert spec.disks[1].replication == 3 and spec.disks[1].flash_priority == 9
     assert spec.nics[1].vlan == 42 and spec.nics[0].vlan is None and spec.nics[0].mac is None
-    assert spec.cdrom_iso is None
+    assert spec.cdrom_iso is None and spec.boot is None
+    spec.boot = hypercore.VmBoot("/srv/vmlinuz", cmdline="console=ttyS0")
+    spec.validate()
+    assert (spec.boot.kernel_path, spec.boot.initrd_path, spec.boot.cmdline) == ("/srv/vmlinuz", "", "console=ttyS0")
     assert spec.matches_tags(["prod"]) and spec.matches_tags([]) and not spec.matches_tags(["prod", "db"])
     assert repr(spec.disks[0]) == "VmDisk(name='root', size_bytes=8589934592, flash_priority=4, replication=2)"
 
@@ -37,6 +40,8 @@ def test_a_valid_spec_validates_and_reads_back():
     ({"ram_bytes": 512 * MIB + 1}, "ram_bytes"),
     ({"tags": ["a", "a"]}, "tags[1]"),
     ({"cdrom_iso": ""}, "cdrom_iso"),
+    ({"boot": hypercore.VmBoot("vmlinuz")}, "boot.kernel_path"),
+    ({"boot": hypercore.VmBoot("/k", cmdline="a\nb")}, "boot.cmdline"),
     ({"disks": [hypercore.VmDisk("root", 4096), hypercore.VmDisk("root", 4096)]}, "disks[1].name"),
     ({"disks": [hypercore.VmDisk("root", 4096, replication=4)]}, "disks[0].replication"),
     ({"disks": [hypercore.VmDisk("root", 4096, flash_priority=12)]}, "disks[0].flash_priority"),

@@ -37,6 +37,13 @@ struct Nic {
   mac @2 :Text;     # "52:54:00:xx:xx:xx"; empty: assigned at creation
 }
 
+struct Boot {
+  # Direct kernel boot: files on the node that runs the VM (every node it may run on).
+  kernelPath @0 :Text;  # absolute, no ".." component
+  initrdPath @1 :Text;  # the same rules; empty: no initramfs
+  cmdline @2 :Text;     # printable ASCII, at most 2048 bytes
+}
+
 struct VmSpec {
   name @0 :Text;
   description @1 :Text;       # at most 4096 characters
@@ -46,6 +53,7 @@ struct VmSpec {
   disks @5 :List(Disk);
   cdrom @6 :Text;             # a media library name (see addMedia); empty: no CD-ROM
   nics @7 :List(Nic);
+  boot @8 :Boot;              # direct kernel boot when set; absent: boot from the disks
 }
 
 struct VmInfo {

@@ -178,6 +178,7 @@ def test_vm_lifecycle_on_the_test_driver(stack):
     assert [n["vlan"] for n in vm["spec"]["nics"]] == [None, 42]
     assert all(n["mac"].startswith("52:54:00:") for n in vm["spec"]["nics"])
     assert vm["spec"]["tags"] == ["prod", "web"] and vm["spec"]["description"] == "front end"
+    assert vm["spec"]["boot"] is None
     assert "web" in [v["name"] for v in stack.json("vm", "list")["vms"]]
     table = stack.ok("vm", "list")
     assert table.splitlines()[0].split() == ["NAME", "STATUS", "NODE", "VCPUS", "RAM", "DISKS", "TAGS", "CONDITION"]
@@ -197,6 +198,17 @@ def test_vm_lifecycle_on_the_test_driver(stack):
     stack.ok("vm", "start", "web", "--wait")
     assert stack.vm("web")["epoch"] == 2
     assert stack.calls_since(mark, "fenceVsd") == ["fenceVsd web-root 2", "fenceVsd web-data 2"]
+
+    # Direct kernel boot: carried through the API, the record and the domain.
+    stack.ok("vm", "create", "kern", "--ram", "128M", "--disk", "root:16M", "--kernel", "/srv/g/vmlinuz",
+             "--initrd", "/srv/g/initrd.gz", "--cmdline", "console=ttyS0 hc3.mode=loop")
+    assert stack.vm("kern")["spec"]["boot"] == {
+        "kernel_path": "/srv/g/vmlinuz", "initrd_path": "/srv/g/initrd.gz", "cmdline": "console=ttyS0 hc3.mode=loop"}
+    info = stack.ok("vm", "info", "kern")
+    assert "kernel:      /srv/g/vmlinuz\n" in info and "cmdline:     console=ttyS0 hc3.mode=loop\n" in info, info
+    stack.ok("vm", "start", "kern", "--wait")
+    stack.ok("vm", "force-off", "kern", "--wait")
+    stack.ok("vm", "delete", "kern")
 
     # A running VM is not deleted; force-off, then delete takes its VSDs along.
     err = stack.fails(1, "vm", "delete", "web")
@@ -288,6 +300,12 @@ def test_bad_input_gets_clear_errors_and_changes_nothing(stack):
     assert "vcpus" in stack.fails(1, "vm", "create", "v", "--ram", "128M", "--vcpus", "0")
     assert stack.fails(1, "vm", "create", "bad!name", "--ram", "128M") == (
         'hc3: vm create: name: "bad!name" may only contain [A-Za-z0-9._-]\n')
+    assert stack.fails(1, "vm", "create", "k", "--ram", "128M", "--kernel", "vmlinuz") == (
+        'hc3: vm create: boot.kernel_path: must be an absolute path, got "vmlinuz"\n')
+    assert "boot.cmdline: must be printable ASCII" in stack.fails(
+        1, "vm", "create", "k", "--ram", "128M", "--kernel", "/k", "--cmdline", "a\tb")
+    assert "boot.initrd_path" in stack.fails(
+        1, "vm", "create", "k", "--ram", "128M", "--kernel", "/k", "--initrd", "/boot/../x")
     assert stack.calls_since(mark, "createVsd") == [], "refused before storage was touched"
 
     # VM "a-b"'s disk "c" would be VSD "a-b-c", which VM "a"'s disk "b-c" owns: the disk
@@ -308,6 +326,8 @@ def test_bad_input_gets_clear_errors_and_changes_nothing(stack):
         "hc3: vm create: --disk 'root' is not NAME:SIZE")
     assert stack.fails(2, "vm", "create", "x", "--ram", "1G", "--nic", "vlan=5,speed=fast").startswith(
         "hc3: vm create: --nic takes vlan=N and mac=MAC")
+    assert stack.fails(2, "vm", "create", "x", "--ram", "1G", "--cmdline", "quiet").startswith(
+        "hc3: vm create: --initrd and --cmdline need --kernel PATH")
     assert stack.fails(2, "vm", "frobnicate").startswith("hc3: vm frobnicate: unknown command 'vm frobnicate'")
     assert stack.fails(2, "vm", "start").startswith("hc3: vm start: expected NAME")
     assert stack.fails(2, "vm", "list", "--colour", "red").startswith("hc3: vm list: unknown option --colour")

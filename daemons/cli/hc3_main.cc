@@ -60,9 +60,11 @@ answers for the whole cluster). SIZE takes an optional suffix: 512M, 20G, 1T (po
 
 VMs:
   vm create NAME --ram SIZE [--vcpus N] [--disk NAME:SIZE[:RF[:PRIO]]]...
-            [--cdrom MEDIA] [--nic [vlan=N]]... [--tag T]... [--description TEXT] [--start]
+            [--cdrom MEDIA] [--nic [vlan=N]]... [--tag T]... [--description TEXT]
+            [--kernel PATH [--initrd PATH] [--cmdline TEXT]] [--start]
                                  each disk becomes the VSD NAME-DISK (RF 2 or 3 copies,
-                                 flash priority PRIO 0..11; defaults 2 and 4)
+                                 flash priority PRIO 0..11; defaults 2 and 4); --kernel:
+                                 direct kernel boot from files on the node running it
   vm list [--tag T]...           VMs carrying every given tag
   vm info NAME
   vm start NAME [--wait [--timeout S]]
@@ -303,7 +305,18 @@ void JsonSpec(JsonWriter& j, api::VmSpec::Reader s) {
     }
     j.Field("mac", Str(n.getMac())).EndObject();
   }
-  j.EndArray().EndObject();
+  j.EndArray().Key("boot");
+  if (s.hasBoot()) {
+    auto b = s.getBoot();
+    j.BeginObject()
+        .Field("kernel_path", Str(b.getKernelPath()))
+        .Field("initrd_path", Str(b.getInitrdPath()))
+        .Field("cmdline", Str(b.getCmdline()))
+        .EndObject();
+  } else {
+    j.Null();
+  }
+  j.EndObject();
 }
 
 void JsonVm(JsonWriter& j, api::VmInfo::Reader v) {
@@ -368,6 +381,12 @@ std::string VmInfoText(api::VmInfo::Reader v) {
   line("tags:", s.getTags().size() > 0 ? Tags(s.getTags()) : "-");
   line("cdrom:", s.getCdrom().size() > 0 ? Str(s.getCdrom()) : "-");
   line("description:", Str(s.getDescription()));
+  if (s.hasBoot()) {
+    auto b = s.getBoot();
+    line("kernel:", Str(b.getKernelPath()));
+    line("initrd:", b.getInitrdPath().size() > 0 ? Str(b.getInitrdPath()) : "-");
+    line("cmdline:", Str(b.getCmdline()));
+  }
   out += "\n";
   Table disks({"DISK", "SIZE", "COPIES", "FLASH PRIORITY", "VSD"});
   for (auto d : s.getDisks()) {
@@ -456,6 +475,16 @@ void Cli::VmCreate(const Args& a) {
   spec.setVcpus(static_cast<uint16_t>(UintArg("--vcpus", a.Flag("--vcpus").value_or("1"), 1024)));
   if (auto d = a.Flag("--description")) spec.setDescription(Text(*d));
   if (auto c = a.Flag("--cdrom")) spec.setCdrom(Text(*c));
+  std::optional<std::string> kernel = a.Flag("--kernel");
+  if (!kernel && (a.Flag("--initrd") || a.Flag("--cmdline"))) {
+    throw UsageError{"--initrd and --cmdline need --kernel PATH (direct kernel boot)"};
+  }
+  if (kernel) {
+    auto boot = spec.initBoot();
+    boot.setKernelPath(Text(*kernel));
+    boot.setInitrdPath(Text(a.Flag("--initrd").value_or("")));
+    boot.setCmdline(Text(a.Flag("--cmdline").value_or("")));
+  }
   const std::vector<std::string> tags = a.All("--tag");
   auto tag_list = spec.initTags(static_cast<unsigned>(tags.size()));
   for (size_t i = 0; i < tags.size(); ++i) tag_list.set(static_cast<unsigned>(i), Text(tags[i]));
@@ -807,7 +836,7 @@ int Cli::Run(const std::vector<std::string>& words) {
   const FlagSpec wait{{"--timeout"}, {}, {"--wait"}, {}};
   const std::vector<Command> commands = {
       {"vm create",
-       {{"--ram", "--vcpus", "--cdrom", "--description"}, {"--disk", "--tag"}, {"--start"}, {"--nic"}},
+       {{"--ram", "--vcpus", "--cdrom", "--description", "--kernel", "--initrd", "--cmdline"}, {"--disk", "--tag"}, {"--start"}, {"--nic"}},
        &Cli::VmCreate},
       {"vm list", {{}, {"--tag"}, {}, {}}, &Cli::VmList},
       {"vm info", {}, &Cli::VmInfo},

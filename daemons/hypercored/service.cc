@@ -137,6 +137,12 @@ void EncodeSpec(const VmSpec& spec, api::VmSpec::Builder out) {
     o.setVlan(static_cast<uint16_t>(n.vlan.value_or(0)));
     if (n.mac) o.setMac(T(*n.mac));
   }
+  if (spec.boot) {
+    auto b = out.initBoot();
+    b.setKernelPath(T(spec.boot->kernel_path));
+    b.setInitrdPath(T(spec.boot->initrd_path));
+    b.setCmdline(T(spec.boot->cmdline));
+  }
 }
 
 // A VM and how it is doing, as the API reports it.
@@ -237,6 +243,10 @@ absl::StatusOr<VmSpec> DecodeSpec(api::VmSpec::Reader in, const ServiceOptions& 
     spec.nics.push_back(std::move(nic));
   }
   if (in.getCdrom().size() > 0) spec.cdrom_iso = Str(in.getCdrom());
+  if (in.hasBoot()) {
+    auto b = in.getBoot();
+    spec.boot = VmBoot{Str(b.getKernelPath()), Str(b.getInitrdPath()), Str(b.getCmdline())};
+  }
   return spec;
 }
 

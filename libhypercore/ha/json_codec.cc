@@ -91,6 +91,12 @@ Json EncodeSpec(const VmSpec& spec) {
               {"disks", std::move(disks)},
               {"nics", std::move(nics)}};
   if (spec.cdrom_iso) out["cdrom_iso"] = *spec.cdrom_iso;
+  // Only when present: records of VMs without it stay as older writers made them.
+  if (spec.boot) {
+    out["boot"] = {{"kernel_path", spec.boot->kernel_path},
+                   {"initrd_path", spec.boot->initrd_path},
+                   {"cmdline", spec.boot->cmdline}};
+  }
   return out;
 }
 
@@ -131,6 +137,15 @@ absl::StatusOr<VmSpec> DecodeSpec(const Json& json) {
     }
   }
   if (r.Field("cdrom_iso", /*required=*/false) != nullptr) spec.cdrom_iso = r.String("cdrom_iso");
+  if (const Json* boot = r.Field("boot", /*required=*/false)) {
+    Reader br(*boot, "spec.boot");
+    VmBoot b;
+    b.kernel_path = br.String("kernel_path");
+    b.initrd_path = br.String("initrd_path");
+    b.cmdline = br.String("cmdline");
+    if (!br.status().ok()) return br.status();
+    spec.boot = std::move(b);
+  }
   if (!r.status().ok()) return r.status();
   return spec;
 }

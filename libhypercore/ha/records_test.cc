@@ -20,6 +20,7 @@ VmInfo FullVm() {
   tagged.vlan = 4094;
   tagged.mac = "52:54:00:ab:cd:ef";
   vm.spec.nics = {VmNic{}, tagged};
+  vm.spec.boot = VmBoot{"/srv/guest/vmlinuz", "/srv/guest/initrd.gz", "console=ttyS0 hc3.mode=loop \"q\""};
   vm.uuid = "0b1c2d3e-4f50-4617-8899-aabbccddeeff";
   vm.desired = DesiredState::kRunning;
   vm.owner = "node3";
@@ -50,6 +51,12 @@ void ExpectSameVm(const VmInfo& a, const VmInfo& b) {
     EXPECT_EQ(a.spec.nics[i].vlan, b.spec.nics[i].vlan);
     EXPECT_EQ(a.spec.nics[i].mac, b.spec.nics[i].mac);
   }
+  ASSERT_EQ(a.spec.boot.has_value(), b.spec.boot.has_value());
+  if (a.spec.boot) {
+    EXPECT_EQ(a.spec.boot->kernel_path, b.spec.boot->kernel_path);
+    EXPECT_EQ(a.spec.boot->initrd_path, b.spec.boot->initrd_path);
+    EXPECT_EQ(a.spec.boot->cmdline, b.spec.boot->cmdline);
+  }
   EXPECT_EQ(a.uuid, b.uuid);
   EXPECT_EQ(a.desired, b.desired);
   EXPECT_EQ(a.owner, b.owner);
@@ -72,6 +79,9 @@ TEST(VmRecord, RoundTripsEveryField) {
   ASSERT_TRUE(decoded.ok()) << decoded.status();
   ExpectSameVm(bare, *decoded);
   EXPECT_FALSE(decoded->spec.cdrom_iso.has_value());
+  EXPECT_FALSE(decoded->spec.boot.has_value());
+  // boot is written only when present: records of older writers (without it) still read.
+  EXPECT_EQ(EncodeVm(bare).find("boot"), std::string::npos);
   // force_off is written only when set: a record without it reads as false.
   EXPECT_EQ(EncodeVm(bare).find("force_off"), std::string::npos);
 }
@@ -100,6 +110,12 @@ TEST(VmRecord, DamageIsDataLossNamingTheField) {
            "uuid":"u","desired":"running","owner":"","owner_lease":0,"epoch":1,"condition":""})", "size_bytes"},
       {R"({"spec":{"name":"x","description":"","tags":[],"vcpus":1,"ram_bytes":1,"disks":[],"nics":[]},
            "uuid":"u","desired":"running","owner":5,"owner_lease":0,"epoch":1,"condition":""})", "owner"},
+      {R"({"spec":{"name":"x","description":"","tags":[],"vcpus":1,"ram_bytes":1,"disks":[],"nics":[],
+           "boot":{"kernel_path":"/k","initrd_path":""}},
+           "uuid":"u","desired":"running","owner":"","owner_lease":0,"epoch":1,"condition":""})", "cmdline"},
+      {R"({"spec":{"name":"x","description":"","tags":[],"vcpus":1,"ram_bytes":1,"disks":[],"nics":[],
+           "boot":"/k"},
+           "uuid":"u","desired":"running","owner":"","owner_lease":0,"epoch":1,"condition":""})", "spec.boot"},
   };
   for (const Case& c : cases) {
     auto decoded = DecodeVm(c.value);

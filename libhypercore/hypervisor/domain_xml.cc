@@ -126,8 +126,20 @@ absl::StatusOr<std::string> DomainXml(const VmLaunch& launch,
   absl::StrAppend(&xml, "  <vcpu>", spec.vcpus, "</vcpu>\n");
   absl::StrAppend(&xml, "  <os>\n    <type arch='", Escape(options.arch), "'");
   if (!options.machine.empty()) absl::StrAppend(&xml, " machine='", Escape(options.machine), "'");
-  absl::StrAppend(&xml, ">hvm</type>\n    <boot dev='hd'/>\n");
-  if (launch.cdrom) absl::StrAppend(&xml, "    <boot dev='cdrom'/>\n");
+  absl::StrAppend(&xml, ">hvm</type>\n");
+  if (spec.boot) {
+    // Direct kernel boot: the firmware's boot order does not apply.
+    absl::StrAppend(&xml, "    <kernel>", Escape(spec.boot->kernel_path), "</kernel>\n");
+    if (!spec.boot->initrd_path.empty()) {
+      absl::StrAppend(&xml, "    <initrd>", Escape(spec.boot->initrd_path), "</initrd>\n");
+    }
+    if (!spec.boot->cmdline.empty()) {
+      absl::StrAppend(&xml, "    <cmdline>", Escape(spec.boot->cmdline), "</cmdline>\n");
+    }
+  } else {
+    absl::StrAppend(&xml, "    <boot dev='hd'/>\n");
+    if (launch.cdrom) absl::StrAppend(&xml, "    <boot dev='cdrom'/>\n");
+  }
   absl::StrAppend(&xml, "  </os>\n");
   // ACPI is what Hypervisor::Shutdown presses.
   absl::StrAppend(&xml, "  <features>\n    <acpi/>\n    <apic/>\n  </features>\n");

@@ -95,6 +95,39 @@ TEST(DomainXml, NetworkModeConsoleFileAndMachine) {
   EXPECT_TRUE(Contains(*xml, "machine='pc-q35-7.2'"));
 }
 
+TEST(DomainXml, DirectKernelBoot) {
+  VmLaunch launch = TestLaunch("web1", 1);
+  auto xml = DomainXml(launch, Options());
+  ASSERT_TRUE(xml.ok());
+  EXPECT_TRUE(Contains(*xml, "<boot dev='hd'/>")) << *xml;
+  EXPECT_FALSE(Contains(*xml, "<kernel>"));
+
+  launch.spec.boot = VmBoot{"/srv/k & <v>", "/srv/initrd.gz", "console=ttyS0 hc3.tag='a' x=\"<&>\""};
+  xml = DomainXml(launch, Options());
+  ASSERT_TRUE(xml.ok()) << xml.status();
+  EXPECT_TRUE(Contains(*xml,
+                       ">hvm</type>\n"
+                       "    <kernel>/srv/k &amp; &lt;v&gt;</kernel>\n"
+                       "    <initrd>/srv/initrd.gz</initrd>\n"
+                       "    <cmdline>console=ttyS0 hc3.tag=&apos;a&apos; x=&quot;&lt;&amp;&gt;&quot;</cmdline>\n"
+                       "  </os>"))
+      << *xml;
+  // The firmware's boot order does not apply to a direct kernel boot.
+  EXPECT_FALSE(Contains(*xml, "<boot dev="));
+
+  // Kernel only: no empty <initrd/> or <cmdline/>.
+  launch.spec.boot = VmBoot{"/srv/vmlinuz", "", ""};
+  xml = DomainXml(launch, Options());
+  ASSERT_TRUE(xml.ok()) << xml.status();
+  EXPECT_TRUE(Contains(*xml, "<kernel>/srv/vmlinuz</kernel>\n  </os>")) << *xml;
+
+  // An invalid boot part is refused, naming it.
+  launch.spec.boot = VmBoot{"vmlinuz", "", ""};
+  xml = DomainXml(launch, Options());
+  EXPECT_EQ(xml.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(Contains(std::string(xml.status().message()), "boot.kernel_path")) << xml.status();
+}
+
 TEST(DomainXml, InvalidLaunchIsRefused) {
   VmLaunch launch = TestLaunch("web1", 1);
   launch.uuid = "nope";

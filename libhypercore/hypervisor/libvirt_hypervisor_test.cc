@@ -58,7 +58,7 @@ class LibvirtHypervisorTest : public testing::Test {
     hv_ = *std::move(hv);
   }
   void TearDown() override {
-    for (const char* name : {"lv-xml", "lv-escape"}) {
+    for (const char* name : {"lv-xml", "lv-escape", "lv-kernel"}) {
       (void)AwaitStatus(loop_.get(), [&](auto done) { hv_->ForceOff(name, done); });
       (void)AwaitStatus(loop_.get(), [&](auto done) { hv_->Undefine(name, done); });
     }
@@ -86,6 +86,17 @@ TEST_F(LibvirtHypervisorTest, LibvirtParsedDisksOverNbdAndTaggedNic) {
   auto status = Await<VmStatus>(loop_.get(), [&](auto done) { hv_->GetStatus("lv-xml", done); });
   ASSERT_TRUE(status.ok());
   EXPECT_EQ(status->epoch, 12u);
+}
+
+TEST_F(LibvirtHypervisorTest, DirectKernelBootRoundTripsThroughLibvirt) {
+  VmLaunch launch = TestLaunch("lv-kernel", 1);
+  launch.spec.boot = VmBoot{"/srv/guest/vmlinuz", "/srv/guest/initrd.gz", "console=ttyS0 a=\"<b>\" c='&'"};
+  ASSERT_TRUE(AwaitStatus(loop_.get(), [&](auto done) { hv_->Start(launch, done); }).ok());
+  auto xml = hv_->DescribeDomain("lv-kernel");
+  ASSERT_TRUE(xml.ok()) << xml.status();
+  EXPECT_EQ(ElementText(*xml, "kernel"), "/srv/guest/vmlinuz") << *xml;
+  EXPECT_EQ(ElementText(*xml, "initrd"), "/srv/guest/initrd.gz") << *xml;
+  EXPECT_EQ(ElementText(*xml, "cmdline"), launch.spec.boot->cmdline) << *xml;
 }
 
 TEST_F(LibvirtHypervisorTest, DescriptionRoundTripsThroughLibvirt) {

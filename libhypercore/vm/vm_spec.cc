@@ -8,7 +8,10 @@
 #include "absl/container/btree_set.h"
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 
 namespace hypercore {
 namespace {
@@ -88,6 +91,46 @@ absl::Status ValidateNics(const std::vector<VmNic>& nics) {
   return absl::OkStatus();
 }
 
+absl::Status ValidateBootPath(const std::string& field, const std::string& path) {
+  if (path.empty() || path[0] != '/') {
+    return Invalid(field, absl::StrCat("must be an absolute path, got \"", absl::CEscape(path.substr(0, 200)),
+                                       "\""));
+  }
+  if (path.size() > kVmBootPathLengthMax) {
+    return Invalid(field, absl::StrCat("must be at most ", kVmBootPathLengthMax, " bytes, got ", path.size()));
+  }
+  for (char c : path) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      return Invalid(field, "must not contain control characters");
+    }
+  }
+  for (absl::string_view part : absl::StrSplit(path, '/')) {
+    if (part == "..") return Invalid(field, absl::StrCat("must not contain \"..\", got \"", path, "\""));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateBoot(const VmBoot& boot) {
+  absl::Status status = ValidateBootPath("boot.kernel_path", boot.kernel_path);
+  if (!status.ok()) return status;
+  if (!boot.initrd_path.empty()) {
+    status = ValidateBootPath("boot.initrd_path", boot.initrd_path);
+    if (!status.ok()) return status;
+  }
+  if (boot.cmdline.size() > kVmBootCmdlineLengthMax) {
+    return Invalid("boot.cmdline", absl::StrCat("must be at most ", kVmBootCmdlineLengthMax,
+                                                " bytes, got ", boot.cmdline.size()));
+  }
+  for (size_t i = 0; i < boot.cmdline.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(boot.cmdline[i]);
+    if (c < 0x20 || c > 0x7e) {
+      return Invalid("boot.cmdline",
+                     absl::StrCat("must be printable ASCII, byte ", i, " is 0x", absl::Hex(c, absl::kZeroPad2)));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status ValidateVmSpec(const VmSpec& spec) {
@@ -120,7 +163,10 @@ absl::Status ValidateVmSpec(const VmSpec& spec) {
   if (spec.cdrom_iso && spec.cdrom_iso->empty()) {
     return Invalid("cdrom_iso", "must not be empty when present");
   }
-  return ValidateNics(spec.nics);
+  status = ValidateNics(spec.nics);
+  if (!status.ok()) return status;
+  if (spec.boot) return ValidateBoot(*spec.boot);
+  return absl::OkStatus();
 }
 
 bool MatchesTagFilter(const VmSpec& spec, const std::vector<std::string>& required_tags) {

@@ -21,6 +21,7 @@ VmSpec ValidSpec() {
   spec.disks = {VmDisk{"root", 40ull << 30, 6, 2}, VmDisk{"data", 200ull << 30, 0, 3}};
   spec.cdrom_iso = "debian-12.iso";
   spec.nics = {VmNic{"virtio", 100, "52:54:00:ab:CD:01"}, VmNic{}};
+  spec.boot = VmBoot{"/var/lib/hc3/vmlinuz", "/var/lib/hc3/initrd.img", "console=ttyS0 root=/dev/vda1 ro"};
   return spec;
 }
 
@@ -41,6 +42,15 @@ TEST(ValidateVmSpec, AcceptsValidSpecs) {
   limits.disks[0].flash_priority = 11;
   limits.nics[0].vlan = 4094;
   limits.nics[1].vlan = 1;
+  limits.boot->kernel_path = "/" + std::string(4094, 'k');
+  limits.boot->cmdline = std::string(2048, '~');
+  EXPECT_TRUE(ValidateVmSpec(limits).ok()) << ValidateVmSpec(limits);
+
+  VmSpec kernel_only = ValidSpec();
+  kernel_only.boot->initrd_path = "";
+  kernel_only.boot->cmdline = "";
+  EXPECT_TRUE(ValidateVmSpec(kernel_only).ok()) << ValidateVmSpec(kernel_only);
+  limits.boot.reset();
   EXPECT_TRUE(ValidateVmSpec(limits).ok()) << ValidateVmSpec(limits);
 }
 
@@ -87,6 +97,16 @@ TEST(ValidateVmSpec, RejectsEachBrokenRuleNamingTheField) {
       {"mac not hex", [](VmSpec& s) { s.nics[0].mac = "52:54:00:zz:00:01"; }, "nics[0].mac:"},
       {"mac separators", [](VmSpec& s) { s.nics[0].mac = "52:54:00-ab-cd-01"; }, "nics[0].mac:"},
       {"mac short", [](VmSpec& s) { s.nics[0].mac = "52:54:00:ab:cd"; }, "nics[0].mac:"},
+      {"no kernel", [](VmSpec& s) { s.boot->kernel_path = ""; }, "boot.kernel_path:"},
+      {"relative kernel", [](VmSpec& s) { s.boot->kernel_path = "vmlinuz"; }, "boot.kernel_path:"},
+      {"kernel ..", [](VmSpec& s) { s.boot->kernel_path = "/boot/../etc/shadow"; }, "boot.kernel_path:"},
+      {"long kernel", [](VmSpec& s) { s.boot->kernel_path = "/" + std::string(4095, 'k'); },
+       "boot.kernel_path:"},
+      {"kernel newline", [](VmSpec& s) { s.boot->kernel_path = "/boot/a\nb"; }, "boot.kernel_path:"},
+      {"relative initrd", [](VmSpec& s) { s.boot->initrd_path = "initrd"; }, "boot.initrd_path:"},
+      {"long cmdline", [](VmSpec& s) { s.boot->cmdline = std::string(2049, 'c'); }, "boot.cmdline:"},
+      {"cmdline newline", [](VmSpec& s) { s.boot->cmdline = "console=ttyS0\ninit=/x"; }, "boot.cmdline:"},
+      {"cmdline utf-8", [](VmSpec& s) { s.boot->cmdline = "a=\xc3\xa9"; }, "boot.cmdline:"},
   };
   for (const BadCase& c : cases) {
     VmSpec spec = ValidSpec();

@@ -294,3 +294,153 @@ def read_blocks(uri, blocks=range(BLOCK_COUNT)):
             b = offset // BLOCK_STRIDE_BYTES
             data.setdefault(b, bytearray()).extend(bytes.fromhex(m.group(2)))
     return {b: bytes(v) for b, v in data.items()}
+
+
+# ------------------------------------------------------------------ loop mode (HA tests)
+# tests/guest/init's hc3.mode=loop: a record log of LOG_SLOTS 4 KiB slots from byte
+# LOG_BASE_BYTES, slot n holding "HC3L tag=<tag> boot=<id> seq=<n>" (dots to 63 bytes,
+# '\n'), written in order by whichever instance runs; console lines
+# "HC3-LOOP start boot=<id> pattern=written|verified head=<H>" and "HC3-LOOP boot=<id> seq=<n>".
+LOG_BASE_BYTES = 64 * 1024 * 1024
+LOG_SLOT_BYTES = 4096
+LOG_SLOTS = 16384
+_LOG_RECORD_RE = re.compile(rb"^HC3L tag=([A-Za-z0-9_.-]+) boot=([0-9a-f]{8}) seq=([0-9]+) \.*\n$")
+_LOOP_START_RE = re.compile(r"^HC3-LOOP start boot=([0-9a-f]{8}) pattern=(written|verified) head=([0-9]+)")
+_LOOP_SEQ_RE = re.compile(r"^HC3-LOOP boot=([0-9a-f]{8}) seq=([0-9]+)")
+
+
+def loop_cmdline(tag):
+    """The kernel command line of a loop-mode guest."""
+    _check_args("write", 0, tag)
+    return "console=ttyS0 panic=-1 hc3.mode=loop hc3.epoch=0 hc3.tag=%s" % tag
+
+
+class LoopConsole:
+    """What a loop-mode guest printed so far on its serial console (a file that grows):
+    `starts` [(boot, pattern, head)], `last_seq` {boot: highest seq printed}, `failures`
+    (write-failed lines) and `fail` (an HC3-RESULT fail line, or None)."""
+
+    def __init__(self, path):
+        self.path = path
+        try:
+            with open(path, "rb") as f:
+                self.log = f.read().decode(errors="replace").replace("\r", "")
+        except OSError:
+            self.log = ""
+        self.starts = []
+        self.last_seq = {}
+        self.failures = []
+        self.fail = None
+        for line in self.log.splitlines():
+            m = _LOOP_START_RE.match(line)
+            if m:
+                self.starts.append((m.group(1), m.group(2), int(m.group(3))))
+            m = _LOOP_SEQ_RE.match(line)
+            if m:
+                self.last_seq[m.group(1)] = max(self.last_seq.get(m.group(1), -1), int(m.group(2)))
+            if line.startswith("HC3-LOOP write-failed"):
+                self.failures.append(line)
+            if line.startswith("HC3-RESULT fail"):
+                self.fail = line
+
+    def tail(self, chars=2000):
+        return self.log[-chars:]
+
+
+def wait_console(path, predicate, timeout_s, what, poll_s=0.1):
+    """Polls the console file at `path` until predicate(LoopConsole) is true; returns the
+    LoopConsole and the monotonic time it was first seen. Fails on a guest HC3-RESULT fail
+    line or the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        c = LoopConsole(path)
+        if predicate(c):
+            return c, time.monotonic()
+        if c.fail:
+            raise AssertionError("guest failed while waiting for %s: %s\n%s" % (what, c.fail, c.tail()))
+        if time.monotonic() > deadline:
+            raise AssertionError("no %s on %s after %d s; console ends:\n%s" % (what, path, timeout_s, c.tail()))
+        time.sleep(poll_s)
+
+
+def wait_new_boot(console_path, known, timeout_s, what, min_seq=None):
+    """Waits on a console file for an instance whose boot id is not in `known` to have
+    printed its start line and its first record (or record `min_seq`). Returns
+    (boot, pattern, head, monotonic time it was seen)."""
+    def ready(c):
+        for boot, _, head in c.starts:
+            if boot not in known and c.last_seq.get(boot, -1) >= (head if min_seq is None else min_seq):
+                return True
+        return False
+
+    c, t = wait_console(console_path, ready, timeout_s, what)
+    boot, pattern, head = next(s for s in c.starts if s[0] not in known)
+    return boot, pattern, head, t
+
+
+def wait_seq(console_path, boot, seq, timeout_s=60):
+    """Waits until instance `boot` has reported record `seq` (or a later one)."""
+    wait_console(console_path, lambda c: c.last_seq.get(boot, -1) >= seq, timeout_s,
+                 "record seq %d of boot %s" % (seq, boot))
+
+
+def read_log(uri, slots):
+    """The first `slots` record slots of the disk at `uri` (qemu-io, 64 bytes per slot):
+    a list with, per slot, (tag, boot, seq) or None for a slot that holds no record.
+    A slot holding anything else fails (the log is damaged).
+
+    Slots are read from the last to the first, so that a log still being appended to
+    reads as a prefix: a record seen in slot n was written after every slot below n,
+    which are read later."""
+    out = [None] * slots
+    step = 512
+    for first in reversed(range(0, slots, step)):
+        n = min(step, slots - first)
+        args = ["qemu-io", "-f", "raw"]
+        for i in reversed(range(first, first + n)):
+            args += ["-c", "read -v %d %d" % (LOG_BASE_BYTES + i * LOG_SLOT_BYTES, RECORD_BYTES)]
+        r = subprocess.run(args + [uri], capture_output=True, text=True, timeout=300)
+        if r.returncode != 0 or "failed" in r.stdout.lower():
+            raise RuntimeError("qemu-io failed (%d): %s %s" % (r.returncode, r.stdout[-2000:], r.stderr[-2000:]))
+        data = {}
+        for line in r.stdout.splitlines():
+            m = re.match(r"^([0-9a-f]{8}):  ((?:[0-9a-f]{2} ){1,16})", line)
+            if m:
+                offset = int(m.group(1), 16)
+                slot = (offset - LOG_BASE_BYTES) // LOG_SLOT_BYTES
+                data.setdefault(slot, bytearray()).extend(bytes.fromhex(m.group(2)))
+        for i in range(first, first + n):
+            raw = bytes(data.get(i, b""))
+            if len(raw) != RECORD_BYTES:
+                raise RuntimeError("qemu-io returned %d bytes for slot %d" % (len(raw), i))
+            if raw == bytes(RECORD_BYTES):
+                continue
+            m = _LOG_RECORD_RE.match(raw)
+            if not m:
+                raise AssertionError("log slot %d holds %r, not a record" % (i, raw))
+            out[i] = (m.group(1).decode(), m.group(2).decode(), int(m.group(3)))
+    return out
+
+
+def log_runs(records):
+    """Checks the record log read by read_log and returns its runs: [(boot, first, last)],
+    one per instance in the order they wrote. Fails unless the records fill a prefix of
+    the slots, each slot n holds seq n, and each boot id forms one contiguous run (an
+    instance that wrote after the next one started would appear twice: two writers)."""
+    used = len(records)
+    while used > 0 and records[used - 1] is None:
+        used -= 1
+    holes = [i for i in range(used) if records[i] is None]
+    assert not holes, "empty slots %s inside the log (records up to slot %d)" % (holes[:10], used - 1)
+    runs = []
+    for i in range(used):
+        tag, boot, seq = records[i]
+        assert seq == i, "slot %d holds seq %d (boot %s): out of place" % (i, seq, boot)
+        if runs and runs[-1][0] == boot:
+            runs[-1][2] = i
+        else:
+            runs.append([boot, i, i])
+    boots = [r[0] for r in runs]
+    twice = sorted(b for b in set(boots) if boots.count(b) > 1)
+    assert not twice, "boot(s) %s wrote again after another instance had started: runs %s" % (twice, runs)
+    return [tuple(r) for r in runs]

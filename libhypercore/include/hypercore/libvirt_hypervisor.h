@@ -61,7 +61,8 @@ struct LibvirtHypervisorOptions {
 // The domain XML of `launch` (which must pass ValidateLaunch: INVALID_ARGUMENT
 // otherwise). Every text and attribute value is XML-escaped. Shape:
 //   <domain type=...> name, uuid, description, metadata (epoch), memory (KiB), vcpu,
-//   os (hvm; boot from disk, then CD-ROM), features acpi+apic, on_poweroff destroy,
+//   os (hvm; boot from disk, then CD-ROM; or the spec's direct kernel boot: kernel,
+//   initrd, cmdline), features acpi+apic, on_poweroff destroy,
 //   on_reboot restart, on_crash destroy; devices: one virtio disk per VM disk
 //   (vda, vdb, ...) as <disk type='network'><source protocol='nbd' name=EXPORT><host
 //   transport='unix' socket=PATH/></source>, raw, cache none, discard unmap; the CD-ROM

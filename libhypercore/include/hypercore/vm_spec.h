@@ -30,6 +30,16 @@ struct VmNic {
   std::optional<std::string> mac;  // "52:54:00:xx:xx:xx" (hex); assigned when absent
 };
 
+// Direct kernel boot (libvirt <os><kernel/><initrd/><cmdline/>): the hypervisor loads a
+// kernel (and optionally an initramfs) from files on the node that runs the VM, instead
+// of booting from a disk or CD-ROM. The files must exist on every node the VM may run
+// on (a shared path: HA restarts it elsewhere).
+struct VmBoot {
+  std::string kernel_path;  // absolute, no ".." component, at most kVmBootPathLengthMax
+  std::string initrd_path;  // the same rules; empty: no initramfs
+  std::string cmdline;      // printable ASCII (0x20..0x7e), at most kVmBootCmdlineLengthMax
+};
+
 struct VmSpec {
   std::string name;         // 1..63 characters of [A-Za-z0-9._-]
   std::string description;  // at most 4096 characters
@@ -39,6 +49,7 @@ struct VmSpec {
   std::vector<VmDisk> disks;
   std::optional<std::string> cdrom_iso;  // a non-empty ISO name when present
   std::vector<VmNic> nics;
+  std::optional<VmBoot> boot;  // direct kernel boot when present
 };
 
 // Limits a VmSpec must respect.
@@ -51,6 +62,8 @@ inline constexpr uint64_t kVmRamBytesGranularity = 1ull << 20;
 inline constexpr int kVmDiskFlashPriorityMax = 11;
 inline constexpr int kVmNicVlanMin = 1;
 inline constexpr int kVmNicVlanMax = 4094;
+inline constexpr size_t kVmBootPathLengthMax = 4095;     // PATH_MAX - 1
+inline constexpr size_t kVmBootCmdlineLengthMax = 2048;  // x86's COMMAND_LINE_SIZE
 
 // OK, or INVALID_ARGUMENT naming the first offending field ("vcpus", "disks[1].name",
 // "nics[0].mac", ...) and the rule it breaks.
