@@ -135,9 +135,15 @@ class VmStack:
         raise RuntimeError("no hypercored is running")
 
     def hc3(self, *args, check=True, node=None, timeout=300):
-        node = node or self.answering()
-        r = subprocess.run([self.hc3_bin, "--addr", node.addr, "--json"] + [str(a) for a in args],
-                           capture_output=True, text=True, timeout=timeout)
+        # Any running node answers; one just started may not listen yet: try the next.
+        candidates = [node] if node else [n for n in self.nodes.values() if n.alive()]
+        if not candidates:
+            raise RuntimeError("no hypercored is running")
+        for n in candidates:
+            r = subprocess.run([self.hc3_bin, "--addr", n.addr, "--json"] + [str(a) for a in args],
+                               capture_output=True, text=True, timeout=timeout)
+            if "cannot talk to hypercored" not in r.stderr:
+                break
         if check is True:
             if r.returncode != 0:
                 raise RuntimeError("hc3 %s: %s%s" % (" ".join(map(str, args)), r.stdout, r.stderr))
