@@ -163,13 +163,7 @@ class AioDevice : public BlockDevice {
   // io_submit (and one doorbell to the device) for many.
   void Enqueue(Op* op) {
     waiting_.push_back(op);
-    if (submit_posted_) return;
-    submit_posted_ = true;
-    loop_->Post([this, alive = alive_] {
-      if (!*alive) return;
-      submit_posted_ = false;
-      SubmitWaiting();
-    });
+    submit_.Request();
   }
 
   void SubmitWaiting() {
@@ -248,7 +242,7 @@ class AioDevice : public BlockDevice {
   int in_flight_ = 0;
   bool fdsync_unsupported_ = false;
   bool dsync_unsupported_ = false;
-  bool submit_posted_ = false;  // a SubmitWaiting is posted for the end of this turn
+  OncePerTurn submit_{loop_, [this] { SubmitWaiting(); }};
   std::deque<Op*> waiting_;
   std::unique_ptr<RealLoop::FdWatch> watch_;
 };

@@ -1,4 +1,5 @@
 #include <memory>
+#include <vector>
 
 #include "libscribe/env/conformance.h"
 #include "scribe/real_env.h"
@@ -28,6 +29,36 @@ TEST_P(LoopConformance, RunUntilTimesOut) {
 }
 TEST_P(LoopConformance, ClockIsMonotonic) {
   EXPECT_TRUE(conformance::CheckClockIsMonotonic(loop_.get()));
+}
+
+TEST_P(LoopConformance, PostsRunInOrder) {
+  std::vector<int> order;
+  for (int i = 0; i < 5; ++i) loop_->Post([&order, i] { order.push_back(i); });
+  EXPECT_TRUE(loop_->RunUntil([&] { return order.size() == 5; }, 5'000'000'000));
+  EXPECT_EQ(order, (std::vector<int>{0, 1, 2, 3, 4}));
+}
+
+TEST_P(LoopConformance, OncePerTurnRunsOncePerTurnAndNotAfterItIsGone) {
+  int runs = 0;
+  auto once = std::make_unique<OncePerTurn>(loop_.get(), [&] { ++runs; });
+  once->Request();
+  once->Request();
+  once->Request();
+  bool later = false;
+  loop_->RunAfter(1'000'000, [&] { later = true; });
+  EXPECT_TRUE(loop_->RunUntil([&] { return later; }, 5'000'000'000));
+  EXPECT_EQ(runs, 1);
+  once->Request();  // a new turn: runs again
+  later = false;
+  loop_->RunAfter(1'000'000, [&] { later = true; });
+  EXPECT_TRUE(loop_->RunUntil([&] { return later; }, 5'000'000'000));
+  EXPECT_EQ(runs, 2);
+  once->Request();
+  once.reset();  // gone before its turn: never runs
+  later = false;
+  loop_->RunAfter(1'000'000, [&] { later = true; });
+  EXPECT_TRUE(loop_->RunUntil([&] { return later; }, 5'000'000'000));
+  EXPECT_EQ(runs, 2);
 }
 
 INSTANTIATE_TEST_SUITE_P(

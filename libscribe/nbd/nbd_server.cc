@@ -437,13 +437,7 @@ class Connection final : public kj::TaskSet::ErrorHandler {
     r.held_bytes = held;
     replies_.push_back(std::move(r));
     // Written at the end of this loop turn, with every other reply the turn produced.
-    if (pump_posted_) return;
-    pump_posted_ = true;
-    loop_->Post([this, alive = alive_] {
-      if (!*alive) return;
-      pump_posted_ = false;
-      Pump();
-    });
+    pump_.Request();
   }
 
   // Starts one gathered write of the queued replies unless one is under way.
@@ -573,9 +567,9 @@ class Connection final : public kj::TaskSet::ErrorHandler {
   std::vector<Reply> batch_;   // being written
   kj::Array<kj::ArrayPtr<const kj::byte>> pieces_;
   bool writing_ = false;
-  bool pump_posted_ = false;  // a Pump is posted for the end of this loop turn
   bool closed_ = false;
   bool shut_down_ = false;
+  OncePerTurn pump_{loop_, [this] { Pump(); }};  // replies go out once per loop turn
   // Declared last: pending writes are cancelled before the buffers they point into go.
   kj::TaskSet tasks_{*this};
 };

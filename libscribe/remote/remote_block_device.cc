@@ -190,14 +190,7 @@ class RemoteBlockDevice final : public BlockDevice, private kj::TaskSet::ErrorHa
                                  kind == OpKind::READ ? length_bytes : 0, /*timed=*/false);
     queued_.push_back(Queued{id, kind, offset_bytes, length_bytes, buf});
     queued_bytes_ += bytes;
-    if (!send_posted_) {
-      send_posted_ = true;
-      loop_->Post([this, alive = alive_] {
-        if (!*alive) return;
-        send_posted_ = false;
-        SendQueued();
-      });
-    }
+    send_.Request();
   }
 
   // Sends the queued ops that are still outstanding (a lost connection may have failed
@@ -469,7 +462,7 @@ class RemoteBlockDevice final : public BlockDevice, private kj::TaskSet::ErrorHa
   std::map<uint64_t, Op> ops_;  // calls not yet completed, by id (issue order)
   std::vector<Queued> queued_;  // ops for the batch sent at the end of this loop turn
   uint64_t queued_bytes_ = 0;
-  bool send_posted_ = false;
+  OncePerTurn send_{loop_, [this] { SendQueued(); }};
   uint64_t next_op_id_ = 1;
   uint64_t next_generation_ = 1;
   int64_t retry_after_ns_ = 0;

@@ -40,6 +40,14 @@ def fio_verify_args(size="24m", loops=6):
             "--verify_state_save=0"]
 
 
+def wait_for_log(node, text, timeout=60):
+    """The node's log shows `text` within `timeout` seconds (asserted)."""
+    deadline = time.time() + timeout
+    while text not in node.log_text() and time.time() < deadline:
+        time.sleep(0.25)
+    assert text in node.log_text(), node.log_text()[-4000:]
+
+
 def run_fio_with_fault(c, uri, fault, settle):
     """Starts fio, injects `fault` after a moment, waits for fio; returns its log."""
     proc, log = c.fio_background(uri, *fio_verify_args())
@@ -94,7 +102,10 @@ def test_fio_verifies_while_a_non_local_node_is_killed_and_restarted(cluster):
     st = cluster.status()
     assert st["pool"]["degraded_chunks"] == 0
     assert st["pool"]["fully_redundant"]
-    assert "node %d is back" % victim.id in owner.log_text()
+    # Writes land in newly allocated blocks on the nodes that are up, so the pool can be
+    # fully redundant before the restarted node is back (no copy of it went stale): wait.
+    wait_for_log(owner, "node %d is back" % victim.id)
+    cluster.wait_redundant()
     # The restarted node's copies were caught up: with the third node's disk failed,
     # reads of every chunk it shared with the restarted node come from the latter
     # (checksums are verified on every read) and the pattern is intact.
@@ -142,7 +153,8 @@ def test_fio_verifies_while_a_node_is_partitioned_and_rejoins(cluster):
     cluster.wait_redundant()
     print("node %d partitioned for 5 s: full redundancy %.1f s after the partition began"
           % (victim.id, time.time() - start["t"]))
-    assert "node %d is back" % victim.id in owner.log_text()
+    wait_for_log(owner, "node %d is back" % victim.id)
+    cluster.wait_redundant()
     assert cluster.status()["pool"]["fully_redundant"]
 
 

@@ -47,6 +47,35 @@ class Loop {
   virtual bool RunUntil(const std::function<bool()>& done, int64_t timeout_ns) = 0;
 };
 
+// Runs `fn` once at the end of the current loop turn however often Request() is called
+// before then: how a stage gathers what one turn produced into one system call or one
+// message (aio submissions, backplane batches, NBD replies). Destroying it drops a
+// pending run. Single-threaded, like its loop.
+class OncePerTurn {
+ public:
+  OncePerTurn(Loop* loop, std::function<void()> fn)
+      : loop_(loop), fn_(std::move(fn)), alive_(std::make_shared<bool>(true)) {}
+  ~OncePerTurn() { *alive_ = false; }
+  OncePerTurn(const OncePerTurn&) = delete;
+  OncePerTurn& operator=(const OncePerTurn&) = delete;
+
+  void Request() {
+    if (posted_) return;
+    posted_ = true;
+    loop_->Post([this, alive = alive_] {
+      if (!*alive) return;
+      posted_ = false;
+      fn_();
+    });
+  }
+
+ private:
+  Loop* loop_;
+  std::function<void()> fn_;
+  std::shared_ptr<bool> alive_;
+  bool posted_ = false;
+};
+
 // Randomness. Libraries never call rand(): they take a Random and so replay under a seed.
 class Random {
  public:
