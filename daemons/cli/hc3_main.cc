@@ -6,11 +6,6 @@
 // aligned tables (or, with --json anywhere on the line, one JSON document on stdout).
 // Errors go to stderr as "hc3: <command>: <message>" with exit status 1; usage errors
 // exit 2 with the usage text. `hc3 help` prints the usage.
-#include <capnp/ez-rpc.h>
-#include <kj/async-io.h>
-#include <kj/async.h>
-#include <kj/exception.h>
-#include <kj/timer.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -19,10 +14,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
-#include <map>
 #include <memory>
 #include <optional>
-#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -31,6 +24,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "daemons/cli/cli_common.h"
 #include "daemons/cli/format.h"
 #include "daemons/hypercore_api.capnp.h"
 
@@ -38,16 +32,30 @@ namespace hc3::cli {
 namespace {
 
 namespace api = ::hypercore::api;
+using scribe::cli::Args;
+using scribe::cli::Check;
+using scribe::cli::Command;
+using scribe::cli::CommandError;
+using scribe::cli::CommandLine;
+using scribe::cli::FlagPrefix;
+using scribe::cli::FlagSpec;
 using scribe::cli::HumanBytes;
 using scribe::cli::JsonWriter;
-using scribe::cli::ParseSize;
-using scribe::cli::ParseUint;
+using scribe::cli::Num;
+using scribe::cli::Print;
+using scribe::cli::PrintJson;
+using scribe::cli::SizeArg;
+using scribe::cli::Str;
 using scribe::cli::Table;
+using scribe::cli::Text;
+using scribe::cli::UintArg;
+using scribe::cli::UsageError;
+using scribe::cli::YesNo;
+using Connection = scribe::cli::Connection;
 
 constexpr char kDefaultAddress[] = "127.0.0.1:7101";
 constexpr unsigned kDefaultPort = 7101;
-// Every call must answer within this; media add copies a whole image, so it gets more.
-constexpr int64_t kCallTimeoutSeconds = 120;
+// Media add copies a whole image, so it gets more than the usual call timeout.
 constexpr int64_t kMediaAddTimeoutSeconds = 3600;
 constexpr int64_t kWaitPollMs = 250;
 constexpr double kWaitDefaultSeconds = 120;
@@ -93,11 +101,15 @@ Options (anywhere on the line):
 Exit status: 0 success, 1 failure (message on stderr), 2 usage error.
 )";
 
-struct UsageError {
-  std::string message;
-};
-struct CommandError {
-  std::string message;
+constexpr const char* kGroups[] = {"vm", "node", "media"};
+constexpr scribe::cli::Tool kTool = {
+    .name = "hc3",
+    .daemon = "hypercored",
+    .usage = kUsage,
+    .default_address = kDefaultAddress,
+    .default_port = kDefaultPort,
+    .groups = kGroups,
+    .switches = {},
 };
 
 struct Options {
@@ -107,101 +119,6 @@ struct Options {
 
 // ------------------------------------------------------------------ arguments
 
-// What a command accepts besides its positional words.
-struct FlagSpec {
-  std::set<std::string> values;      // --x VALUE, the last one wins
-  std::set<std::string> repeated;    // --x VALUE, every one kept
-  std::set<std::string> switches;    // --x
-  std::set<std::string> optional;    // --x [key=value] (repeatable): a value only when the
-                                     // next word has a '='; "" otherwise
-};
-
-class Args {
- public:
-  Args(const std::vector<std::string>& words, const FlagSpec& spec) {
-    bool flags_done = false;
-    for (size_t i = 0; i < words.size(); ++i) {
-      const std::string& w = words[i];
-      if (!flags_done && w == "--") {
-        flags_done = true;
-        continue;
-      }
-      if (flags_done || w.size() < 2 || w[0] != '-' || w[1] != '-') {
-        positional_.push_back(w);
-        continue;
-      }
-      std::string name = w;
-      std::optional<std::string> value;
-      const size_t eq = w.find('=');
-      if (eq != std::string::npos) {
-        name = w.substr(0, eq);
-        value = w.substr(eq + 1);
-      }
-      if (spec.switches.count(name)) {
-        if (value) throw UsageError{absl::StrFormat("%s takes no value", name)};
-        switches_.insert(name);
-      } else if (spec.optional.count(name)) {
-        if (!value && i + 1 < words.size() && words[i + 1].find('=') != std::string::npos &&
-            words[i + 1].rfind("--", 0) != 0) {
-          value = words[++i];
-        }
-        multi_[name].push_back(value.value_or(""));
-      } else if (spec.values.count(name) || spec.repeated.count(name)) {
-        if (!value) {
-          if (i + 1 >= words.size()) throw UsageError{absl::StrFormat("%s needs a value", name)};
-          value = words[++i];
-        }
-        if (spec.repeated.count(name)) {
-          multi_[name].push_back(*value);
-        } else {
-          flags_[name] = *value;
-        }
-      } else {
-        throw UsageError{absl::StrFormat("unknown option %s", name)};
-      }
-    }
-  }
-
-  const std::vector<std::string>& positional() const { return positional_; }
-  const std::string& at(size_t i) const { return positional_.at(i); }
-  void ExpectCount(size_t min, size_t max, const char* shape) const {
-    if (positional_.size() < min || positional_.size() > max) {
-      throw UsageError{absl::StrFormat("expected %s", shape)};
-    }
-  }
-  std::optional<std::string> Flag(const std::string& name) const {
-    auto it = flags_.find(name);
-    if (it == flags_.end()) return std::nullopt;
-    return it->second;
-  }
-  std::vector<std::string> All(const std::string& name) const {
-    auto it = multi_.find(name);
-    return it == multi_.end() ? std::vector<std::string>{} : it->second;
-  }
-  bool Has(const std::string& name) const { return switches_.count(name) > 0; }
-
- private:
-  std::vector<std::string> positional_;
-  std::map<std::string, std::string> flags_;
-  std::map<std::string, std::vector<std::string>> multi_;
-  std::set<std::string> switches_;
-};
-
-uint64_t SizeArg(const std::string& what, const std::string& text) {
-  std::optional<uint64_t> size = ParseSize(text);
-  if (!size) {
-    throw UsageError{absl::StrFormat(
-        "%s '%s' is not a size (a whole number with an optional K, M, G, T or P suffix)", what, text)};
-  }
-  return *size;
-}
-
-uint64_t UintArg(const std::string& what, const std::string& text, uint64_t max) {
-  std::optional<uint64_t> v = ParseUint(text);
-  if (!v || *v > max) throw UsageError{absl::StrFormat("%s wants a whole number up to %d, not '%s'", what, max, text)};
-  return *v;
-}
-
 double SecondsArg(const std::string& what, const std::string& text) {
   double v = 0;
   if (!absl::SimpleAtod(text, &v) || !(v > 0) || v > 86400) {
@@ -210,48 +127,7 @@ double SecondsArg(const std::string& what, const std::string& text) {
   return v;
 }
 
-// ----------------------------------------------------------------- connection
-
-capnp::Text::Reader Text(const std::string& s) { return capnp::Text::Reader(s.c_str(), s.size()); }
-std::string Str(capnp::Text::Reader t) { return std::string(t.begin(), t.size()); }
-
-void Check(api::Error::Reader error) {
-  if (error.getCode() != 0) throw CommandError{Str(error.getMessage())};
-}
-
-class Connection {
- public:
-  explicit Connection(std::string address) : address_(std::move(address)), client_(address_, kDefaultPort) {}
-
-  api::HypercoreAdmin::Client admin() { return client_.getMain<api::HypercoreAdmin>(); }
-  kj::WaitScope& wait_scope() { return client_.getWaitScope(); }
-  kj::Timer& timer() { return client_.getIoProvider().getTimer(); }
-
-  template <typename Results>
-  capnp::Response<Results> Wait(capnp::RemotePromise<Results>&& call, int64_t timeout_s = kCallTimeoutSeconds) {
-    kj::Promise<capnp::Response<Results>> promise = kj::mv(call);
-    promise = timer().timeoutAfter(timeout_s * kj::SECONDS, kj::mv(promise));
-    try {
-      return promise.wait(wait_scope());
-    } catch (const kj::Exception& e) {
-      if (e.getType() == kj::Exception::Type::OVERLOADED && e.getDescription().startsWith("operation timed out")) {
-        throw CommandError{absl::StrFormat("no answer from hypercored at %s within %d s", address_, timeout_s)};
-      }
-      throw CommandError{absl::StrFormat("cannot talk to hypercored at %s: %s", address_, e.getDescription().cStr())};
-    }
-  }
-
-  void Sleep(int64_t ms) { timer().afterDelay(ms * kj::MILLISECONDS).wait(wait_scope()); }
-
- private:
-  std::string address_;
-  capnp::EzRpcClient client_;
-};
-
 // ------------------------------------------------------------------- encoding
-
-std::string Num(uint64_t v) { return absl::StrFormat("%d", v); }
-const char* YesNo(bool b) { return b ? "yes" : "no"; }
 
 std::string Tags(capnp::List<capnp::Text>::Reader tags) {
   std::vector<std::string> out;
@@ -415,12 +291,10 @@ class Cli {
 
  private:
   Connection& conn() {
-    if (!connection_) connection_ = std::make_unique<Connection>(options_.address);
+    if (!connection_) connection_ = std::make_unique<Connection>(kTool, options_.address);
     return *connection_;
   }
-  api::HypercoreAdmin::Client admin() { return conn().admin(); }
-  void Print(const std::string& text) { std::fputs(text.c_str(), stdout); }
-  void PrintJson(const JsonWriter& j) { std::printf("%s\n", j.str().c_str()); }
+  api::HypercoreAdmin::Client admin() { return conn().Main<api::HypercoreAdmin>(); }
   void PrintVm(api::VmInfo::Reader v, const std::string& what) {
     if (options_.json) {
       JsonWriter j;
@@ -827,14 +701,8 @@ void Cli::MediaDelete(const Args& a) {
 }
 
 int Cli::Run(const std::vector<std::string>& words) {
-  using Handler = void (Cli::*)(const Args&);
-  struct Command {
-    const char* name;
-    FlagSpec flags;
-    Handler handler;
-  };
   const FlagSpec wait{{"--timeout"}, {}, {"--wait"}, {}};
-  const std::vector<Command> commands = {
+  const std::vector<Command<Cli>> commands = {
       {"vm create",
        {{"--ram", "--vcpus", "--cdrom", "--description", "--kernel", "--initrd", "--cmdline"}, {"--disk", "--tag"}, {"--start"}, {"--nic"}},
        &Cli::VmCreate},
@@ -856,98 +724,17 @@ int Cli::Run(const std::vector<std::string>& words) {
       {"media list", {}, &Cli::MediaList},
       {"media delete", {}, &Cli::MediaDelete},
   };
-  if (words.empty()) throw UsageError{"no command given"};
-  if (words[0] == "help") {
-    Print(kUsage);
-    return 0;
-  }
-  bool is_group = false;
-  for (const Command& c : commands) {
-    const std::string name = c.name;
-    const size_t space = name.find(' ');
-    if (space == std::string::npos) {
-      if (name != words[0]) continue;
-      (this->*c.handler)(Args(std::vector<std::string>(words.begin() + 1, words.end()), c.flags));
-      return 0;
-    }
-    if (name.compare(0, space, words[0]) != 0 || space != words[0].size()) continue;
-    is_group = true;
-    if (words.size() < 2 || name.substr(space + 1) != words[1]) continue;
-    (this->*c.handler)(Args(std::vector<std::string>(words.begin() + 2, words.end()), c.flags));
-    return 0;
-  }
-  if (!is_group) throw UsageError{absl::StrFormat("unknown command '%s'", words[0])};
-  if (words.size() < 2) throw UsageError{absl::StrFormat("'%s' needs a subcommand", words[0])};
-  throw UsageError{absl::StrFormat("unknown command '%s %s'", words[0], words[1])};
-}
-
-// The command's name for messages: "vm create", "conditions", ...
-std::string CommandName(const std::vector<std::string>& words) {
-  static const std::set<std::string> kGroups = {"vm", "node", "media"};
-  if (words.empty()) return "";
-  if (kGroups.count(words[0]) && words.size() > 1) return words[0] + " " + words[1];
-  return words[0];
+  return scribe::cli::RunCommand(kTool, *this, commands, words, FlagPrefix::kDoubleDash);
 }
 
 int Main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
-  Options options;
-  const char* env_address = std::getenv("HC3_ADDR");
-  options.address = env_address != nullptr && env_address[0] != '\0' ? env_address : kDefaultAddress;
-  bool help = false;
-  std::vector<std::string> words;
-  std::optional<std::string> early_error;
-  bool after_dashes = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (after_dashes) {
-      words.push_back(arg);
-      continue;
-    }
-    if (arg == "--") {
-      after_dashes = true;
-      words.push_back(arg);
-    } else if (arg == "--json") {
-      options.json = true;
-    } else if (arg == "--help" || arg == "-h") {
-      help = true;
-    } else if (arg == "--addr") {
-      if (i + 1 >= argc) {
-        early_error = "--addr needs HOST:PORT";
-      } else {
-        options.address = argv[++i];
-      }
-    } else if (arg.rfind("--addr=", 0) == 0) {
-      options.address = arg.substr(7);
-    } else {
-      words.push_back(arg);
-    }
-  }
-  if (help) {
-    std::fputs(kUsage, stdout);
-    return 0;
-  }
-  const std::string name = CommandName(words);
-  const std::string prefix = name.empty() ? "hc3: " : "hc3: " + name + ": ";
-  try {
-    if (early_error) throw UsageError{*early_error};
-    if (options.address.empty()) throw UsageError{"the address is empty"};
-    Cli cli(options);
-    const int status = cli.Run(words);
-    std::fflush(stdout);
-    return status;
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "%s%s\n\n%s", prefix.c_str(), e.message.c_str(), kUsage);
-    return 2;
-  } catch (const CommandError& e) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "%s%s\n", prefix.c_str(), e.message.c_str());
-    return 1;
-  } catch (const kj::Exception& e) {
-    std::fprintf(stderr, "%scannot talk to hypercored at %s: %s\n", prefix.c_str(), options.address.c_str(),
-                 e.getDescription().cStr());
-    return 1;
-  }
+  const CommandLine line =
+      scribe::cli::ParseCommandLine(kTool, std::vector<std::string>(argv + 1, argv + argc), std::getenv("HC3_ADDR"));
+  return scribe::cli::RunReportingErrors(kTool, line, [&] {
+    Cli cli(Options{.address = line.address, .json = line.json});
+    return cli.Run(line.words);
+  });
 }
 
 }  // namespace

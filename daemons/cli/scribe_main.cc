@@ -5,10 +5,7 @@
 // Errors go to stderr as "scribe: <command>: <message>" with exit status 1; usage errors
 // exit 2 with the usage text. `scribe help` prints the usage.
 #include <capnp/ez-rpc.h>
-#include <kj/async-io.h>
 #include <kj/async.h>
-#include <kj/exception.h>
-#include <kj/timer.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -16,16 +13,15 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
-#include <map>
 #include <memory>
 #include <optional>
-#include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "daemons/cli/cli_common.h"
 #include "daemons/cli/format.h"
 #include "daemons/scribe_api.capnp.h"
 
@@ -34,8 +30,6 @@ namespace {
 
 constexpr char kDefaultAddress[] = "127.0.0.1:7001";
 constexpr unsigned kDefaultPort = 7001;
-// Every call but scrub (which runs as long as the pool is big) must answer within this.
-constexpr int64_t kCallTimeoutSeconds = 120;
 // How long a connection attempt may take in wait-redundant before it counts as a failed poll.
 constexpr int64_t kPollCallTimeoutSeconds = 10;
 constexpr int64_t kPollIntervalMs = 500;
@@ -90,14 +84,16 @@ Options (anywhere on the line):
 Exit status: 0 success, 1 failure (message on stderr), 2 usage error.
 )";
 
-// A bad command line: exit 2 with the usage text.
-struct UsageError {
-  std::string message;
-};
-
-// A failed command: exit 1.
-struct CommandError {
-  std::string message;
+constexpr const char* kGroups[] = {"node", "disk", "vsd", "snapshot"};
+constexpr const char* kSwitches[] = {"--progress"};
+constexpr Tool kTool = {
+    .name = "scribe",
+    .daemon = "scribed",
+    .usage = kUsage,
+    .default_address = kDefaultAddress,
+    .default_port = kDefaultPort,
+    .groups = kGroups,
+    .switches = kSwitches,
 };
 
 struct Options {
@@ -109,136 +105,11 @@ struct Options {
 
 // ------------------------------------------------------------------ arguments
 
-// The words of a command after its name, with its own --flags taken out.
-class Args {
- public:
-  // `value_flags`: the flags this command accepts (each takes a value).
-  Args(std::vector<std::string> words, const std::set<std::string>& value_flags) {
-    bool flags_done = false;
-    for (size_t i = 0; i < words.size(); ++i) {
-      const std::string& w = words[i];
-      if (!flags_done && w == "--") {
-        flags_done = true;
-        continue;
-      }
-      if (flags_done || w.size() < 2 || w[0] != '-') {
-        positional_.push_back(w);
-        continue;
-      }
-      std::string name = w;
-      std::optional<std::string> value;
-      const size_t eq = w.find('=');
-      if (eq != std::string::npos) {
-        name = w.substr(0, eq);
-        value = w.substr(eq + 1);
-      }
-      if (!value_flags.count(name)) throw UsageError{absl::StrFormat("unknown option %s", name)};
-      if (!value) {
-        if (i + 1 >= words.size()) throw UsageError{absl::StrFormat("%s needs a value", name)};
-        value = words[++i];
-      }
-      flags_[name] = *value;
-    }
-  }
-
-  const std::vector<std::string>& positional() const { return positional_; }
-
-  void ExpectCount(size_t min, size_t max, const char* shape) const {
-    if (positional_.size() < min || positional_.size() > max) {
-      throw UsageError{absl::StrFormat("expected %s", shape)};
-    }
-  }
-
-  std::optional<std::string> Flag(const std::string& name) const {
-    auto it = flags_.find(name);
-    if (it == flags_.end()) return std::nullopt;
-    return it->second;
-  }
-
-  template <typename T>
-  T UintFlag(const std::string& name, T fallback, uint64_t max) const {
-    std::optional<std::string> text = Flag(name);
-    if (!text) return fallback;
-    std::optional<uint64_t> v = ParseUint(*text);
-    if (!v || *v > max) {
-      throw UsageError{
-          absl::StrFormat("%s wants a whole number up to %d, not '%s'", name, max, *text)};
-    }
-    return static_cast<T>(*v);
-  }
-
- private:
-  std::vector<std::string> positional_;
-  std::map<std::string, std::string> flags_;
-};
-
-uint64_t SizeArg(const std::string& what, const std::string& text) {
-  std::optional<uint64_t> size = ParseSize(text);
-  if (!size) {
-    throw UsageError{absl::StrFormat(
-        "%s '%s' is not a size (a whole number with an optional K, M, G, T or P suffix)", what,
-        text)};
-  }
-  return *size;
-}
-
 uint64_t IdArg(const std::string& what, const std::string& text) {
   std::optional<uint64_t> id = ParseUint(text);
   if (!id) throw UsageError{absl::StrFormat("%s '%s' is not a number", what, text)};
   return *id;
 }
-
-// ----------------------------------------------------------------- connection
-
-capnp::Text::Reader Text(const std::string& s) { return capnp::Text::Reader(s.c_str(), s.size()); }
-
-std::string Str(capnp::Text::Reader t) { return std::string(t.begin(), t.size()); }
-
-void Check(api::Error::Reader error) {
-  if (error.getCode() != 0) throw CommandError{Str(error.getMessage())};
-}
-
-// One connection to scribed. Connecting is lazy: a refused or unreachable address shows
-// as the first call's failure, reported with the address.
-class Connection {
- public:
-  explicit Connection(std::string address)
-      : address_(std::move(address)), client_(address_, kDefaultPort) {}
-
-  api::ScribeAdmin::Client admin() { return client_.getMain<api::ScribeAdmin>(); }
-  kj::WaitScope& wait_scope() { return client_.getWaitScope(); }
-  kj::Timer& timer() { return client_.getIoProvider().getTimer(); }
-
-  // Waits for a reply (for at most `timeout_s` seconds; 0: no limit). Transport failures
-  // throw CommandError naming the address.
-  template <typename Results>
-  capnp::Response<Results> Wait(capnp::RemotePromise<Results>&& call, int64_t timeout_s) {
-    kj::Promise<capnp::Response<Results>> promise = kj::mv(call);
-    if (timeout_s > 0) promise = timer().timeoutAfter(timeout_s * kj::SECONDS, kj::mv(promise));
-    try {
-      return promise.wait(wait_scope());
-    } catch (const kj::Exception& e) {
-      if (e.getType() == kj::Exception::Type::OVERLOADED &&
-          e.getDescription().startsWith("operation timed out")) {
-        throw CommandError{
-            absl::StrFormat("no answer from scribed at %s within %d s", address_, timeout_s)};
-      }
-      throw CommandError{
-          absl::StrFormat("cannot talk to scribed at %s: %s", address_, e.getDescription().cStr())};
-    }
-  }
-
-  template <typename Results>
-  capnp::Response<Results> Wait(capnp::RemotePromise<Results>&& call) {
-    return Wait(kj::mv(call), kCallTimeoutSeconds);
-  }
-
-  void Sleep(int64_t ms) { timer().afterDelay(ms * kj::MILLISECONDS).wait(wait_scope()); }
-
- private:
-  std::string address_;
-  capnp::EzRpcClient client_;
-};
 
 // ------------------------------------------------------------------- encoding
 
@@ -251,10 +122,6 @@ const char* TierName(api::Tier tier) {
   }
   return "unknown";
 }
-
-const char* YesNo(bool b) { return b ? "yes" : "no"; }
-
-std::string Num(uint64_t v) { return absl::StrFormat("%d", v); }
 
 void JsonVsd(JsonWriter& j, api::VsdInfo::Reader v) {
   j.BeginObject()
@@ -430,13 +297,10 @@ class Cli {
 
  private:
   Connection& conn() {
-    if (!connection_) connection_ = std::make_unique<Connection>(options_.address);
+    if (!connection_) connection_ = std::make_unique<Connection>(kTool, options_.address);
     return *connection_;
   }
-  api::ScribeAdmin::Client admin() { return conn().admin(); }
-
-  void Print(const std::string& text) { std::fputs(text.c_str(), stdout); }
-  void PrintJson(const JsonWriter& j) { std::printf("%s\n", j.str().c_str()); }
+  api::ScribeAdmin::Client admin() { return conn().Main<api::ScribeAdmin>(); }
 
   void Status(const Args& a);
   void NodeList(const Args& a);
@@ -911,6 +775,7 @@ void Cli::Scrub(const Args& a) {
   };
   auto call = admin().scrubRequest().send();
   kj::Promise<void> ticker = tick().eagerlyEvaluate(nullptr);
+  // No timeout: scrub runs as long as the pool is big.
   auto reply = conn().Wait(kj::mv(call), /*timeout_s=*/0);
   ticker = nullptr;
   progress.Done();
@@ -1011,135 +876,47 @@ void Cli::WaitRedundant(const Args& a) {
 }
 
 int Cli::Run(const std::vector<std::string>& words) {
-  using Handler = void (Cli::*)(const Args&);
-  struct Command {
-    const char* name;             // "status", or "group sub"
-    std::set<std::string> flags;  // its options (each takes a value)
-    Handler handler;
-  };
-  static const std::vector<Command> kCommands = {
+  // Every option of a scribe command takes a value.
+  const std::vector<Command<Cli>> commands = {
       {"status", {}, &Cli::Status},
       {"node list", {}, &Cli::NodeList},
       {"disk list", {}, &Cli::DiskList},
-      {"disk add", {"--node", "--tier"}, &Cli::DiskAdd},
+      {"disk add", {.values = {"--node", "--tier"}}, &Cli::DiskAdd},
       {"disk fail", {}, &Cli::DiskFail},
-      {"vsd create", {"--replication", "--flash-priority"}, &Cli::VsdCreate},
+      {"vsd create", {.values = {"--replication", "--flash-priority"}}, &Cli::VsdCreate},
       {"vsd list", {}, &Cli::VsdList},
       {"vsd info", {}, &Cli::VsdInfo},
       {"vsd resize", {}, &Cli::VsdResize},
       {"vsd fence", {}, &Cli::VsdFence},
       {"vsd delete", {}, &Cli::VsdDelete},
-      {"vsd export", {"--node"}, &Cli::VsdExport},
+      {"vsd export", {.values = {"--node"}}, &Cli::VsdExport},
       {"snapshot create", {}, &Cli::SnapshotCreate},
       {"snapshot list", {}, &Cli::SnapshotList},
       {"snapshot delete", {}, &Cli::SnapshotDelete},
       {"snapshot group", {}, &Cli::SnapshotGroup},
-      {"clone", {"--snapshot"}, &Cli::Clone},
+      {"clone", {.values = {"--snapshot"}}, &Cli::Clone},
       {"revert", {}, &Cli::Revert},
       {"diff", {}, &Cli::Diff},
       {"scrub", {}, &Cli::Scrub},
-      {"wait-redundant", {"--timeout"}, &Cli::WaitRedundant},
+      {"wait-redundant", {.values = {"--timeout"}}, &Cli::WaitRedundant},
   };
-  if (words.empty()) throw UsageError{"no command given"};
-  if (words[0] == "help") {
-    Print(kUsage);
-    return 0;
-  }
-  bool is_group = false;
-  for (const Command& c : kCommands) {
-    const std::string name = c.name;
-    const size_t space = name.find(' ');
-    if (space == std::string::npos) {
-      if (name != words[0]) continue;
-      (this->*c.handler)(Args(std::vector<std::string>(words.begin() + 1, words.end()), c.flags));
-      return 0;
-    }
-    if (name.compare(0, space, words[0]) != 0 || space != words[0].size()) continue;
-    is_group = true;
-    if (words.size() < 2 || name.substr(space + 1) != words[1]) continue;
-    (this->*c.handler)(Args(std::vector<std::string>(words.begin() + 2, words.end()), c.flags));
-    return 0;
-  }
-  if (!is_group) throw UsageError{absl::StrFormat("unknown command '%s'", words[0])};
-  if (words.size() < 2) throw UsageError{absl::StrFormat("'%s' needs a subcommand", words[0])};
-  throw UsageError{absl::StrFormat("unknown command '%s %s'", words[0], words[1])};
-}
-
-// The command's name for messages: "vsd create", "status", ...
-std::string CommandName(const std::vector<std::string>& words) {
-  static const std::set<std::string> kGroups = {"node", "disk", "vsd", "snapshot"};
-  if (words.empty()) return "";
-  if (kGroups.count(words[0]) && words.size() > 1) return words[0] + " " + words[1];
-  return words[0];
+  return RunCommand(kTool, *this, commands, words, FlagPrefix::kDash);
 }
 
 int Main(int argc, char** argv) {
   // A peer that hangs up must surface as an error, not kill the process.
   signal(SIGPIPE, SIG_IGN);
+  const CommandLine line = ParseCommandLine(kTool, std::vector<std::string>(argv + 1, argv + argc),
+                                            std::getenv("SCRIBE_ADDR"));
   Options options;
-  const char* env_address = std::getenv("SCRIBE_ADDR");
-  options.address =
-      env_address != nullptr && env_address[0] != '\0' ? env_address : kDefaultAddress;
-  bool help = false;
-  bool progress_flag = false;
-  std::vector<std::string> words;
-  std::optional<std::string> early_error;
-  bool after_dashes = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (after_dashes) {
-      words.push_back(arg);
-      continue;
-    }
-    if (arg == "--") {
-      // Everything after is the command's: keep the marker for its own parser.
-      after_dashes = true;
-      words.push_back(arg);
-    } else if (arg == "--json") {
-      options.json = true;
-    } else if (arg == "--progress") {
-      progress_flag = true;
-    } else if (arg == "--help" || arg == "-h") {
-      help = true;
-    } else if (arg == "--addr") {
-      if (i + 1 >= argc) {
-        early_error = "--addr needs HOST:PORT";
-      } else {
-        options.address = argv[++i];
-      }
-    } else if (arg.rfind("--addr=", 0) == 0) {
-      options.address = arg.substr(7);
-    } else {
-      words.push_back(arg);
-    }
-  }
+  options.address = line.address;
+  options.json = line.json;
   options.progress_is_tty = isatty(STDERR_FILENO) == 1;
-  options.progress = progress_flag || options.progress_is_tty;
-  if (help) {
-    std::fputs(kUsage, stdout);
-    return 0;
-  }
-  const std::string name = CommandName(words);
-  const std::string prefix = name.empty() ? "scribe: " : "scribe: " + name + ": ";
-  try {
-    if (early_error) throw UsageError{*early_error};
-    if (options.address.empty()) throw UsageError{"the address is empty"};
+  options.progress = line.switches.count("--progress") > 0 || options.progress_is_tty;
+  return RunReportingErrors(kTool, line, [&] {
     Cli cli(options);
-    const int status = cli.Run(words);
-    std::fflush(stdout);
-    return status;
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "%s%s\n\n%s", prefix.c_str(), e.message.c_str(), kUsage);
-    return 2;
-  } catch (const CommandError& e) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "%s%s\n", prefix.c_str(), e.message.c_str());
-    return 1;
-  } catch (const kj::Exception& e) {
-    std::fprintf(stderr, "%scannot talk to scribed at %s: %s\n", prefix.c_str(),
-                 options.address.c_str(), e.getDescription().cStr());
-    return 1;
-  }
+    return cli.Run(line.words);
+  });
 }
 
 }  // namespace
