@@ -199,13 +199,21 @@ def test_vm_lifecycle_on_the_test_driver(stack):
     assert stack.vm("web")["epoch"] == 2
     assert stack.calls_since(mark, "fenceVsd") == ["fenceVsd web-root 2", "fenceVsd web-data 2"]
 
-    # Direct kernel boot: carried through the API, the record and the domain.
-    stack.ok("vm", "create", "kern", "--ram", "128M", "--disk", "root:16M", "--kernel", "/srv/g/vmlinuz",
-             "--initrd", "/srv/g/initrd.gz", "--cmdline", "console=ttyS0 hc3.mode=loop")
+    # Direct kernel boot: carried through the API, the record and the domain. The files
+    # must be there (on the node asked): a missing one is refused, naming the field.
+    kernel, initrd = os.path.join(stack.root, "vmlinuz"), os.path.join(stack.root, "initrd.gz")
+    err = stack.fails(1, "vm", "create", "kern", "--ram", "128M", "--disk", "root:16M", "--kernel", kernel,
+                      "--initrd", initrd, "--cmdline", "console=ttyS0")
+    assert err.startswith("hc3: vm create: boot.kernel_path: %s is not a readable file on this node" % kernel), err
+    for path in (kernel, initrd):
+        with open(path, "wb") as f:
+            f.write(b"x")
+    stack.ok("vm", "create", "kern", "--ram", "128M", "--disk", "root:16M", "--kernel", kernel,
+             "--initrd", initrd, "--cmdline", "console=ttyS0 hc3.mode=loop")
     assert stack.vm("kern")["spec"]["boot"] == {
-        "kernel_path": "/srv/g/vmlinuz", "initrd_path": "/srv/g/initrd.gz", "cmdline": "console=ttyS0 hc3.mode=loop"}
+        "kernel_path": kernel, "initrd_path": initrd, "cmdline": "console=ttyS0 hc3.mode=loop"}
     info = stack.ok("vm", "info", "kern")
-    assert "kernel:      /srv/g/vmlinuz\n" in info and "cmdline:     console=ttyS0 hc3.mode=loop\n" in info, info
+    assert ("kernel:      %s\n" % kernel) in info and "cmdline:     console=ttyS0 hc3.mode=loop\n" in info, info
     stack.ok("vm", "start", "kern", "--wait")
     stack.ok("vm", "force-off", "kern", "--wait")
     stack.ok("vm", "delete", "kern")

@@ -261,6 +261,21 @@ absl::Status CheckSpec(const VmSpec& spec) {
           kScribeBlockBytes));
     }
   }
+  if (spec.boot) {
+    // The files must be on every node the VM may run on; this node is the one we can see.
+    auto readable = [](const char* field, const std::string& path) -> absl::Status {
+      struct stat st;
+      if (stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && access(path.c_str(), R_OK) == 0) {
+        return absl::OkStatus();
+      }
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s: %s is not a readable file on this node (it must exist on every node the VM may run on)",
+          field, path));
+    };
+    absl::Status st = readable("boot.kernel_path", spec.boot->kernel_path);
+    if (st.ok() && !spec.boot->initrd_path.empty()) st = readable("boot.initrd_path", spec.boot->initrd_path);
+    if (!st.ok()) return st;
+  }
   if (spec.cdrom_iso) return CheckName("cdrom", *spec.cdrom_iso);
   return absl::OkStatus();
 }

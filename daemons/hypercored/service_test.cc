@@ -64,6 +64,8 @@ struct VmArgs {
   std::vector<std::string> tags;
   std::string description;
   std::string cdrom;
+  std::string kernel;  // direct kernel boot when set
+  std::string initrd;
 };
 
 class ServiceTest : public ::testing::Test {
@@ -206,6 +208,12 @@ class ServiceTest : public ::testing::Test {
     auto nics = spec.initNics(static_cast<unsigned>(a.vlans.size()));
     for (size_t i = 0; i < a.vlans.size(); ++i) nics[static_cast<unsigned>(i)].setVlan(a.vlans[i]);
     spec.setCdrom(T(a.cdrom));
+    if (!a.kernel.empty()) {
+      auto boot = spec.initBoot();
+      boot.setKernelPath(T(a.kernel));
+      boot.setInitrdPath(T(a.initrd));
+      boot.setCmdline(T("console=ttyS0"));
+    }
     req.setStart(start);
     return Call(req.send());
   }
@@ -516,6 +524,26 @@ TEST_F(ServiceTest, BadRequestsAreRefusedClearlyAndChangeNothing) {
   st = Create(bad);
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
   EXPECT_TRUE(absl::StrContains(st.message(), "vcpus")) << st;
+  // Direct kernel boot from files this node does not have.
+  bad = Web();
+  bad.name = "kernelless";
+  bad.kernel = dir_ + "/no-such-vmlinuz";
+  st = Create(bad);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_TRUE(absl::StrContains(st.message(), "boot.kernel_path: " + bad.kernel + " is not a readable file"))
+      << st;
+  bad.kernel = dir_;  // a directory
+  EXPECT_EQ(Create(bad).code(), absl::StatusCode::kInvalidArgument);
+  {
+    std::FILE* f = std::fopen((dir_ + "/vmlinuz").c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fclose(f);
+  }
+  bad.kernel = dir_ + "/vmlinuz";
+  bad.initrd = dir_ + "/no-such-initrd";
+  st = Create(bad);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_TRUE(absl::StrContains(st.message(), "boot.initrd_path")) << st;
   // The name is taken.
   EXPECT_EQ(Create(Web()).code(), absl::StatusCode::kAlreadyExists);
   EXPECT_TRUE(scribed_->CallsOf("createVsd").empty()) << "refused before storage was touched";
