@@ -84,9 +84,10 @@ struct DiskServer::Impl : public kj::TaskSet::ErrorHandler {
     Request request;
     kj::Own<kj::PromiseFulfiller<Outcome>> fulfiller;
     bool Wanted() { return request.local || fulfiller->isWaiting(); }
-    void Answer(Outcome o) {
+    // A local answer runs as a loop callback of its own (the caller may be anywhere).
+    void Answer(RealLoop* loop, Outcome o) {
       if (request.local) {
-        request.local_done(o.status);
+        loop->Post([done = std::move(request.local_done), st = std::move(o.status)] { done(st); });
       } else {
         fulfiller->fulfill(kj::mv(o));
       }
@@ -124,10 +125,7 @@ struct DiskServer::Impl : public kj::TaskSet::ErrorHandler {
     *alive = false;
     // Local requests not started yet fail now; started ones finish when their disk does.
     for (Waiting& w : waiting) {
-      if (!w.request.local) continue;
-      loop->Post([done = std::move(w.request.local_done)] {
-        done(absl::UnavailableError("its disk server closed"));
-      });
+      if (w.request.local) w.Answer(loop, Outcome{absl::UnavailableError("its disk server closed")});
     }
   }
 
@@ -191,7 +189,7 @@ struct DiskServer::Impl : public kj::TaskSet::ErrorHandler {
     absl::Status st = Arrive(r);
     if (!st.ok()) {
       (void)Reject(st);
-      loop->Post([done = std::move(r.local_done), st = std::move(st)] { done(st); });
+      Waiting{std::move(r), {}}.Answer(loop, Outcome{std::move(st)});
       return;
     }
     Enqueue(Waiting{std::move(r), kj::Own<kj::PromiseFulfiller<Outcome>>()});
@@ -219,11 +217,7 @@ struct DiskServer::Impl : public kj::TaskSet::ErrorHandler {
           it = waiting.erase(it);
           ++stats.request_errors;
           ++stats.stale_epoch_rejections;
-          if (w.request.local) {
-            loop->Post([done = std::move(w.request.local_done), st] { done(st); });
-          } else {
-            w.Answer(Outcome{st});
-          }
+          w.Answer(loop, Outcome{st});
           continue;
         }
         if (d.OlderEpochRunning()) {
@@ -265,12 +259,8 @@ struct DiskServer::Impl : public kj::TaskSet::ErrorHandler {
         if (--running->second == 0) disk.running_by_epoch.erase(running);
         if (!st.ok()) ++stats.request_errors;
       }
-      if (waiting->request.local) {
-        loop->Post([waiting, st] { waiting->request.local_done(st); });
-      } else {
-        outcome->status = std::move(st);
-        waiting->Answer(Outcome(*outcome));
-      }
+      outcome->status = std::move(st);
+      waiting->Answer(loop, Outcome(*outcome));
       if (*alive) Pump();
     };
 
