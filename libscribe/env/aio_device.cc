@@ -1,6 +1,7 @@
 // BlockDevice over a file or block device opened O_DIRECT, driven by libaio. Completions
 // are signalled on an eventfd that the RealLoop watches, so callbacks run on the loop.
-// Submissions are gathered per loop turn (see Enqueue).
+// Submissions are gathered per loop turn (see Enqueue), and writes to adjacent ranges
+// queued in one turn go to the kernel as one vectored write.
 #include <fcntl.h>
 #include <libaio.h>
 #include <linux/falloc.h>
@@ -9,6 +10,7 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -17,6 +19,7 @@
 #include <deque>
 #include <memory>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_format.h"
 #include "scribe/real_env.h"
@@ -38,6 +41,10 @@ absl::Status ErrnoStatus(int err, const std::string& what) {
 
 // Most iocbs handed to one io_submit.
 constexpr size_t kSubmitBatchMax = 64;
+
+// Limits of one merged write: bytes and pieces.
+constexpr size_t kMergedBytesMax = 1 << 20;
+constexpr size_t kMergedPiecesMax = 256;
 
 class AioDevice : public BlockDevice {
  public:
@@ -90,6 +97,8 @@ class AioDevice : public BlockDevice {
     absl::Status st = CheckRange(offset_bytes, length_bytes, buf);
     if (!st.ok()) return Fail(std::move(done), st);
     auto* op = new Op{std::move(done), length_bytes};
+    op->offset = offset_bytes;
+    op->plain_write = true;
     io_prep_pwrite(&op->cb, fd_, const_cast<void*>(buf), length_bytes,
                    static_cast<long long>(offset_bytes));
     Enqueue(op);
@@ -146,8 +155,27 @@ class AioDevice : public BlockDevice {
     bool is_dsync_write = false;  // kept to retry without RWF_DSYNC if unsupported
     const void* dsync_buf = nullptr;
     uint64_t dsync_offset = 0;
+    uint64_t offset = 0;       // of a plain write (or merged writes)
+    bool plain_write = false;  // a Write(): may be merged with adjacent ones
+    std::vector<std::unique_ptr<Op>> parts;  // merged writes: the Write()s it carries
+    std::vector<iovec> pieces;               // and their buffers, in order
     iocb cb{};
   };
+
+  // Completes `op` (each of its parts if it is a merged write) with `st`. False if a
+  // callback destroyed the device.
+  bool Complete(Op& op, const absl::Status& st) {
+    if (op.parts.empty()) {
+      op.done(st);
+      return true;
+    }
+    auto alive = alive_;
+    for (auto& part : op.parts) {
+      part->done(st);
+      if (!*alive) return false;
+    }
+    return true;
+  }
 
   void Fail(Callback done, absl::Status st) {
     loop_->Post([done = std::move(done), st = std::move(st)] { done(st); });
@@ -161,7 +189,28 @@ class AioDevice : public BlockDevice {
 
   // Ops queued in one loop turn go to the kernel together, at the end of the turn: one
   // io_submit (and one doorbell to the device) for many.
+  // A write that starts where the last queued write ends joins it: one iocb, one
+  // request to the device (freshly allocated blocks of several requests are adjacent).
   void Enqueue(Op* op) {
+    Op* last = waiting_.empty() ? nullptr : waiting_.back();
+    if (op->plain_write && last != nullptr && last->plain_write &&
+        last->offset + last->expected_bytes == op->offset &&
+        last->expected_bytes + op->expected_bytes <= kMergedBytesMax &&
+        last->parts.size() < kMergedPiecesMax) {
+      if (last->parts.empty()) {
+        auto* merged = new Op{nullptr, 0};
+        merged->offset = last->offset;
+        merged->plain_write = true;
+        merged->expected_bytes = last->expected_bytes;
+        merged->pieces.push_back(iovec{reinterpret_cast<void*>(last->cb.u.c.buf), last->expected_bytes});
+        merged->parts.emplace_back(last);
+        waiting_.back() = last = merged;
+      }
+      last->pieces.push_back(iovec{reinterpret_cast<void*>(op->cb.u.c.buf), op->expected_bytes});
+      last->expected_bytes += op->expected_bytes;
+      last->parts.emplace_back(op);
+      return;  // the turn's submission is already requested
+    }
     waiting_.push_back(op);
     submit_.Request();
   }
@@ -173,6 +222,10 @@ class AioDevice : public BlockDevice {
       iocb* cbs[kSubmitBatchMax];
       for (size_t i = 0; i < n; ++i) {
         Op* op = waiting_[i];
+        if (!op->parts.empty()) {
+          io_prep_pwritev(&op->cb, fd_, op->pieces.data(), static_cast<int>(op->pieces.size()),
+                          static_cast<long long>(op->offset));
+        }
         io_set_eventfd(&op->cb, efd_);
         op->cb.data = op;
         cbs[i] = &op->cb;
@@ -196,7 +249,12 @@ class AioDevice : public BlockDevice {
         BlockDevice::WriteDurable(op->dsync_offset, op->expected_bytes, op->dsync_buf,
                                   std::move(op->done));
       } else {
-        Fail(std::move(op->done), ErrnoStatus(-rc, "io_submit on " + path_));
+        const absl::Status st = ErrnoStatus(-rc, "io_submit on " + path_);
+        if (op->parts.empty()) {
+          Fail(std::move(op->done), st);
+        } else {
+          for (auto& part : op->parts) Fail(std::move(part->done), st);
+        }
       }
       delete op;
     }
@@ -223,8 +281,7 @@ class AioDevice : public BlockDevice {
           st = absl::DataLossError(absl::StrFormat("short aio on %s: %d of %d bytes", path_,
                                                    res, op->expected_bytes));
         }
-        op->done(st);
-        if (!*alive) return;  // a callback destroyed the device
+        if (!Complete(*op, st) || !*alive) return;  // a callback destroyed the device
       }
     }
     SubmitWaiting();

@@ -75,6 +75,10 @@ TEST_P(BlockDeviceConformance, ConcurrentWrites) {
   EXPECT_TRUE(
       conformance::CheckConcurrentWrites(env_.loop.get(), env_.dev.get(), env_.random.get()));
 }
+TEST_P(BlockDeviceConformance, AdjacentWrites) {
+  EXPECT_TRUE(
+      conformance::CheckAdjacentWrites(env_.loop.get(), env_.dev.get(), env_.random.get()));
+}
 TEST_P(BlockDeviceConformance, WriteDurable) {
   EXPECT_TRUE(conformance::CheckWriteDurable(env_.loop.get(), env_.dev.get(), env_.random.get()));
 }

@@ -34,6 +34,8 @@ testing::AssertionResult CheckRejectsBadRequests(Loop* loop, BlockDevice* dev);
 // Many writes in flight at once to disjoint ranges all land.
 testing::AssertionResult CheckConcurrentWrites(Loop* loop, BlockDevice* dev, Random* random);
 // A durable (FUA) write reads back exactly.
+// Writes to adjacent ranges with gaps and reads among them, issued in one loop turn.
+testing::AssertionResult CheckAdjacentWrites(Loop* loop, BlockDevice* dev, Random* random);
 testing::AssertionResult CheckWriteDurable(Loop* loop, BlockDevice* dev, Random* random);
 // Flush succeeds and keeps data; a discarded range reads as zeros or as its old data.
 testing::AssertionResult CheckFlushAndDiscard(Loop* loop, BlockDevice* dev, Random* random);

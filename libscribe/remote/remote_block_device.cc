@@ -11,7 +11,9 @@
 //
 // Batching. Reads, writes, flushes and discards are queued and go out together at the
 // end of the loop turn (a Post) as one `batch` call with one timeout: at queue depth 32
-// the owner sends a few messages per turn instead of one per op.
+// the owner sends a few messages per turn instead of one per op. Writes to adjacent
+// ranges in one batch (the pool allocates fresh blocks in order) travel as one op, whose
+// result answers each of them.
 //
 // Bookkeeping. Every op is an Op in `ops_` until it completes once: by its reply, by
 // the loss of its connection, or by its timeout; whichever comes later finds no Op and
@@ -209,28 +211,49 @@ class RemoteBlockDevice final : public BlockDevice, private kj::TaskSet::ErrorHa
     // Ops still outstanding belong to the current connection: a lost one failed its ops.
     SCRIBE_CHECK(service != nullptr && connection_.get() != nullptr &&
                  connection_->generation == gen);
-    size_t words = 16 + 8 * batch.size();
-    for (const Queued& q : batch) {
+    // Writes to adjacent ranges (a run of freshly allocated blocks from several
+    // requests, the common case) travel as one op: op `i` covers batch[first[i],
+    // first[i + 1]), and its one result answers each of them.
+    std::vector<size_t> first;
+    first.reserve(batch.size() + 1);
+    size_t words = 16;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const Queued& q = batch[i];
+      const bool joins = i > 0 && q.kind == OpKind::WRITE && batch[i - 1].kind == OpKind::WRITE &&
+                         batch[i - 1].offset_bytes + batch[i - 1].length_bytes == q.offset_bytes;
+      if (!joins) {
+        first.push_back(i);
+        words += 8;
+      }
       if (q.kind == OpKind::WRITE) words += q.length_bytes / sizeof(capnp::word) + 1;
     }
+    const size_t op_count = first.size();
+    first.push_back(batch.size());
     auto req = service->batchRequest(capnp::MessageSize{words, 0});
     req.setDiskId(disk_id_);
     req.setEpoch(epoch_);
-    auto ops = req.initOps(static_cast<unsigned>(batch.size()));
+    auto ops = req.initOps(static_cast<unsigned>(op_count));
     auto ids = std::make_shared<std::vector<uint64_t>>();
     ids->reserve(batch.size());
-    for (size_t i = 0; i < batch.size(); ++i) {
-      const Queued& q = batch[i];
+    for (const Queued& q : batch) ids->push_back(q.id);
+    for (size_t i = 0; i < op_count; ++i) {
+      const Queued& q = batch[first[i]];
       auto op = ops[static_cast<unsigned>(i)];
       op.setKind(q.kind);
       op.setOffsetBytes(q.offset_bytes);
       if (q.kind == OpKind::WRITE) {
-        op.setData(kj::arrayPtr(q.buf, q.length_bytes));
+        uint64_t bytes = 0;
+        for (size_t k = first[i]; k < first[i + 1]; ++k) bytes += batch[k].length_bytes;
+        uint8_t* out = op.initData(static_cast<unsigned>(bytes)).begin();
+        for (size_t k = first[i]; k < first[i + 1]; ++k) {
+          std::memcpy(out, batch[k].buf, batch[k].length_bytes);
+          out += batch[k].length_bytes;
+        }
       } else {
         op.setLengthBytes(q.length_bytes);
       }
-      ids->push_back(q.id);
     }
+    auto groups = std::make_shared<std::vector<size_t>>(std::move(first));
     const Loop::TimerId timer =
         loop_->RunAfter(options_.call_timeout_ns, [this, alive = alive_, ids, gen] {
           if (!*alive) return;
@@ -242,22 +265,26 @@ class RemoteBlockDevice final : public BlockDevice, private kj::TaskSet::ErrorHa
           }
         });
     tasks_.add(req.send().then(
-        [this, alive = alive_, ids, gen, timer](capnp::Response<DiskService::BatchResults>&& reply) {
+        [this, alive = alive_, ids, groups, gen, timer](
+            capnp::Response<DiskService::BatchResults>&& reply) {
           if (!*alive) return;
           loop_->Dispatch([&] {
             loop_->Cancel(timer);
             if (connection_.get() != nullptr && connection_->generation == gen) Answered();
             auto results = reply.getResults();
+            const size_t op_count = groups->size() - 1;
+            size_t group = 0;
             for (size_t i = 0; i < ids->size(); ++i) {
+              while ((*groups)[group + 1] <= i) ++group;
               auto it = ops_.find((*ids)[i]);
               if (it == ops_.end()) continue;  // already failed: timeout or connection loss
-              if (results.size() != ids->size()) {
+              if (results.size() != op_count) {
                 Finish(it, absl::InternalError(absl::StrFormat(
                                "disk %d at %s answered %d results for %d ops", disk_id_,
-                               address_, results.size(), ids->size())));
+                               address_, results.size(), op_count)));
                 continue;
               }
-              auto result = results[static_cast<unsigned>(i)];
+              auto result = results[static_cast<unsigned>(group)];
               absl::Status st = remote::DecodeError(result.getError());
               Op& op = it->second;
               if (st.ok() && op.read_buf != nullptr) {

@@ -169,6 +169,9 @@ TEST_P(RemoteConformance, RejectsBadRequests) {
 TEST_P(RemoteConformance, ConcurrentWrites) {
   EXPECT_TRUE(conformance::CheckConcurrentWrites(loop_.get(), dev_.get(), &random_));
 }
+TEST_P(RemoteConformance, AdjacentWrites) {
+  EXPECT_TRUE(conformance::CheckAdjacentWrites(loop_.get(), dev_.get(), &random_));
+}
 TEST_P(RemoteConformance, WriteDurable) {
   EXPECT_TRUE(conformance::CheckWriteDurable(loop_.get(), dev_.get(), &random_));
 }
