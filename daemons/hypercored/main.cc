@@ -1,6 +1,6 @@
 // hypercored: the compute daemon of one node (see daemon.h). Flags:
 //   --node-id=NAME             this node's name (required; [A-Za-z0-9._-], at most 63)
-//   --etcd=URL                 etcd client URL (default http://127.0.0.1:2379)
+//   --etcd=URL[,URL...]        client URL of each etcd member (default http://127.0.0.1:2379)
 //   --admin=HOST:PORT          the HypercoreAdmin API for hc3 (default 127.0.0.1:7101)
 //   --scribe-admin=HOST:PORT   the local scribed's ScribeAdmin (default 127.0.0.1:7001)
 //   --scribe-node-id=N         the local scribed's node id (default: found by its admin
@@ -32,7 +32,7 @@ volatile sig_atomic_t g_stop = 0;
 void OnSignal(int) { g_stop = 1; }
 
 constexpr char kUsage[] =
-    "usage: hypercored --node-id=NAME [--etcd=URL] [--admin=H:P] [--scribe-admin=H:P] "
+    "usage: hypercored --node-id=NAME [--etcd=URL[,URL...]] [--admin=H:P] [--scribe-admin=H:P] "
     "[--scribe-node-id=N] [--nbd-socket=PATH] [--libvirt-uri=URI] [--domain-type=kvm|qemu] "
     "[--nic-bridge=NAME | --nic-network=NAME] [--console-log-dir=DIR] [--ram-mib=N] [--cpus=N] "
     "[--lease-ttl-ms=MS] [--shutdown-timeout-ms=MS] [--qemu-img=PATH]\n";

@@ -1,6 +1,6 @@
 // scribed: one storage node of the cluster (see node.h). Flags:
 //   --node-id=N                 this node's id (>= 1, unique)
-//   --etcd=URL                  etcd client URL (default http://127.0.0.1:2379)
+//   --etcd=URL[,URL...]         client URL of each etcd member (default http://127.0.0.1:2379)
 //   --backplane=HOST:PORT       DiskService address (default 127.0.0.1:0)
 //   --admin=HOST:PORT           ScribeAdmin address for the CLI (default 127.0.0.1:7001)
 //   --nbd-socket=PATH           local NBD exports (default /run/scribe/nbd-<id>.sock)
@@ -50,7 +50,7 @@ bool ParseSize(const std::string& text, uint64_t* out) {
 
 int Usage(const std::string& why) {
   std::fprintf(stderr, "scribed: %s\nusage: scribed --node-id=N --disk=PATH[:SIZE[:ssd|hdd]]... "
-                       "[--etcd=URL] [--backplane=H:P] [--admin=H:P] [--nbd-socket=PATH] "
+                       "[--etcd=URL[,URL...]] [--backplane=H:P] [--admin=H:P] [--nbd-socket=PATH] "
                        "[--nbd-tcp=H:P] [--cluster-min-nodes=N] [--lease-ttl-ms=MS] "
                        "[--evict-grace-ms=MS] [--metadata-mib=N] [--io-timeout-ms=MS] "
                        "[--isolate-file=PATH] [--no-self-fence]\n",

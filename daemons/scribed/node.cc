@@ -455,8 +455,12 @@ class NodeImpl final : public Node, public kj::TaskSet::ErrorHandler {
     });
   }
 
-  void ScheduleKeepAlive() {
-    keepalive_timer_ = loop_->RunAfter(config_.lease_ttl_ms * 1'000'000 / 3, [this] { KeepAlive(); });
+  // Every third of the TTL; soon again after a failure (the etcd member asked may have
+  // died: the next call goes to another one, and the lease must be renewed before the
+  // self-fencing deadline).
+  void ScheduleKeepAlive(bool retry = false) {
+    const int64_t after_ms = retry ? std::min<int64_t>(200, config_.lease_ttl_ms / 3) : config_.lease_ttl_ms / 3;
+    keepalive_timer_ = loop_->RunAfter(after_ms * 1'000'000, [this] { KeepAlive(); });
   }
 
   void KeepAlive() {
@@ -481,7 +485,7 @@ class NodeImpl final : public Node, public kj::TaskSet::ErrorHandler {
         lease_ = LeaseId{};
         if (role_ != Role::kFollower) loop_->Post([this, alive] { if (*alive) StepDown("lease expired"); });
       }
-      ScheduleKeepAlive();
+      ScheduleKeepAlive(/*retry=*/!r.ok());
     });
   }
 

@@ -8,6 +8,13 @@
 // one result, then the stream ends because our request body ends; a watch stays open
 // (etcd keeps the watch after the client's half of the stream closes) until cancelled.
 //
+// Several members. The store is given every member's client URL and sends each call to
+// one member at a time (any member serves any request: followers forward to the
+// leader). A call whose connection cannot be made was never sent, so it goes at once to
+// the next member; a call that fails after it was sent (no answer in time, the member
+// answers "unavailable", e.g. it lost the leader) may or may not have taken effect, so
+// it fails UNAVAILABLE as with one member, and the next call starts at the next member.
+//
 // All KJ work runs inside RealLoop's KJ event loop. Results reach the caller through
 // Loop::Post, never from inside a KJ continuation, so a callback may freely destroy the
 // store or a watch (destroying a promise from inside its own continuation is not
@@ -23,6 +30,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "libscribe/env/real_loop_internal.h"
 #include "scribe/meta_store.h"
 #include "scribe/status.h"
@@ -152,8 +162,12 @@ struct EtcdMetaStore::Impl : public kj::TaskSet::ErrorHandler {
     uint64_t id_;
   };
 
-  Impl(RealLoop* loop, EtcdMetaStoreOptions options, std::string address)
-      : loop(loop), options(std::move(options)), address(std::move(address)) {}
+  Impl(RealLoop* loop, EtcdMetaStoreOptions options, std::vector<std::string> members)
+      : loop(loop),
+        options(std::move(options)),
+        address(absl::StrJoin(members, ",")),
+        members(std::move(members)),
+        resolved(this->members.size()) {}
   ~Impl() noexcept(false) { *alive = false; }
 
   void taskFailed(kj::Exception&& exception) override {
@@ -165,44 +179,88 @@ struct EtcdMetaStore::Impl : public kj::TaskSet::ErrorHandler {
 
   kj::Timer& timer() { return loop->impl()->io.provider->getTimer(); }
 
-  absl::Status Unavailable(const std::string& why) const {
-    return absl::UnavailableError(absl::StrFormat("etcd at %s: %s", address, why));
+  static absl::Status Unavailable(const std::string& member, const std::string& why) {
+    return absl::UnavailableError(absl::StrFormat("etcd at %s: %s", member, why));
   }
 
-  kj::Promise<void> EnsureClient() {
-    if (client.get() != nullptr) return kj::READY_NOW;
-    return loop->impl()->io.provider->getNetwork().parseAddress(address).then(
-        [this](kj::Own<kj::NetworkAddress> resolved) {
-          if (client.get() != nullptr) return;  // another call got there first
-          network_address = kj::mv(resolved);
-          // No connection is reused: etcd's gateway ends error answers with HTTP trailers
-          // (Grpc-Trailer-Content-Type), which kj-http 0.9 leaves unread on the
-          // connection, so the next answer on it would not parse. A connection per call
-          // costs one loopback or LAN handshake, small next to a raft round.
-          kj::HttpClientSettings settings;
-          settings.idleTimeout = 0 * kj::MILLISECONDS;
-          client = kj::newHttpClient(timer(), table, *network_address, settings);
-        });
+  // The member calls go to after `failed` (an index into members) let one down.
+  void Rotate(size_t failed) {
+    if (current == failed) current = (failed + 1) % members.size();
   }
 
-  // Starts POST `path` with `body`; resolves to the response once its headers arrived.
-  kj::Promise<kj::HttpClient::Response> Post(const char* path, std::string body_text) {
-    return EnsureClient().then([this, path, body_text = std::move(body_text)]() {
+  // One connection, to the current member or, when it cannot be reached, the next ones
+  // (each tried once). No connection is reused: etcd's gateway ends error answers with
+  // HTTP trailers (Grpc-Trailer-Content-Type), which kj-http 0.9 leaves unread on the
+  // connection, so the next answer on it would not parse. A connection per call costs
+  // one loopback or LAN handshake, small next to a raft round.
+  struct Connection {
+    size_t member;
+    kj::Own<kj::AsyncIoStream> stream;
+    kj::Own<kj::HttpClient> client;
+  };
+  kj::Promise<kj::Own<Connection>> Connect(size_t tried = 0) {
+    const size_t member = current;
+    kj::Promise<void> ready = kj::READY_NOW;
+    if (resolved[member].get() == nullptr) {
+      ready = loop->impl()->io.provider->getNetwork().parseAddress(members[member]).then(
+          [this, member](kj::Own<kj::NetworkAddress> address) {
+            if (resolved[member].get() == nullptr) resolved[member] = kj::mv(address);
+          });
+    }
+    return ready.then([this, member]() { return resolved[member]->connect(); })
+        .then(
+            [this, member](kj::Own<kj::AsyncIoStream> stream) -> kj::Promise<kj::Own<Connection>> {
+              auto c = kj::heap<Connection>();
+              c->member = member;
+              c->stream = kj::mv(stream);
+              c->client = kj::newHttpClient(table, *c->stream);
+              return kj::mv(c);
+            },
+            [this, member, tried](kj::Exception&& e) -> kj::Promise<kj::Own<Connection>> {
+              // Nothing was sent: the next member can take the call.
+              Rotate(member);
+              if (tried + 1 >= members.size()) return kj::mv(e);
+              return Connect(tried + 1);
+            });
+  }
+
+  // An answer's headers, with the connection its body still reads from.
+  struct Answer {
+    size_t member;
+    kj::HttpClient::Response response;
+  };
+
+  // The member a call or watch went to, once it is connected.
+  static constexpr size_t kNoMember = ~size_t{0};
+  using MemberOut = std::shared_ptr<size_t>;
+
+  // Starts POST `path` with `body`; resolves once the response headers arrived. Sets
+  // `*member` when connected.
+  kj::Promise<Answer> Post(const char* path, std::string body_text, MemberOut member_out) {
+    return Connect().then([this, path, body_text = std::move(body_text),
+                           member_out](kj::Own<Connection> c) {
+      *member_out = c->member;
       kj::HttpHeaders headers(table);
-      headers.set(kj::HttpHeaderId::HOST, address.c_str());
+      headers.set(kj::HttpHeaderId::HOST, members[c->member]);
       headers.set(kj::HttpHeaderId::CONTENT_TYPE, "application/json");
       kj::String body = kj::heapString(body_text.data(), body_text.size());
-      auto request = client->request(kj::HttpMethod::POST, path, headers, body.size());
+      auto request = c->client->request(kj::HttpMethod::POST, path, headers, body.size());
       auto written = request.body->write(body.begin(), body.size());
+      const size_t member = c->member;
       // Dropping the body stream ends our half of the request.
       return written.attach(kj::mv(request.body), kj::mv(body))
-          .then([response = kj::mv(request.response)]() mutable { return kj::mv(response); });
+          .then([response = kj::mv(request.response)]() mutable { return kj::mv(response); })
+          .then([member, c = kj::mv(c)](kj::HttpClient::Response response) mutable {
+            response.body = response.body.attach(kj::mv(c));
+            return Answer{member, kj::mv(response)};
+          });
     });
   }
 
   // Turns a unary (or single-message streaming) response into its JSON object, or the
   // error etcd reported.
-  absl::StatusOr<Json> ParseResponse(uint status_code, kj::StringPtr text) const {
+  static absl::StatusOr<Json> ParseResponse(const std::string& address, uint status_code,
+                                            kj::StringPtr text) {
     // Streaming answers hold one message a line; only the first matters here.
     std::string_view body(text.cStr(), text.size());
     body = body.substr(0, body.find('\n'));
@@ -235,27 +293,43 @@ struct EtcdMetaStore::Impl : public kj::TaskSet::ErrorHandler {
 
   // One call: POST, read the whole answer, parse it; never throws, never outlives the
   // request timeout.
+  // A call that fails UNAVAILABLE sends the next one to the next member.
   kj::Promise<absl::StatusOr<Json>> Call(const char* path, const Json& request) {
     const size_t limit = options.response_bytes_max;
+    auto member = std::make_shared<size_t>(kNoMember);
     auto answer =
-        Post(path, request.dump())
-            .then([this, limit](kj::HttpClient::Response response) {
-              const uint status_code = response.statusCode;
-              auto text = response.body->readAllText(limit);
-              return text.attach(kj::mv(response.body)).then([this, status_code](kj::String text) {
-                return ParseResponse(status_code, text);
-              });
+        Post(path, request.dump(), member)
+            .then([this, limit](Answer answer) {
+              const uint status_code = answer.response.statusCode;
+              auto text = answer.response.body->readAllText(limit);
+              return text.attach(kj::mv(answer.response.body))
+                  .then([this, status_code, member = answer.member](kj::String text) {
+                    return ParseResponse(members[member], status_code, text);
+                  });
             })
-            .catch_([this](kj::Exception&& e) -> absl::StatusOr<Json> {
-              return Unavailable(e.getDescription().cStr());
+            .catch_([this, member](kj::Exception&& e) -> absl::StatusOr<Json> {
+              return Unavailable(MemberName(*member), e.getDescription().cStr());
             });
     const int64_t timeout_ms = options.request_timeout_ms;
     auto timeout = timer()
                        .afterDelay(timeout_ms * kj::MILLISECONDS)
-                       .then([this, timeout_ms]() -> absl::StatusOr<Json> {
-                         return Unavailable(absl::StrFormat("no answer within %d ms", timeout_ms));
+                       .then([this, timeout_ms, member]() -> absl::StatusOr<Json> {
+                         return Unavailable(MemberName(*member),
+                                            absl::StrFormat("no answer within %d ms", timeout_ms));
                        });
-    return answer.exclusiveJoin(kj::mv(timeout));
+    return answer.exclusiveJoin(kj::mv(timeout))
+        .then([this, member](absl::StatusOr<Json> result) {
+          // (Members that could not be connected to were passed over already.)
+          if (result.status().code() == absl::StatusCode::kUnavailable && *member != kNoMember) {
+            Rotate(*member);
+          }
+          return result;
+        });
+  }
+
+  // The member's address, or every member's when the call reached none.
+  const std::string& MemberName(size_t member) const {
+    return member == kNoMember ? address : members[member];
   }
 
   // Hands `fn` to the loop, unless the store is destroyed first.
@@ -300,19 +374,22 @@ struct EtcdMetaStore::Impl : public kj::TaskSet::ErrorHandler {
     if (w->next_revision > 0) create["start_revision"] = std::to_string(w->next_revision);
     Json request;
     request["create_request"] = create;
-    auto opened = Post("/v3/watch", request.dump());
+    auto member = std::make_shared<size_t>(kNoMember);
+    auto opened = Post("/v3/watch", request.dump(), member);
     // Opening is bounded like any call; an open stream may then be silent for any time.
     auto timeout = timer()
                        .afterDelay(options.request_timeout_ms * kj::MILLISECONDS)
-                       .then([]() -> kj::Promise<kj::HttpClient::Response> {
+                       .then([this, member]() -> kj::Promise<Answer> {
+                         if (*member != kNoMember) Rotate(*member);
                          return KJ_EXCEPTION(DISCONNECTED, "watch not answered in time");
                        });
     return opened.exclusiveJoin(kj::mv(timeout))
-        .then([this, w](kj::HttpClient::Response response) -> kj::Promise<void> {
-          if (response.statusCode != 200) {
-            return KJ_EXCEPTION(FAILED, "watch refused", response.statusCode);
+        .then([this, w](Answer answer) -> kj::Promise<void> {
+          if (answer.response.statusCode != 200) {
+            Rotate(answer.member);
+            return KJ_EXCEPTION(FAILED, "watch refused", answer.response.statusCode);
           }
-          w->body = kj::mv(response.body);
+          w->body = kj::mv(answer.response.body);
           return ReadWatch(w);
         });
   }
@@ -387,13 +464,14 @@ struct EtcdMetaStore::Impl : public kj::TaskSet::ErrorHandler {
 
   RealLoop* loop;
   EtcdMetaStoreOptions options;
-  std::string address;  // host:port
+  std::string address;               // every member's host:port, comma-separated
+  std::vector<std::string> members;  // host:port each
+  size_t current = 0;                // the member calls go to
   std::shared_ptr<bool> alive = std::make_shared<bool>(true);
   kj::HttpHeaderTable table;
   // Declared so that destruction runs bottom-up: calls and watches first, then the
-  // client they use, then its address.
-  kj::Own<kj::NetworkAddress> network_address;
-  kj::Own<kj::HttpClient> client;
+  // addresses they connect to.
+  std::vector<kj::Own<kj::NetworkAddress>> resolved;  // per member, once parsed
   std::map<uint64_t, std::unique_ptr<WatchStream>> watches;
   uint64_t next_watch_id = 1;
   kj::TaskSet tasks{*this};
@@ -401,21 +479,27 @@ struct EtcdMetaStore::Impl : public kj::TaskSet::ErrorHandler {
 
 absl::StatusOr<std::unique_ptr<EtcdMetaStore>> EtcdMetaStore::Create(RealLoop* loop,
                                                                      EtcdMetaStoreOptions options) {
-  std::string address = options.endpoint;
-  if (absl::StartsWith(address, "https://")) {
-    return absl::UnimplementedError("etcd over TLS is not supported: " + options.endpoint);
+  std::vector<std::string> members;
+  for (absl::string_view endpoint : absl::StrSplit(options.endpoint, ',')) {
+    std::string address(absl::StripAsciiWhitespace(endpoint));
+    if (absl::StartsWith(address, "https://")) {
+      return absl::UnimplementedError("etcd over TLS is not supported: " + address);
+    }
+    if (absl::StartsWith(address, "http://")) address = address.substr(7);
+    while (!address.empty() && address.back() == '/') address.pop_back();
+    if (address.empty() || address.find('/') != std::string::npos ||
+        address.find(',') != std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("bad etcd endpoint \"%s\" in \"%s\"", std::string(endpoint), options.endpoint));
+    }
+    if (address.find(':') == std::string::npos) address += ":2379";
+    members.push_back(std::move(address));
   }
-  if (absl::StartsWith(address, "http://")) address = address.substr(7);
-  while (!address.empty() && address.back() == '/') address.pop_back();
-  if (address.empty() || address.find('/') != std::string::npos) {
-    return absl::InvalidArgumentError("bad etcd endpoint: " + options.endpoint);
-  }
-  if (address.find(':') == std::string::npos) address += ":2379";
   if (options.request_timeout_ms <= 0 || options.watch_retry_ms <= 0 ||
       options.response_bytes_max == 0) {
     return absl::InvalidArgumentError("etcd meta store options out of range");
   }
-  auto impl = std::make_unique<Impl>(loop, std::move(options), std::move(address));
+  auto impl = std::make_unique<Impl>(loop, std::move(options), std::move(members));
   return std::unique_ptr<EtcdMetaStore>(new EtcdMetaStore(loop, std::move(impl)));
 }
 

@@ -7,7 +7,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <iostream>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -203,10 +205,130 @@ TEST(EtcdMetaStoreCreate, RejectsBadEndpoints) {
   auto defaulted = EtcdMetaStore::Create(loop.get(), options);
   ASSERT_TRUE(defaulted.ok());
   EXPECT_EQ((*defaulted)->address(), "127.0.0.1:2379");
+  options.endpoint = " http://127.0.0.1:2379/, 127.0.0.2 ,127.0.0.3:4000";
+  auto list = EtcdMetaStore::Create(loop.get(), options);
+  ASSERT_TRUE(list.ok()) << list.status();
+  EXPECT_EQ((*list)->address(), "127.0.0.1:2379,127.0.0.2:2379,127.0.0.3:4000");
+  for (const char* bad : {"127.0.0.1:2379,", ",127.0.0.1:2379", "127.0.0.1:2379,,127.0.0.2"}) {
+    options.endpoint = bad;
+    auto st = EtcdMetaStore::Create(loop.get(), options).status();
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_TRUE(absl::StrContains(st.message(), bad)) << st;
+  }
   options.endpoint = "http://127.0.0.1:2379";
   options.request_timeout_ms = 0;
   EXPECT_EQ(EtcdMetaStore::Create(loop.get(), options).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// A loopback port nothing listens on: connecting to it is refused at once.
+std::string DeadEndpoint() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  SCRIBE_CHECK(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  SCRIBE_CHECK(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  close(fd);
+  return absl::StrFormat("127.0.0.1:%d", ntohs(addr.sin_port));
+}
+
+// A member that cannot be reached is passed over within the call (nothing was sent to
+// it); with none reachable the call fails UNAVAILABLE naming every member.
+TEST_F(EtcdMetaStoreTest, UnreachableMembersArePassedOver) {
+  const std::string dead1 = DeadEndpoint(), dead2 = DeadEndpoint();
+  EtcdMetaStoreOptions options;
+  options.endpoint = absl::StrFormat("%s,%s,%s", dead1, dead2, etcd_->endpoint());
+  options.request_timeout_ms = kTimeoutMs;
+  auto store = EtcdMetaStore::Create(loop_.get(), options).value();
+  auto put = Put(loop_.get(), store.get(), "/k", "v");
+  ASSERT_TRUE(put.ok()) << put.status();
+  auto got = Await<std::optional<KeyValue>>(loop_.get(), [&](auto done) { store->Get("/k", done); });
+  ASSERT_TRUE(got.ok() && got->has_value()) << got.status();
+  EXPECT_EQ((*got)->value, "v");
+
+  options.endpoint = absl::StrFormat("%s,%s", dead1, dead2);
+  auto none = EtcdMetaStore::Create(loop_.get(), options).value();
+  auto failed = Put(loop_.get(), none.get(), "/k", "w");
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kUnavailable) << failed.status();
+  EXPECT_TRUE(absl::StrContains(failed.status().message(), dead1 + "," + dead2)) << failed.status();
+}
+
+// A 3-member etcd: the store keeps working, its watch and its lease too, when the
+// member it talks to dies; with two of three gone calls fail UNAVAILABLE (no quorum)
+// and work again once a second member is back.
+TEST(EtcdMetaStoreCluster, SurvivesTheLossOfTheMemberInUse) {
+  auto loop = RealLoop::Create();
+  auto cluster = EtcdProcess::StartCluster(loop.get(), MakeTempDir(), 3);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  auto& members = *cluster;
+  EtcdMetaStoreOptions options;
+  options.endpoint = absl::StrFormat("%s,%s,%s", members[0]->endpoint(), members[1]->endpoint(),
+                                     members[2]->endpoint());
+  options.request_timeout_ms = 1'000;
+  options.watch_retry_ms = 100;
+  auto store = EtcdMetaStore::Create(loop.get(), options).value();
+  Loop* l = loop.get();
+
+  auto lease = Await<Lease>(l, [&](auto done) { store->GrantLease(2'000, done); });
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  auto leased = Await<int64_t>(l, [&](auto done) { store->Put("/live/1", "up", lease->id, done); });
+  ASSERT_TRUE(leased.ok()) << leased.status();
+  std::vector<WatchEvent> events;
+  auto watch = store->Watch("/w/", *leased + 1, [&](const WatchEvent& e) { events.push_back(e); });
+  ASSERT_TRUE(Put(l, store.get(), "/w/0", "0").ok());
+  l->RunUntil([&] { return events.size() == 1; }, 5'000'000'000);
+  ASSERT_EQ(events.size(), 1u);
+
+  // The member every call and the watch go to dies (it may have been the leader: calls
+  // in flight during the election may fail, the daemons retry them).
+  members[0]->Kill();
+  const int64_t killed_ms = NowMs(l);
+  int failures = 0;
+  absl::StatusOr<int64_t> put = absl::UnavailableError("not tried");
+  while (!put.ok() && NowMs(l) - killed_ms < 5'000) {
+    put = Put(l, store.get(), "/w/1", "1");
+    if (!put.ok()) {
+      EXPECT_EQ(put.status().code(), absl::StatusCode::kUnavailable) << put.status();
+      ++failures;
+    }
+  }
+  ASSERT_TRUE(put.ok()) << "no put succeeded 5 s after the member died: " << put.status();
+  std::cerr << "first put after the member died: " << NowMs(l) - killed_ms << " ms, "
+            << failures << " failed before\n";
+  for (int i = 2; i <= 10; ++i) {
+    auto next = Put(l, store.get(), absl::StrFormat("/w/%d", i), std::to_string(i));
+    ASSERT_TRUE(next.ok()) << "put " << i << ": " << next.status();
+    auto ttl = Await<int64_t>(l, [&](auto done) { store->KeepAlive(lease->id, done); });
+    ASSERT_TRUE(ttl.ok()) << ttl.status();
+    Sleep(l, 250);  // 2.25 s in all: the lease would expire without the keepalives
+  }
+  // The watch moved to another member and lost nothing: every key, in revision order,
+  // no revision twice (a put retried after an unknown outcome may show twice, as two
+  // revisions).
+  l->RunUntil([&] { return !events.empty() && events.back().key == "/w/10"; }, 10'000'000'000);
+  ASSERT_FALSE(events.empty());
+  ASSERT_EQ(events.back().key, "/w/10");
+  std::set<std::string> keys;
+  for (size_t i = 0; i < events.size(); ++i) {
+    if (i > 0) EXPECT_GT(events[i].revision, events[i - 1].revision);
+    keys.insert(events[i].key);
+  }
+  EXPECT_EQ(keys.size(), 11u);
+  auto live = Await<std::optional<KeyValue>>(l, [&](auto done) { store->Get("/live/1", done); });
+  ASSERT_TRUE(live.ok() && live->has_value()) << "the leased key expired: " << live.status();
+
+  members[1]->Kill();  // no quorum left
+  auto stuck = Put(l, store.get(), "/w/x", "x");
+  EXPECT_EQ(stuck.status().code(), absl::StatusCode::kUnavailable) << stuck.status();
+  ASSERT_TRUE(members[0]->Restart().ok());
+  absl::StatusOr<int64_t> again = absl::UnavailableError("not tried");
+  for (int i = 0; i < 20 && !again.ok(); ++i) {
+    again = Put(l, store.get(), "/w/11", "11");
+    if (!again.ok()) Sleep(l, 200);
+  }
+  ASSERT_TRUE(again.ok()) << again.status();
 }
 
 }  // namespace

@@ -6,14 +6,18 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "scribe/meta_store.h"
@@ -60,24 +64,51 @@ std::string Tail(const std::string& path, size_t bytes) {
 
 }  // namespace
 
-EtcdProcess::EtcdProcess(RealLoop* loop, std::string dir)
-    : loop_(loop), dir_(std::move(dir)), log_path_(dir_ + "/etcd.log") {}
+EtcdProcess::EtcdProcess(RealLoop* loop, std::string dir, std::string name)
+    : loop_(loop), dir_(std::move(dir)), log_path_(dir_ + "/etcd.log"), name_(std::move(name)) {}
 
 EtcdProcess::~EtcdProcess() { Kill(); }
 
 absl::StatusOr<std::unique_ptr<EtcdProcess>> EtcdProcess::Start(RealLoop* loop,
                                                                 const std::string& dir) {
-  std::unique_ptr<EtcdProcess> etcd(new EtcdProcess(loop, dir));
-  auto client = FreeLoopbackPort();
-  auto peer = FreeLoopbackPort();
-  if (!client.ok()) return client.status();
-  if (!peer.ok()) return peer.status();
-  if (*client == *peer) return absl::InternalError("got the same port twice");
-  etcd->client_port_ = *client;
-  etcd->peer_port_ = *peer;
-  if (absl::Status st = etcd->Spawn(); !st.ok()) return st;
-  if (absl::Status st = etcd->WaitServing(); !st.ok()) return st;
-  return etcd;
+  auto cluster = StartCluster(loop, dir, 1);
+  if (!cluster.ok()) return cluster.status();
+  return std::move((*cluster)[0]);
+}
+
+absl::StatusOr<std::vector<std::unique_ptr<EtcdProcess>>> EtcdProcess::StartCluster(
+    RealLoop* loop, const std::string& dir, int members) {
+  std::vector<std::unique_ptr<EtcdProcess>> etcds;
+  std::vector<int> ports;
+  std::string initial_cluster;
+  for (int i = 0; i < members; ++i) {
+    // A single member keeps its files in `dir` itself.
+    const std::string member_dir = members == 1 ? dir : absl::StrFormat("%s/m%d", dir, i);
+    if (members > 1 && mkdir(member_dir.c_str(), 0755) != 0 && errno != EEXIST) {
+      return absl::InternalError("cannot create " + member_dir);
+    }
+    etcds.emplace_back(new EtcdProcess(loop, member_dir, absl::StrFormat("m%d", i)));
+    for (int* port : {&etcds.back()->client_port_, &etcds.back()->peer_port_}) {
+      auto p = FreeLoopbackPort();
+      if (!p.ok()) return p.status();
+      if (std::find(ports.begin(), ports.end(), *p) != ports.end()) {
+        return absl::InternalError("got the same port twice");
+      }
+      ports.push_back(*p);
+      *port = *p;
+    }
+    absl::StrAppendFormat(&initial_cluster, "%sm%d=http://127.0.0.1:%d", i == 0 ? "" : ",", i,
+                          etcds.back()->peer_port_);
+  }
+  for (auto& etcd : etcds) {
+    etcd->initial_cluster_ = initial_cluster;
+    if (absl::Status st = etcd->Spawn(); !st.ok()) return st;
+  }
+  // Each serves once a leader is elected, which needs a majority started.
+  for (auto& etcd : etcds) {
+    if (absl::Status st = etcd->WaitServing(); !st.ok()) return st;
+  }
+  return etcds;
 }
 
 std::string EtcdProcess::address() const { return absl::StrFormat("127.0.0.1:%d", client_port_); }
@@ -89,13 +120,14 @@ absl::Status EtcdProcess::Spawn() {
   const std::string peer_url = absl::StrFormat("http://127.0.0.1:%d", peer_port_);
   std::vector<std::string> args = {
       binary,
-      "--name=t",
+      "--name=" + name_,
       "--data-dir=" + dir_ + "/data",
       "--listen-client-urls=" + endpoint(),
       "--advertise-client-urls=" + endpoint(),
       "--listen-peer-urls=" + peer_url,
       "--initial-advertise-peer-urls=" + peer_url,
-      "--initial-cluster=t=" + peer_url,
+      "--initial-cluster=" + initial_cluster_,
+      "--initial-cluster-token=etcd-process",
       "--heartbeat-interval=50",
       "--election-timeout=500",
   };

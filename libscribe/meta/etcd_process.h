@@ -1,5 +1,6 @@
-// A real single-member etcd run as a child process, for tests: free loopback ports, data
-// in a given directory, killed (SIGKILL) when this object goes or the test process dies.
+// A real etcd run as a child process, for tests: a single member or a cluster of several,
+// free loopback ports, data in a given directory, killed (SIGKILL) when this object goes
+// or the test process dies.
 #ifndef SCRIBE_META_ETCD_PROCESS_H_
 #define SCRIBE_META_ETCD_PROCESS_H_
 
@@ -7,6 +8,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "scribe/real_env.h"
@@ -19,6 +21,10 @@ class EtcdProcess {
   // serves linearizable reads (it has elected itself leader). Heartbeat 50 ms and
   // election timeout 500 ms make its minimum lease TTL 1 s.
   static absl::StatusOr<std::unique_ptr<EtcdProcess>> Start(RealLoop* loop, const std::string& dir);
+  // Starts `members` etcds forming one cluster, member i with its data under dir/m<i>,
+  // and waits until each serves.
+  static absl::StatusOr<std::vector<std::unique_ptr<EtcdProcess>>> StartCluster(
+      RealLoop* loop, const std::string& dir, int members);
   ~EtcdProcess();
 
   // SIGKILL, as a crash.
@@ -31,13 +37,15 @@ class EtcdProcess {
   const std::string& log_path() const { return log_path_; }
 
  private:
-  EtcdProcess(RealLoop* loop, std::string dir);
+  EtcdProcess(RealLoop* loop, std::string dir, std::string name);
   absl::Status Spawn();
   absl::Status WaitServing();
 
   RealLoop* loop_;
   std::string dir_;
   std::string log_path_;
+  std::string name_;
+  std::string initial_cluster_;  // name=peer URL of every member
   int client_port_ = 0;
   int peer_port_ = 0;
   pid_t pid_ = -1;

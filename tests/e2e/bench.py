@@ -99,7 +99,8 @@ def run(root):
         qn.wait()
     os.unlink(qcow)
     # Ours: RF-2 VSD on 3 scribed, through the owner's NBD socket.
-    with Cluster(nodes=3, disk_bytes=4 << 30, root=os.path.join(root, "cluster"), metadata_mib=64) as c:
+    with Cluster(nodes=3, disk_bytes=4 << 30, root=os.path.join(root, "cluster"), metadata_mib=64,
+                 etcd_members=1) as c:
         c.start()
         c.scribe("vsd", "create", "bench", SIZE.upper())
         owner = c.owner()

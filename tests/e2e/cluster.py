@@ -97,7 +97,8 @@ class Node:
 
 class Cluster:
     def __init__(self, nodes=3, disks_per_node=1, disk_bytes=1 << 30, root=None, min_nodes=3,
-                 lease_ttl_ms=2000, evict_grace_ms=30000, metadata_mib=16, io_timeout_ms=10000):
+                 lease_ttl_ms=2000, evict_grace_ms=30000, metadata_mib=16, io_timeout_ms=10000,
+                 etcd_members=3):
         self.scribed = _find_binary("SCRIBED_BIN", "daemons/scribed/scribed")
         self.cli = _find_binary("SCRIBE_CLI_BIN", "daemons/cli/scribe")
         self.own_root = root is None
@@ -107,7 +108,8 @@ class Cluster:
         self.evict_grace_ms = evict_grace_ms
         self.metadata_mib = metadata_mib
         self.io_timeout_ms = io_timeout_ms
-        self.etcd_proc = None
+        self.etcd_count = etcd_members
+        self.etcd_members = []  # dicts: name, client and peer URLs, data dir, log, proc
         self.socket_dir = tempfile.mkdtemp(prefix="scb-", dir="/tmp")
         self.nodes = {i: Node(self, i, [disk_bytes] * disks_per_node) for i in range(1, nodes + 1)}
 
@@ -120,43 +122,83 @@ class Cluster:
         return self
 
     def start_etcd(self, attempts=3):
-        """Starts a single-member etcd on free ports (retried: a port may be taken between
-        choosing it and etcd binding it)."""
+        """Starts etcd on free loopback ports: one member, or a cluster of `etcd_members`
+        (the multi-node tests' default: 3). Retried: a port may be taken between choosing
+        it and etcd binding it. `etcd_url` lists every member's client URL."""
         last = ""
         for attempt in range(attempts):
-            client, peer = free_port(), free_port()
-            self.etcd_url = "http://127.0.0.1:%d" % client
-            data = os.path.join(self.root, "etcd%d" % attempt)
-            log_path = os.path.join(self.root, "etcd%d.log" % attempt)
-            self.etcd_log = open(log_path, "ab")
-            self.etcd_proc = subprocess.Popen(
-                ["etcd", "--name", "e2e", "--data-dir", data,
-                 "--listen-client-urls", self.etcd_url, "--advertise-client-urls", self.etcd_url,
-                 "--listen-peer-urls", "http://127.0.0.1:%d" % peer,
-                 "--initial-advertise-peer-urls", "http://127.0.0.1:%d" % peer,
-                 "--initial-cluster", "e2e=http://127.0.0.1:%d" % peer],
-                stdout=self.etcd_log, stderr=subprocess.STDOUT)
-            deadline = time.time() + 60
-            while time.time() < deadline and self.etcd_proc.poll() is None:
-                r = subprocess.run(["etcdctl", "--endpoints", self.etcd_url, "endpoint", "health"],
-                                   capture_output=True, text=True)
-                if r.returncode == 0:
-                    return
-                time.sleep(0.2)
-            self.etcd_proc.kill()
-            self.etcd_proc.wait()
-            self.etcd_proc = None
-            with open(log_path, "rb") as f:
-                last = f.read().decode(errors="replace")[-2000:]
-        raise RuntimeError("etcd did not come up after %d attempts; last log:\n%s" % (attempts, last))
+            members = [{"name": "e%d" % i,
+                        "client": "http://127.0.0.1:%d" % free_port(),
+                        "peer": "http://127.0.0.1:%d" % free_port(),
+                        "data": os.path.join(self.root, "etcd%d-%d" % (attempt, i)),
+                        "log": os.path.join(self.root, "etcd%d-%d.log" % (attempt, i)),
+                        "proc": None} for i in range(self.etcd_count)]
+            initial = ",".join("%s=%s" % (m["name"], m["peer"]) for m in members)
+            for m in members:
+                m["initial"] = initial
+            self.etcd_members = members
+            self.etcd_url = ",".join(m["client"] for m in members)
+            for i in range(len(members)):
+                self.start_etcd_member(i)
+            if self.wait_etcd_healthy(60):
+                return
+            for i in range(len(members)):
+                self.kill_etcd_member(i)
+            last = "\n".join(open(m["log"], "rb").read().decode(errors="replace")[-1500:] for m in members)
+        raise RuntimeError("etcd did not come up after %d attempts; last logs:\n%s" % (attempts, last))
+
+    def start_etcd_member(self, i):
+        """Starts member `i` (again: on its data, it rejoins the cluster)."""
+        m = self.etcd_members[i]
+        with open(m["log"], "ab") as log:
+            m["proc"] = subprocess.Popen(
+                ["etcd", "--name", m["name"], "--data-dir", m["data"],
+                 "--listen-client-urls", m["client"], "--advertise-client-urls", m["client"],
+                 "--listen-peer-urls", m["peer"], "--initial-advertise-peer-urls", m["peer"],
+                 "--initial-cluster", m["initial"], "--initial-cluster-token", "e2e",
+                 "--initial-cluster-state", "new"],
+                stdout=log, stderr=subprocess.STDOUT)
+
+    def kill_etcd_member(self, i, sig=signal.SIGKILL):
+        m = self.etcd_members[i]
+        if m["proc"] and m["proc"].poll() is None:
+            m["proc"].send_signal(sig)
+            m["proc"].wait(timeout=30)
+        m["proc"] = None
+
+    def wait_etcd_healthy(self, timeout):
+        """Every running member answers its health check within `timeout` seconds."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            started = [m for m in self.etcd_members if m["proc"]]
+            if any(m["proc"].poll() is not None for m in started):
+                return False  # one exited
+            r = subprocess.run(["etcdctl", "--endpoints", ",".join(m["client"] for m in started),
+                                "endpoint", "health"], capture_output=True, text=True)
+            if r.returncode == 0:
+                return True
+            time.sleep(0.2)
+        return False
+
+    def etcd_leader(self):
+        """Index of the member that is the raft leader now."""
+        for i, m in enumerate(self.etcd_members):
+            if not m["proc"]:
+                continue
+            r = subprocess.run(["etcdctl", "--endpoints", m["client"], "endpoint", "status", "-w", "json"],
+                               capture_output=True, text=True, timeout=30)
+            if r.returncode != 0:
+                continue
+            st = json.loads(r.stdout)[0]["Status"]
+            if st["leader"] == st["header"]["member_id"]:
+                return i
+        raise RuntimeError("no etcd member is the leader")
 
     def stop(self):
         for n in self.nodes.values():
             n.kill(signal.SIGTERM)
-        if self.etcd_proc:
-            self.etcd_proc.terminate()
-            self.etcd_proc.wait(timeout=30)
-            self.etcd_proc = None
+        for i in range(len(self.etcd_members)):
+            self.kill_etcd_member(i, signal.SIGTERM)
 
     def cleanup(self):
         self.stop()

@@ -31,7 +31,7 @@ def step(text):
 
 
 def storage_story(report, t0):
-    with Cluster(nodes=3, disk_bytes=1 << 30, lease_ttl_ms=2000) as c:
+    with Cluster(nodes=3, disk_bytes=1 << 30, lease_ttl_ms=2000, etcd_members=1) as c:
         step("starting etcd and 3 scribed nodes on loopback (files under %s)" % c.root)
         c.start()
         owner = c.owner()

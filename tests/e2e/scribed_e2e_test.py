@@ -158,6 +158,52 @@ def test_fio_verifies_while_a_node_is_partitioned_and_rejoins(cluster):
     assert cluster.status()["pool"]["fully_redundant"]
 
 
+def test_fio_verifies_while_the_etcd_leader_dies_and_returns():
+    """etcd runs 3 members; its leader is SIGKILLed under I/O: the nodes move to the other
+    members (keeping their leases), no node is declared down, and the member rejoins.
+    Leases of 6 s: a node must renew within 3/4 of its TTL or fence itself, and etcd
+    needs ~1-2 s (its default 1 s election timeout) to elect a new leader."""
+    with Cluster(nodes=3, disk_bytes=512 * MiB, lease_ttl_ms=6000) as c:
+        c.start()
+        check_etcd_leader_loss(c)
+
+
+def check_etcd_leader_loss(cluster):
+    assert len(cluster.etcd_members) == 3
+    cluster.scribe("vsd", "create", "vol", "64M")
+    owner = cluster.owner()
+    leader = cluster.etcd_leader()
+    start = {}
+
+    def fault():
+        cluster.kill_etcd_member(leader)
+        start["t"] = time.time()
+
+    def settle():
+        time.sleep(8)  # past the 6 s node leases: they were kept alive elsewhere
+        st = cluster.status()
+        assert all(n["alive"] for n in st["cluster"]["nodes"]), st
+        cluster.start_etcd_member(leader)
+        assert cluster.wait_etcd_healthy(60), "the killed etcd member did not rejoin"
+        start["back"] = time.time()
+
+    run_fio_with_fault(cluster, owner.uri("vol"), fault, settle)
+    print("etcd leader (member %d of 3) killed: rejoined %.1f s later; no node down"
+          % (leader, start["back"] - start["t"]))
+    for n in cluster.nodes.values():
+        log = n.log_text()
+        assert "lease expired" not in log, log[-3000:]
+        assert "unreachable: offline in the pool" not in log, log[-3000:]
+    assert cluster.owner().id == owner.id
+    st = cluster.status()
+    assert st["pool"]["fully_redundant"] and st["pool"]["degraded_chunks"] == 0, st
+    # The cluster's state is still written through etcd: a new VSD is seen by every node.
+    cluster.scribe("vsd", "create", "after", "8M")
+    for n in cluster.nodes.values():
+        names = [v["name"] for v in cluster.scribe_json("vsd", "list", node=n)["vsds"]]
+        assert "after" in names, names
+
+
 def test_partitioned_node_past_the_grace_is_evicted_and_its_stale_copies_freed():
     with Cluster(nodes=4, disk_bytes=512 * MiB, lease_ttl_ms=2000, evict_grace_ms=3000) as c:
         c.start()

@@ -234,7 +234,8 @@ class InMemoryMetaStore : public MetaStore {
 };
 
 struct EtcdMetaStoreOptions {
-  // The client URL of one etcd member: "http://127.0.0.1:2379" or "127.0.0.1:2379".
+  // The client URL of each etcd member, comma-separated: "http://127.0.0.1:2379" or
+  // "127.0.0.1:2379,127.0.0.1:2381,127.0.0.1:2383".
   std::string endpoint = "http://127.0.0.1:2379";
   // A call not answered in this time fails UNAVAILABLE (connecting included).
   int64_t request_timeout_ms = 5'000;
@@ -247,8 +248,9 @@ struct EtcdMetaStoreOptions {
 // MetaStore over etcd's v3 JSON gateway (etcd 3.4: /v3/kv/*, /v3/lease/*, /v3/watch on
 // the client URL), with kj-http on a RealLoop. Each watch is one long-lived streaming
 // POST /v3/watch, re-opened from the next unseen revision when it breaks. Every other
-// call uses a connection of its own (see etcd_meta_store.cc for why). No TLS, no
-// authentication, one endpoint (a single-member cluster or a local proxy).
+// call uses a connection of its own (see etcd_meta_store.cc for why). Calls go to one
+// member at a time and move on to the next when it cannot be reached (a call never sent
+// is tried on the next member at once) or fails UNAVAILABLE. No TLS, no authentication.
 //
 // DO NOT CONSTRUCT THIS in a library: a daemon's main() creates it and hands the
 // MetaStore down.
@@ -259,7 +261,7 @@ class EtcdMetaStore : public MetaStore {
                                                                EtcdMetaStoreOptions options);
   ~EtcdMetaStore() override;
 
-  // "host:port", as it appears in error messages.
+  // "host:port" (every member's, comma-separated), as it appears in error messages.
   const std::string& address() const;
 
   struct Impl;
