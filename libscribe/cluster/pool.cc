@@ -926,6 +926,21 @@ class PoolImpl : public Pool {
     if (c->used <= kBlocksPerChunk / 2) reuse_candidates_.insert(c->id);
   }
 
+  // With no free chunk left: the closed chunk of this replication with the most free
+  // blocks, however few. Scans every chunk, but only while the pool has no free chunk,
+  // and the chunk found then takes writes until it is full.
+  ChunkState* AnyChunkWithRoom(int replication) {
+    ChunkState* best = nullptr;
+    for (auto& [id, c] : chunks_) {
+      if (c.open || c.used >= kBlocksPerChunk || c.replication != replication ||
+          !ChunkAcceptsWrites(c)) {
+        continue;
+      }
+      if (best == nullptr || c.used < best->used) best = &c;
+    }
+    return best;
+  }
+
   // Reserves `n` free blocks for a write of `v`, from its open chunk and then others.
   absl::StatusOr<std::vector<MapEntry>> AllocateBlocks(VsdState* v, uint64_t n) {
     std::vector<MapEntry> out;
@@ -936,11 +951,12 @@ class PoolImpl : public Pool {
         c = ReusableChunk(v->replication);
         if (c == nullptr) {
           absl::StatusOr<ChunkState*> fresh = NewChunk(v->replication);
-          if (!fresh.ok()) {
+          if (fresh.ok()) {
+            c = *fresh;
+          } else if ((c = AnyChunkWithRoom(v->replication)) == nullptr) {
             for (const MapEntry& e : out) Unreserve(e);
             return fresh.status();
           }
-          c = *fresh;
         }
         c->open = true;
         v->open_chunk = c->id;
@@ -1496,10 +1512,22 @@ class PoolImpl : public Pool {
   // `data` is aligned for direct I/O and stays valid (held by `hold`, or by the caller
   // until `done`) while the disks write it.
   void WriteNewBlocks(VsdId vsd, uint64_t b0, uint64_t b1, const uint8_t* data,
-                      std::shared_ptr<AlignedBuffer> hold, StatusDone done) {
+                      std::shared_ptr<AlignedBuffer> hold, StatusDone done,
+                      bool after_commit = false) {
     VsdState* v = FindVsdState(vsd);
     if (!v) return done(NotFound(vsd));
     auto blocks = AllocateBlocks(v, b1 - b0);
+    if (blocks.status().code() == absl::StatusCode::kResourceExhausted && !after_commit &&
+        (!pending_frees_.empty() || committing_)) {
+      // Overwritten blocks wait for the commit that makes their replacement durable
+      // before they are reused: commit, then try once more.
+      auto alive = alive_;
+      return Commit([this, alive, vsd, b0, b1, data, hold, done](absl::Status st) {
+        if (!*alive) return;
+        if (!st.ok()) return done(st);
+        WriteNewBlocks(vsd, b0, b1, data, hold, done, /*after_commit=*/true);
+      });
+    }
     if (!blocks.ok()) return done(blocks.status());
     auto entries = std::make_shared<std::vector<MapEntry>>(std::move(*blocks));
     for (uint64_t i = 0; i < entries->size(); ++i) {
