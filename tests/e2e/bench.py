@@ -17,7 +17,7 @@ from cluster import Cluster  # noqa: E402
 
 SIZE = os.environ.get("BENCH_SIZE", "1g")
 RUNTIME = os.environ.get("BENCH_RUNTIME", "15")
-DISK_BYTES = 2 << 30  # per node: room for the RF-2 copies of the VSD and the writes' churn
+DISK_BYTES = 4 << 30  # per node: room for the RF-2 copies of the VSD and the writes' churn
 
 JOBS = [
     ("4k randwrite QD32", ["--rw=randwrite", "--bs=4k", "--iodepth=32"], "write", "iops"),
