@@ -292,8 +292,7 @@ struct EtcdMetaStore::Impl : public kj::TaskSet::ErrorHandler {
   }
 
   // One call: POST, read the whole answer, parse it; never throws, never outlives the
-  // request timeout.
-  // A call that fails UNAVAILABLE sends the next one to the next member.
+  // request timeout. A call that fails UNAVAILABLE sends the next one to the next member.
   kj::Promise<absl::StatusOr<Json>> Call(const char* path, const Json& request) {
     const size_t limit = options.response_bytes_max;
     auto member = std::make_shared<size_t>(kNoMember);
@@ -487,8 +486,7 @@ absl::StatusOr<std::unique_ptr<EtcdMetaStore>> EtcdMetaStore::Create(RealLoop* l
     }
     if (absl::StartsWith(address, "http://")) address = address.substr(7);
     while (!address.empty() && address.back() == '/') address.pop_back();
-    if (address.empty() || address.find('/') != std::string::npos ||
-        address.find(',') != std::string::npos) {
+    if (address.empty() || address.find('/') != std::string::npos) {
       return absl::InvalidArgumentError(
           absl::StrFormat("bad etcd endpoint \"%s\" in \"%s\"", std::string(endpoint), options.endpoint));
     }
