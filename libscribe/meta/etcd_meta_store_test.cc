@@ -312,7 +312,9 @@ TEST(EtcdMetaStoreCluster, SurvivesTheLossOfTheMemberInUse) {
   ASSERT_EQ(events.back().key, "/w/10");
   std::set<std::string> keys;
   for (size_t i = 0; i < events.size(); ++i) {
-    if (i > 0) EXPECT_GT(events[i].revision, events[i - 1].revision);
+    if (i > 0) {
+      EXPECT_GT(events[i].revision, events[i - 1].revision);
+    }
     keys.insert(events[i].key);
   }
   EXPECT_EQ(keys.size(), 11u);
