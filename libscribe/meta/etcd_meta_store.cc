@@ -224,19 +224,13 @@ struct EtcdMetaStore::Impl : public kj::TaskSet::ErrorHandler {
             });
   }
 
-  // An answer's headers, with the connection its body still reads from.
-  struct Answer {
-    size_t member;
-    kj::HttpClient::Response response;
-  };
-
   // The member a call or watch went to, once it is connected.
   static constexpr size_t kNoMember = ~size_t{0};
   using MemberOut = std::shared_ptr<size_t>;
 
-  // Starts POST `path` with `body`; resolves once the response headers arrived. Sets
-  // `*member` when connected.
-  kj::Promise<Answer> Post(const char* path, std::string body_text, MemberOut member_out) {
+  // Starts POST `path` with `body`; resolves once the response headers arrived (its
+  // body holds the connection). Sets `*member_out` when connected.
+  kj::Promise<kj::HttpClient::Response> Post(const char* path, std::string body_text, MemberOut member_out) {
     return Connect().then([this, path, body_text = std::move(body_text),
                            member_out](kj::Own<Connection> c) {
       *member_out = c->member;
@@ -246,13 +240,12 @@ struct EtcdMetaStore::Impl : public kj::TaskSet::ErrorHandler {
       kj::String body = kj::heapString(body_text.data(), body_text.size());
       auto request = c->client->request(kj::HttpMethod::POST, path, headers, body.size());
       auto written = request.body->write(body.begin(), body.size());
-      const size_t member = c->member;
       // Dropping the body stream ends our half of the request.
       return written.attach(kj::mv(request.body), kj::mv(body))
           .then([response = kj::mv(request.response)]() mutable { return kj::mv(response); })
-          .then([member, c = kj::mv(c)](kj::HttpClient::Response response) mutable {
+          .then([c = kj::mv(c)](kj::HttpClient::Response response) mutable {
             response.body = response.body.attach(kj::mv(c));
-            return Answer{member, kj::mv(response)};
+            return kj::mv(response);
           });
     });
   }
@@ -298,12 +291,12 @@ struct EtcdMetaStore::Impl : public kj::TaskSet::ErrorHandler {
     auto member = std::make_shared<size_t>(kNoMember);
     auto answer =
         Post(path, request.dump(), member)
-            .then([this, limit](Answer answer) {
-              const uint status_code = answer.response.statusCode;
-              auto text = answer.response.body->readAllText(limit);
-              return text.attach(kj::mv(answer.response.body))
-                  .then([this, status_code, member = answer.member](kj::String text) {
-                    return ParseResponse(members[member], status_code, text);
+            .then([this, limit, member](kj::HttpClient::Response response) {
+              const uint status_code = response.statusCode;
+              auto text = response.body->readAllText(limit);
+              return text.attach(kj::mv(response.body))
+                  .then([this, status_code, member](kj::String text) {
+                    return ParseResponse(members[*member], status_code, text);
                   });
             })
             .catch_([this, member](kj::Exception&& e) -> absl::StatusOr<Json> {
@@ -378,17 +371,17 @@ struct EtcdMetaStore::Impl : public kj::TaskSet::ErrorHandler {
     // Opening is bounded like any call; an open stream may then be silent for any time.
     auto timeout = timer()
                        .afterDelay(options.request_timeout_ms * kj::MILLISECONDS)
-                       .then([this, member]() -> kj::Promise<Answer> {
+                       .then([this, member]() -> kj::Promise<kj::HttpClient::Response> {
                          if (*member != kNoMember) Rotate(*member);
                          return KJ_EXCEPTION(DISCONNECTED, "watch not answered in time");
                        });
     return opened.exclusiveJoin(kj::mv(timeout))
-        .then([this, w](Answer answer) -> kj::Promise<void> {
-          if (answer.response.statusCode != 200) {
-            Rotate(answer.member);
-            return KJ_EXCEPTION(FAILED, "watch refused", answer.response.statusCode);
+        .then([this, w, member](kj::HttpClient::Response response) -> kj::Promise<void> {
+          if (response.statusCode != 200) {
+            Rotate(*member);
+            return KJ_EXCEPTION(FAILED, "watch refused", response.statusCode);
           }
-          w->body = kj::mv(answer.response.body);
+          w->body = kj::mv(response.body);
           return ReadWatch(w);
         });
   }

@@ -222,17 +222,7 @@ TEST(EtcdMetaStoreCreate, RejectsBadEndpoints) {
 }
 
 // A loopback port nothing listens on: connecting to it is refused at once.
-std::string DeadEndpoint() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  SCRIBE_CHECK(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
-  SCRIBE_CHECK(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
-  close(fd);
-  return absl::StrFormat("127.0.0.1:%d", ntohs(addr.sin_port));
-}
+std::string DeadEndpoint() { return absl::StrFormat("127.0.0.1:%d", FreeLoopbackPort().value()); }
 
 // A member that cannot be reached is passed over within the call (nothing was sent to
 // it); with none reachable the call fails UNAVAILABLE naming every member.

@@ -26,23 +26,6 @@ namespace scribe {
 
 namespace {
 
-// A port nothing listens on right now (the kernel's pick for an ephemeral bind).
-absl::StatusOr<int> FreeLoopbackPort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return absl::InternalError("socket failed");
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    close(fd);
-    return absl::InternalError("bind failed");
-  }
-  close(fd);
-  return ntohs(addr.sin_port);
-}
-
 std::string FindOnPath(const std::string& name) {
   const char* path = std::getenv("PATH");
   std::string dirs = path != nullptr ? path : "";
@@ -63,6 +46,22 @@ std::string Tail(const std::string& path, size_t bytes) {
 }
 
 }  // namespace
+
+absl::StatusOr<int> FreeLoopbackPort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return absl::InternalError("socket failed");
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    close(fd);
+    return absl::InternalError("bind failed");
+  }
+  close(fd);
+  return ntohs(addr.sin_port);
+}
 
 EtcdProcess::EtcdProcess(RealLoop* loop, std::string dir, std::string name)
     : loop_(loop), dir_(std::move(dir)), log_path_(dir_ + "/etcd.log"), name_(std::move(name)) {}

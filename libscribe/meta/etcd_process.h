@@ -15,6 +15,10 @@
 
 namespace scribe {
 
+// A loopback port nothing listens on right now (the kernel's pick for an ephemeral
+// bind): connecting to it is refused.
+absl::StatusOr<int> FreeLoopbackPort();
+
 class EtcdProcess {
  public:
   // Starts etcd (found on PATH) with its data and log under `dir`, and waits until it

@@ -1,10 +1,7 @@
 // The MetaStore conformance suite against every implementation: the in-memory store on a
 // simulated and on a real loop, and a real etcd (a child process per test); then against
 // deliberately broken stores, to show each check can fail.
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <stdlib.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <memory>
@@ -95,17 +92,7 @@ std::unique_ptr<StoreSetup> MakeEtcd() {
   s->a = EtcdMetaStore::Create(real, options).value();
   s->b = EtcdMetaStore::Create(real, options).value();
   // Nothing listens on a port the kernel just handed out and took back.
-  const std::string dead = absl::StrFormat("127.0.0.1:%d", [] {
-    const int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof(addr);
-    SCRIBE_CHECK(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
-    SCRIBE_CHECK(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
-    close(fd);
-    return static_cast<int>(ntohs(addr.sin_port));
-  }());
+  const std::string dead = absl::StrFormat("127.0.0.1:%d", FreeLoopbackPort().value());
   options.endpoint = "http://" + dead;
   options.request_timeout_ms = 1'000;
   s->down = EtcdMetaStore::Create(real, options).value();
