@@ -42,6 +42,17 @@ absl::Status ErrnoStatus(int err, const std::string& what) {
 // Most iocbs handed to one io_submit.
 constexpr size_t kSubmitBatchMax = 64;
 
+// A loop turn with many requests can take hundreds of microseconds; the device should
+// not idle meanwhile, nor should every request of a queue move in lockstep (all
+// submitted together, all completed together, all answered together: a convoy in which
+// the device and the processes take turns instead of working at once). So ops go to the
+// kernel at the end of the turn or as soon as this many wait, and a turn takes at most
+// kReapPerTurn completions (their callbacks' replies leave before the next ones are
+// taken). Measured on 2 cores at queue depth 32 over NBD: 4 KiB random reads 36k -> 42k
+// IOPS, the device's average queue 15 -> 14 at 370 instead of 430 us.
+constexpr size_t kSubmitEarlyOps = 4;
+constexpr size_t kReapPerTurn = 8;
+
 // Limits of one merged write: bytes and pieces.
 constexpr size_t kMergedBytesMax = 1 << 20;
 constexpr size_t kMergedPiecesMax = 256;
@@ -212,6 +223,7 @@ class AioDevice : public BlockDevice {
       return;  // the turn's submission is already requested
     }
     waiting_.push_back(op);
+    if (waiting_.size() >= kSubmitEarlyOps) return SubmitWaiting();
     submit_.Request();
   }
 
@@ -261,15 +273,14 @@ class AioDevice : public BlockDevice {
   }
 
   void Reap() {
+    // One read resets the counter; completions after it signal the eventfd again.
     uint64_t count;
-    while (read(efd_, &count, sizeof(count)) == sizeof(count)) {
-    }
+    (void)!read(efd_, &count, sizeof(count));
     auto alive = alive_;
-    for (;;) {
-      io_event events[64];
-      timespec zero{0, 0};
-      int n = GetEvents(ctx_, 0, 64, events, &zero);
-      if (n <= 0) break;
+    io_event events[kReapPerTurn];
+    timespec zero{0, 0};
+    const int n = GetEvents(ctx_, 0, kReapPerTurn, events, &zero);
+    if (n > 0) {
       for (int i = 0; i < n; ++i) {
         std::unique_ptr<Op> op(static_cast<Op*>(events[i].data));
         --in_flight_;
@@ -283,6 +294,8 @@ class AioDevice : public BlockDevice {
         }
         if (!Complete(*op, st) || !*alive) return;  // a callback destroyed the device
       }
+      // Maybe more are done: they are taken in the next turn, after these replies left.
+      if (n == static_cast<int>(kReapPerTurn)) reap_.Request();
     }
     SubmitWaiting();
   }
@@ -300,6 +313,7 @@ class AioDevice : public BlockDevice {
   bool fdsync_unsupported_ = false;
   bool dsync_unsupported_ = false;
   OncePerTurn submit_{loop_, [this] { SubmitWaiting(); }};
+  OncePerTurn reap_{loop_, [this] { Reap(); }};
   std::deque<Op*> waiting_;
   std::unique_ptr<RealLoop::FdWatch> watch_;
 };
