@@ -19,6 +19,7 @@
 #include "absl/strings/str_split.h"
 #include "libscribe/env/real_loop_internal.h"
 #include "scribe/meta_store.h"
+#include "scribe/nbd_relay.h"
 #include "scribe/nbd_server.h"
 #include "scribe/remote.h"
 #include "scribe/sim_env.h"
@@ -212,11 +213,10 @@ class NodeImpl final : public Node, public kj::TaskSet::ErrorHandler {
   ~NodeImpl() noexcept override {
     *alive_ = false;
     tasks_ = nullptr;  // the admin accept loop, before its listener
-    relay_connections_ = nullptr;
+    relay_ = nullptr;
     if (tick_timer_) loop_->Cancel(tick_timer_);
     if (keepalive_timer_) loop_->Cancel(keepalive_timer_);
     DropPool();
-    relay_listener_ = nullptr;
     admin_server_ = nullptr;
     admin_listener_ = nullptr;
     disk_server_ = nullptr;
@@ -279,6 +279,12 @@ class NodeImpl final : public Node, public kj::TaskSet::ErrorHandler {
     admin_port_ = static_cast<uint16_t>(admin_listener_->getPort());
     self_.admin = absl::StrFormat("%s:%d", Host(config_.admin), admin_port_);
     self_.nbd_socket = config_.nbd_socket;
+    NbdRelayOptions relay_options;
+    relay_options.upstream = [this]() -> std::string {
+      return !isolated_ && view_.owner_ready ? view_.owner_nbd : std::string();
+    };
+    relay_options.log = [](const std::string& line) { Log(line); };
+    relay_ = NbdRelay::Create(loop_, std::move(relay_options));
     RETURN_IF_ERROR(StartRelay());
 
     // Join: lease, registration, membership. Waits for etcd like above.
@@ -526,7 +532,7 @@ class NodeImpl final : public Node, public kj::TaskSet::ErrorHandler {
     if (isolated) {
       Log("isolated: closing the backplane and the NBD relay, no more etcd calls");
       disk_server_ = nullptr;
-      if (role_ == Role::kFollower) relay_connections_ = nullptr;
+      relay_->CloseSessions();
     } else {
       Log("isolation over");
       if (role_ != Role::kFollower) {
@@ -783,8 +789,8 @@ class NodeImpl final : public Node, public kj::TaskSet::ErrorHandler {
     auto tcp = NbdServer::CreateTcp(loop_, pool_.get(), config_.nbd_tcp, nbd_options);
     if (!tcp.ok()) return StepDown(absl::StrFormat("NBD over TCP: %s", tcp.status().message()));
     nbd_tcp_ = std::move(*tcp);
-    relay_connections_ = nullptr;
-    relay_listener_ = nullptr;
+    // Sessions relayed before carry on: they reconnect to our own NBD over TCP.
+    relay_->StopListening();
     auto nbd = NbdServer::Create(loop_, pool_.get(), config_.nbd_socket, nbd_options);
     if (!nbd.ok()) return StepDown(absl::StrFormat("NBD on %s: %s", config_.nbd_socket, nbd.status().message()));
     nbd_unix_ = std::move(*nbd);
@@ -1047,57 +1053,12 @@ class NodeImpl final : public Node, public kj::TaskSet::ErrorHandler {
   };
 
   // ------------------------------------------------------------------ NBD relay
-  // While another node owns the pool, local NBD clients are relayed to its NBD over TCP.
+  // While another node owns the pool, local NBD clients are relayed to its NBD over TCP;
+  // a relayed session follows the pool to its next owner (scribe/nbd_relay.h).
   absl::Status StartRelay() {
     nbd_unix_ = nullptr;
-    relay_connections_ = nullptr;  // its accept loop, before the listener
-    relay_listener_ = nullptr;
-    struct stat st;
-    if (lstat(config_.nbd_socket.c_str(), &st) == 0) {
-      if (!S_ISSOCK(st.st_mode)) return absl::AlreadyExistsError(config_.nbd_socket + " exists and is not a socket");
-      unlink(config_.nbd_socket.c_str());
-    }
-    KJ_IF_MAYBE (e, kj::runCatchingExceptions([&] {
-                   auto& network = loop_->impl()->io.provider->getNetwork();
-                   auto addr = network.parseAddress("unix:" + config_.nbd_socket).wait(loop_->impl()->io.waitScope);
-                   relay_listener_ = addr->listen();
-                 })) {
-      return absl::UnavailableError(absl::StrFormat("cannot listen on %s: %s", config_.nbd_socket,
-                                                    e->getDescription().cStr()));
-    }
-    relay_connections_ = kj::heap<kj::TaskSet>(*this);
-    relay_connections_->add(RelayAccept(relay_listener_.get()));
-    return absl::OkStatus();
+    return relay_->Listen(config_.nbd_socket);
   }
-
-  kj::Promise<void> RelayAccept(kj::ConnectionReceiver* listener) {
-    return listener->accept().then([this, listener](kj::Own<kj::AsyncIoStream> client) {
-      if (listener != relay_listener_.get()) return;  // replaced meanwhile
-      if (!isolated_ && view_.owner_ready && !view_.owner_nbd.empty() && relay_connections_) {
-        auto& network = loop_->impl()->io.provider->getNetwork();
-        auto shared = kj::refcounted<RelayPair>();
-        shared->client = kj::mv(client);
-        relay_connections_->add(
-            network.parseAddress(view_.owner_nbd)
-                .then([](kj::Own<kj::NetworkAddress> a) { return a->connect(); })
-                .then([pair = kj::addRef(*shared)](kj::Own<kj::AsyncIoStream> server) mutable {
-                  pair->server = kj::mv(server);
-                  auto up = pair->client->pumpTo(*pair->server).ignoreResult();
-                  auto down = pair->server->pumpTo(*pair->client).ignoreResult();
-                  return up.exclusiveJoin(kj::mv(down)).attach(kj::mv(pair));
-                })
-                .attach(kj::mv(shared)));
-      }
-      // Without an owner the client is closed at once (it sees the connection end).
-    }).then([this, listener]() -> kj::Promise<void> {
-      if (listener != relay_listener_.get()) return kj::READY_NOW;
-      return RelayAccept(listener);
-    });
-  }
-
-  struct RelayPair : public kj::Refcounted {
-    kj::Own<kj::AsyncIoStream> client, server;
-  };
 
   RealLoop* loop_;
   NodeConfig config_;
@@ -1126,8 +1087,7 @@ class NodeImpl final : public Node, public kj::TaskSet::ErrorHandler {
   std::shared_ptr<OwnerAdmin> owner_admin_;
 
   // NBD: served directly while we own the pool, relayed otherwise.
-  kj::Own<kj::ConnectionReceiver> relay_listener_;
-  kj::Own<kj::TaskSet> relay_connections_;
+  std::unique_ptr<NbdRelay> relay_;
   std::unique_ptr<NbdServer> nbd_unix_;
   std::unique_ptr<NbdServer> nbd_tcp_;
 

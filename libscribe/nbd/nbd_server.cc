@@ -28,6 +28,7 @@
 #include "absl/strings/str_format.h"
 #include "libscribe/env/real_loop_internal.h"
 #include "libscribe/nbd/nbd_protocol.h"
+#include "libscribe/nbd/unix_listen.h"
 #include "scribe/status.h"
 
 namespace scribe {
@@ -669,41 +670,10 @@ absl::StatusOr<std::unique_ptr<NbdServer>> NbdServer::Create(RealLoop* loop, Poo
   if (loop == nullptr || pool == nullptr) {
     return absl::InvalidArgumentError("NbdServer needs a loop and a pool");
   }
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (unix_socket_path.empty() || unix_socket_path.size() >= sizeof(addr.sun_path)) {
-    return absl::InvalidArgumentError(absl::StrFormat("socket path '%s' must be 1 to %d bytes",
-                                                      unix_socket_path, sizeof(addr.sun_path) - 1));
-  }
   if (absl::Status st = CheckOptions(options); !st.ok()) return st;
-  std::memcpy(addr.sun_path, unix_socket_path.data(), unix_socket_path.size());
-
-  struct stat st;
-  if (lstat(unix_socket_path.c_str(), &st) == 0) {
-    if (!S_ISSOCK(st.st_mode)) {
-      return absl::AlreadyExistsError(
-          absl::StrFormat("'%s' exists and is not a socket", unix_socket_path));
-    }
-    // A socket file: replace it only if nobody is listening on it.
-    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (probe < 0) return absl::UnavailableError(std::strerror(errno));
-    const bool live = connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
-    close(probe);
-    if (live) {
-      return absl::AlreadyExistsError(
-          absl::StrFormat("a server is already listening on '%s'", unix_socket_path));
-    }
-    unlink(unix_socket_path.c_str());
-  }
-
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return absl::UnavailableError(absl::StrFormat("socket: %s", std::strerror(errno)));
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || listen(fd, 128) != 0) {
-    const int err = errno;
-    close(fd);
-    return absl::UnavailableError(
-        absl::StrFormat("cannot listen on '%s': %s", unix_socket_path, std::strerror(err)));
-  }
+  auto fd_or = nbd::ListenOnUnixSocket(unix_socket_path);
+  if (!fd_or.ok()) return fd_or.status();
+  const int fd = *fd_or;
 
   auto impl = std::make_unique<Impl>(loop, pool, std::move(unix_socket_path), options);
   impl->listener = loop->impl()->io.lowLevelProvider->wrapListenSocketFd(

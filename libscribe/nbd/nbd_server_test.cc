@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "libscribe/nbd/nbd_protocol.h"
+#include "scribe/nbd_relay.h"
 #include "scribe/pool.h"
 #include "scribe/real_env.h"
 #include "scribe/sim_env.h"
@@ -334,6 +335,24 @@ class NbdServerTest : public ::testing::Test {
     const bool finished = Drive([&] { return done.load(); }, 60 * kSecond);
     t.join();
     EXPECT_TRUE(finished);
+  }
+
+  // Drops the server and the pool without a flush, as a crash would, opens the pool
+  // again from its disks and serves it on `path`.
+  void CrashAndReopen(const std::string& path) {
+    server_.reset();
+    pool_.reset();
+    PoolOptions options;
+    options.metadata_bytes = 4ull << 20;
+    std::optional<absl::StatusOr<std::unique_ptr<Pool>>> reopened;
+    Pool::Open(loop_.get(), &random_, options, specs_, [&](auto r) { reopened = std::move(r); });
+    ASSERT_TRUE(Drive([&] { return reopened.has_value(); }, 60 * kSecond));
+    ASSERT_TRUE(reopened->ok()) << reopened->status();
+    pool_ = std::move(**reopened);
+    for (const DiskInfo& d : pool_->ListDisks()) EXPECT_FALSE(d.failed) << "disk " << d.id.value;
+    auto server = NbdServer::Create(loop_.get(), pool_.get(), path);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(*server);
   }
 
   std::string Uri(const std::string& name) const {
@@ -737,19 +756,7 @@ TEST_F(NbdServerTest, FuaWritesAndFlushedWritesSurviveAPoolRestart) {
     ASSERT_EQ(c.Call(nbd::kCmdWrite, 2 << 20, 4096, Pattern('U', 4096)), 0u);  // never flushed
   });
   // Stop without a flush, as a crash would, and open the pool again from its disks.
-  server_.reset();
-  pool_.reset();
-  PoolOptions options;
-  options.metadata_bytes = 4ull << 20;
-  std::optional<absl::StatusOr<std::unique_ptr<Pool>>> reopened;
-  Pool::Open(loop_.get(), &random_, options, specs_, [&](auto r) { reopened = std::move(r); });
-  ASSERT_TRUE(Drive([&] { return reopened.has_value(); }, 60 * kSecond));
-  ASSERT_TRUE(reopened->ok()) << reopened->status();
-  pool_ = std::move(**reopened);
-  for (const DiskInfo& d : pool_->ListDisks()) EXPECT_FALSE(d.failed) << "disk " << d.id.value;
-  auto server = NbdServer::Create(loop_.get(), pool_.get(), socket_path_);
-  ASSERT_TRUE(server.ok()) << server.status();
-  server_ = std::move(*server);
+  ASSERT_NO_FATAL_FAILURE(CrashAndReopen(socket_path_));
   RunClient([&] {
     RawClient c(socket_path_);
     ASSERT_TRUE(c.Open(kExport));
@@ -986,6 +993,111 @@ TEST_F(NbdServerTest, CreateRefusesALiveSocketAndReplacesAStaleOne) {
   unlink(regular.c_str());
   EXPECT_EQ(NbdServer::Create(loop_.get(), pool_.get(), "").status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+
+// ---------------------------------------------------------------- the relay
+// NbdRelay in front of the server: a client of the relay's socket must not notice the
+// server crashing and coming back elsewhere, and must find every write it was answered.
+TEST_F(NbdServerTest, RelayCarriesASessionAcrossAServerCrash) {
+  std::string upstream = "unix:" + socket_path_;
+  std::vector<std::string> logs;
+  NbdRelayOptions o;
+  o.upstream = [&] { return upstream; };
+  o.retry_interval_ns = 20'000'000;
+  o.unflushed_bytes_max = 64 << 10;  // small: the relay flushes on its own now and then
+  o.log = [&](const std::string& line) { logs.push_back(line); };
+  auto relay = NbdRelay::Create(loop_.get(), o);
+  const std::string relay_path = socket_dir_ + "/relay.sock";
+  ASSERT_TRUE(relay->Listen(relay_path).ok());
+
+  // A real client through the relay first (qemu-io: GO, and options the server refuses).
+  ChildResult r = RunChild({"qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 64k", "-c", "flush",
+                            "nbd+unix:///" + std::string(kExport) + "?socket=" + relay_path});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(PoolRead(0, 64 << 10), std::string(64 << 10, 0x5a));
+
+  // Writes answered but never flushed by the client, then the server "crashes" (the pool
+  // reopens from its disks: what no flush covered may be gone) and comes back on another
+  // socket. Requests sent meanwhile wait in the relay.
+  std::atomic<int> phase{0};
+  std::string second_path = socket_dir_ + "/nbd2.sock";
+  std::thread client([&] {
+    RawClient c(relay_path);
+    ASSERT_TRUE(c.Open(kExport));
+    for (int i = 0; i < 40; ++i) {
+      ASSERT_EQ(c.Call(nbd::kCmdWrite, (4 << 20) + i * 8192, 4096, Pattern('a' + i % 20, 4096)), 0u);
+    }
+    phase = 1;
+    while (phase != 2) usleep(1000);
+    // Sent while no server is there: answered once the relay found the new one.
+    for (int i = 0; i < 8; ++i) {
+      ASSERT_EQ(c.Call(nbd::kCmdWrite, (8 << 20) + i * 4096, 4096, Pattern('A' + i, 4096)), 0u);
+    }
+    ASSERT_EQ(c.Call(nbd::kCmdFlush, 0, 0), 0u);
+    std::string data;
+    for (int i = 0; i < 40; ++i) {
+      ASSERT_EQ(c.Call(nbd::kCmdRead, (4 << 20) + i * 8192, 4096, {}, &data), 0u);
+      EXPECT_TRUE(data == Pattern('a' + i % 20, 4096)) << "write " << i << " lost";
+    }
+    for (int i = 0; i < 8; ++i) {
+      ASSERT_EQ(c.Call(nbd::kCmdRead, (8 << 20) + i * 4096, 4096, {}, &data), 0u);
+      EXPECT_TRUE(data == Pattern('A' + i, 4096));
+    }
+    phase = 3;
+  });
+  ASSERT_TRUE(Drive([&] { return phase == 1; }, 60 * kSecond));
+  upstream = "";
+  CrashAndReopen(second_path);
+  phase = 2;
+  Drive([&] { return false; }, 100'000'000);  // the relay retries and finds no server
+  upstream = "unix:" + second_path;
+  EXPECT_TRUE(Drive([&] { return phase == 3; }, 60 * kSecond));
+  client.join();
+  const NbdRelayStats st = relay->stats();
+  EXPECT_EQ(st.reconnects, 1u);
+  EXPECT_GE(st.relay_flushes, 1u);
+  EXPECT_GE(st.replayed, 8u);  // at least the writes sent while the server was away
+  std::string all;
+  for (const auto& l : logs) all += l + "\n";
+  EXPECT_NE(all.find("lost its server"), std::string::npos) << all;
+  EXPECT_NE(all.find("reconnected after"), std::string::npos) << all;
+}
+
+TEST_F(NbdServerTest, RelayClosesItsClientWhenNoServerComesBack) {
+  std::string upstream = "";
+  NbdRelayOptions o;
+  o.upstream = [&] { return upstream; };
+  o.retry_interval_ns = 20'000'000;
+  o.reconnect_timeout_ns = 300'000'000;
+  auto relay = NbdRelay::Create(loop_.get(), o);
+  const std::string relay_path = socket_dir_ + "/relay.sock";
+  ASSERT_TRUE(relay->Listen(relay_path).ok());
+  // No server at all: the client is closed at once.
+  RunClient([&] {
+    RawClient c(relay_path);
+    ASSERT_TRUE(c.connected());
+    EXPECT_TRUE(c.SeesClose());
+  });
+  // A server that goes away for good: the waiting request ends with the connection.
+  upstream = "unix:" + socket_path_;
+  std::atomic<int> phase{0};
+  std::thread client([&] {
+    RawClient c(relay_path);
+    ASSERT_TRUE(c.Open(kExport));
+    ASSERT_EQ(c.Call(nbd::kCmdWrite, 0, 4096, Pattern('z', 4096)), 0u);
+    phase = 1;
+    while (phase != 2) usleep(1000);
+    EXPECT_FALSE(c.Call(nbd::kCmdRead, 0, 4096).has_value());
+    phase = 3;
+  });
+  ASSERT_TRUE(Drive([&] { return phase == 1; }, 60 * kSecond));
+  upstream = "";
+  server_.reset();
+  phase = 2;
+  EXPECT_TRUE(Drive([&] { return phase == 3; }, 20 * kSecond));
+  client.join();
+  EXPECT_EQ(relay->open_sessions(), 0);
 }
 
 }  // namespace

@@ -116,6 +116,31 @@ def test_fio_verifies_while_a_non_local_node_is_killed_and_restarted(cluster):
     assert seconds < 300
 
 
+def test_fio_through_a_relay_rides_out_the_owner_being_killed(cluster):
+    """A client of a non-owner node (a VM there) keeps its NBD connection when the pool
+    owner dies: the relay reconnects to the next owner and sends again what was not
+    answered and what was acknowledged but not yet flushed."""
+    cluster.scribe("vsd", "create", "vol", "64M")
+    owner, relay = non_owner(cluster)
+    start = {}
+
+    def fault():
+        owner.kill(signal.SIGKILL)
+        start["t"] = time.time()
+
+    def settle():
+        wait_for_log(relay, "reconnected after")
+        start["back"] = time.time()
+        owner.start()
+
+    run_fio_with_fault(cluster, relay.uri("vol"), fault, settle)
+    print("owner node %d SIGKILLed under fio through node %d's relay: I/O resumed %.1f s later"
+          % (owner.id, relay.id, start["back"] - start["t"]))
+    assert "lost its server" in relay.log_text()
+    cluster.wait_redundant()
+    assert cluster.status()["pool"]["fully_redundant"]
+
+
 def test_fio_verifies_while_a_disk_fails_and_is_remirrored(cluster):
     cluster.scribe("vsd", "create", "vol", "64M")
     owner, victim = non_owner(cluster)
