@@ -20,9 +20,12 @@ Stories, in order (they share one cluster; the later ones lose nodes):
   D: the node killed in B comes back (scribed, libvirtd and hypercored restarted): nothing runs
      there by itself; the VM, restarted there, reads its data through that node's
      caught-up storage and continues its log.
+  E: the storage pool's owner, on another node, is SIGKILLed: the VM keeps running with
+     the same boot (its node's NBD relay follows the pool to the next owner).
 """
 
 import os
+import signal
 import time
 
 import pytest
@@ -199,6 +202,32 @@ def test_d_the_dead_node_returns_and_runs_the_vm_on_its_caught_up_storage(stack)
     assert runs[-1][0] == boot and runs[-1][1] == head and len(runs) == 4, runs
     print("story D: %s returned; vm ha (epoch %d) runs there and continued the log at record %d"
           % (x.name, vm["epoch"], head))
+
+
+def test_e_a_vm_keeps_running_while_the_pool_owner_elsewhere_dies(stack):
+    """E: the storage pool's owner (scribed, on another node) is SIGKILLed under the
+    running VM: its node's relay follows the pool to the next owner, and the guest goes
+    on with the same boot, no write failing, its log contiguous."""
+    vm = stack.vm("ha")
+    x = stack.nodes[vm["node"]]
+    owner = stack.cluster.owner()
+    assert owner.id != x.scribed.id, "story D leaves the VM on a node that does not own the pool"
+    boot = guest.LoopConsole(x.console("ha")).starts[-1][0]
+    before = guest.LoopConsole(x.console("ha")).last_seq[boot]
+    t_kill = time.monotonic()
+    owner.kill(signal.SIGKILL)
+    _, t_on = guest.wait_console(x.console("ha"), lambda c: c.last_seq.get(boot, -1) >= before + 20,
+                                 FAILOVER_TIMEOUT_S, "20 more records of the same boot")
+    after = guest.LoopConsole(x.console("ha"))
+    assert after.starts[-1][0] == boot and not after.failures, after.tail()
+    assert "reconnected after" in x.scribed.log_text(), x.scribed.log_text()[-3000:]
+    print("story E: pool owner (scribed %d) SIGKILLed; vm ha on %s wrote on with the same boot, "
+          "20 records later %.1f s after the kill" % (owner.id, x.name, t_on - t_kill))
+    owner.start()
+    stack.cluster.wait_redundant()
+    head = after.last_seq[boot]
+    runs = guest.log_runs(guest.read_log(stack.uri("ha-root"), head + 300))
+    assert runs[-1][0] == boot and runs[-1][2] >= head, runs
 
 
 def test_the_log_check_catches_two_writers_and_holes():
