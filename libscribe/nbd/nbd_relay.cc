@@ -7,6 +7,7 @@
 #include <deque>
 #include <map>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_format.h"
 #include "libscribe/env/real_loop_internal.h"
@@ -36,6 +37,43 @@ kj::Promise<kj::Array<kj::byte>> ReadExactly(kj::AsyncIoStream& stream, size_t n
 std::string AsString(const kj::Array<kj::byte>& a) {
   return std::string(reinterpret_cast<const char*>(a.begin()), a.size());
 }
+
+// Buffered reads for the transmission phase: one read() takes whatever the peer sent
+// (many requests or replies at queue depth 32), and whole messages are parsed from it.
+class Reader {
+ public:
+  explicit Reader(kj::AsyncIoStream& stream) : stream_(stream), buf_(kBufferBytes) {}
+
+  size_t available() const { return end_ - begin_; }
+  const char* data() const { return buf_.data() + begin_; }
+  void Skip(size_t n) { begin_ += n; }
+
+  // Resolves once at least `n` bytes are buffered; fails DISCONNECTED at end of stream.
+  kj::Promise<void> Need(size_t n) {
+    if (available() >= n) return kj::READY_NOW;
+    if (begin_ > 0) {
+      std::memmove(buf_.data(), buf_.data() + begin_, available());
+      end_ -= begin_;
+      begin_ = 0;
+    }
+    if (buf_.size() < n) buf_.resize(n);
+    return stream_.tryRead(buf_.data() + end_, 1, buf_.size() - end_).then([this, n](size_t got) {
+      if (got == 0) return kj::Promise<void>(KJ_EXCEPTION(DISCONNECTED, "connection closed"));
+      end_ += got;
+      return Need(n);
+    });
+  }
+
+ private:
+  static constexpr size_t kBufferBytes = 256 << 10;
+  kj::AsyncIoStream& stream_;
+  std::vector<char> buf_;
+  size_t begin_ = 0;
+  size_t end_ = 0;
+};
+
+// Most messages gathered into one write.
+constexpr size_t kPiecesPerWriteMax = 256;
 
 bool Modifies(uint16_t type) {
   return type == nbd::kCmdWrite || type == nbd::kCmdTrim || type == nbd::kCmdWriteZeroes;
@@ -219,50 +257,47 @@ class Session : public kj::TaskSet::ErrorHandler {
 
   // ------------------------------------------------------------------ transmission
   kj::Promise<void> Transmission() {
+    client_in_ = kj::heap<Reader>(*client_);
     connected_ = true;
     StartServerReader();
     return ReadRequests();
   }
 
+  // Every whole request buffered is taken before the next read.
   kj::Promise<void> ReadRequests() {
-    return ReadExactly(*client_, nbd::kRequestHeaderBytes).then([this](kj::Array<kj::byte> h) {
-      auto req = nbd::ParseRequestHeader(h.begin());
-      if (!req.ok()) {
-        return kj::Promise<void>(KJ_EXCEPTION(FAILED, std::string(req.status().message())));
-      }
+    Reader& in = *client_in_;
+    while (in.available() >= nbd::kRequestHeaderBytes) {
+      auto req = nbd::ParseRequestHeader(reinterpret_cast<const uint8_t*>(in.data()));
+      if (!req.ok()) return KJ_EXCEPTION(FAILED, std::string(req.status().message()));
       if (req->type == nbd::kCmdDisc) {
         closing_ = true;
         MaybeFinish();
-        return kj::Promise<void>(kj::READY_NOW);
+        return kj::READY_NOW;
       }
-      if (req->type != nbd::kCmdWrite) {
-        Add(*req, h, nullptr);
-        return ReadRequests();
+      const size_t payload = req->type == nbd::kCmdWrite ? req->length_bytes : 0;
+      if (payload > relay_->options.max_request_bytes) {
+        return KJ_EXCEPTION(FAILED, "write payload over the relay's limit");
       }
-      if (req->length_bytes > relay_->options.max_request_bytes) {
-        return kj::Promise<void>(KJ_EXCEPTION(FAILED, "write payload over the relay's limit"));
-      }
-      const nbd::Request r = *req;
-      return ReadExactly(*client_, r.length_bytes)
-          .then([this, r, h = kj::mv(h)](kj::Array<kj::byte> payload) mutable {
-            Add(r, h, &payload);
-            return ReadRequests();
-          });
-    });
+      const size_t bytes = nbd::kRequestHeaderBytes + payload;
+      if (in.available() < bytes) return in.Need(bytes).then([this] { return ReadRequests(); });
+      Add(*req, in.data(), bytes);
+      in.Skip(bytes);
+    }
+    return in.Need(nbd::kRequestHeaderBytes).then([this] { return ReadRequests(); });
   }
 
-  void Add(const nbd::Request& req, const kj::Array<kj::byte>& header, const kj::Array<kj::byte>* payload) {
+  // `wire` holds the request as the client sent it (header and any payload).
+  void Add(const nbd::Request& req, const char* wire, size_t bytes) {
     const uint64_t handle = next_handle_++;
     Entry e;
     e.client_handle = req.handle;
     e.type = req.type;
     e.flags = req.flags;
     e.length = req.length_bytes;
-    e.wire = std::make_shared<std::string>(AsString(header));
-    if (payload != nullptr) e.wire->append(reinterpret_cast<const char*>(payload->begin()), payload->size());
+    e.wire = std::make_shared<std::string>(wire, bytes);
     PutBe64(e.wire->data() + kRequestHandleAt, handle);
-    pending_.emplace(handle, std::move(e));
-    if (connected_ && !replaying_) Send(handle, pending_.at(handle));
+    auto& stored = pending_.emplace(handle, std::move(e)).first->second;
+    if (connected_ && !replaying_) Send(handle, stored);
   }
 
   void Send(uint64_t handle, Entry& e) {
@@ -270,17 +305,19 @@ class Session : public kj::TaskSet::ErrorHandler {
     // A flush covers the writes acknowledged before it was sent.
     if (e.type == nbd::kCmdFlush) e.acked_before = ack_counter_;
     server_out_.push_back(e.wire);
-    PumpServer();
+    pump_server_.Request();
   }
 
+  // Writes everything queued (up to kPiecesPerWriteMax messages) in one gathered write.
   void PumpServer() {
     if (server_writing_ || server_out_.empty() || !connected_) return;
     server_writing_ = true;
-    Wire wire = std::move(server_out_.front());
-    server_out_.pop_front();
+    auto batch = TakeBatch(server_out_);
     const uint64_t gen = gen_;
-    server_tasks_->add(server_->write(wire->data(), wire->size())
-                           .then([this, wire, gen] {
+    auto pieces = Pieces(*batch);
+    auto write = server_->write(pieces);
+    server_tasks_->add(write.attach(kj::mv(pieces))
+                           .then([this, batch, gen] {
                              if (gen != gen_) return;
                              server_writing_ = false;
                              PumpServer();
@@ -288,37 +325,55 @@ class Session : public kj::TaskSet::ErrorHandler {
                            .catch_([this, gen](kj::Exception&& e) { ServerLost(gen, e); }));
   }
 
+  static std::shared_ptr<std::vector<Wire>> TakeBatch(std::deque<Wire>& queue) {
+    auto batch = std::make_shared<std::vector<Wire>>();
+    while (!queue.empty() && batch->size() < kPiecesPerWriteMax) {
+      batch->push_back(std::move(queue.front()));
+      queue.pop_front();
+    }
+    return batch;
+  }
+
+  static kj::Array<kj::ArrayPtr<const kj::byte>> Pieces(const std::vector<Wire>& batch) {
+    auto pieces = kj::heapArray<kj::ArrayPtr<const kj::byte>>(batch.size());
+    for (size_t i = 0; i < batch.size(); ++i) {
+      pieces[i] = kj::arrayPtr(reinterpret_cast<const kj::byte*>(batch[i]->data()), batch[i]->size());
+    }
+    return pieces;
+  }
+
   void StartServerReader() {
     server_tasks_ = kj::heap<kj::TaskSet>(*this);
+    server_in_ = kj::heap<Reader>(*server_);
     const uint64_t gen = gen_;
     server_tasks_->add(
         ReadReplies(gen).catch_([this, gen](kj::Exception&& e) { ServerLost(gen, e); }));
   }
 
   kj::Promise<void> ReadReplies(uint64_t gen) {
-    return ReadExactly(*server_, nbd::kSimpleReplyHeaderBytes).then([this, gen](kj::Array<kj::byte> h) {
-      auto reply = nbd::ParseSimpleReplyHeader(h.begin());
-      if (!reply.ok()) {
-        return kj::Promise<void>(KJ_EXCEPTION(FAILED, std::string(reply.status().message())));
+    Reader& in = *server_in_;
+    while (in.available() >= nbd::kSimpleReplyHeaderBytes) {
+      auto reply = nbd::ParseSimpleReplyHeader(reinterpret_cast<const uint8_t*>(in.data()));
+      if (!reply.ok()) return KJ_EXCEPTION(FAILED, std::string(reply.status().message()));
+      size_t data_bytes = 0;
+      if (auto it = pending_.find(reply->handle); it != pending_.end()) {
+        if (it->second.type == nbd::kCmdRead && reply->error == 0) data_bytes = it->second.length;
+      } else if (log_handles_.count(reply->handle) == 0) {
+        return KJ_EXCEPTION(FAILED, absl::StrFormat("reply to unknown handle %d", reply->handle));
       }
-      const uint64_t handle = reply->handle;
-      const uint32_t error = reply->error;
-      uint32_t data_bytes = 0;
-      if (auto it = pending_.find(handle); it != pending_.end()) {
-        if (it->second.type == nbd::kCmdRead && error == 0) data_bytes = it->second.length;
-      } else if (log_handles_.count(handle) == 0) {
-        return kj::Promise<void>(KJ_EXCEPTION(FAILED, absl::StrFormat("reply to unknown handle %d", handle)));
+      const size_t bytes = nbd::kSimpleReplyHeaderBytes + data_bytes;
+      if (in.available() < bytes) {
+        return in.Need(bytes).then([this, gen] { return ReadReplies(gen); });
       }
-      return ReadExactly(*server_, data_bytes)
-          .then([this, gen, handle, error, h = kj::mv(h)](kj::Array<kj::byte> data) mutable {
-            if (gen != gen_) return kj::Promise<void>(kj::READY_NOW);
-            Replied(handle, error, h, data);
-            return ReadReplies(gen);
-          });
-    });
+      Replied(reply->handle, reply->error, in.data(), bytes);
+      in.Skip(bytes);
+      if (gen != gen_ || ended_) return kj::READY_NOW;
+    }
+    return in.Need(nbd::kSimpleReplyHeaderBytes).then([this, gen] { return ReadReplies(gen); });
   }
 
-  void Replied(uint64_t handle, uint32_t error, kj::Array<kj::byte>& header, kj::Array<kj::byte>& data) {
+  // `wire` is the server's reply: its header and a read's data.
+  void Replied(uint64_t handle, uint32_t error, const char* wire, size_t bytes) {
     if (auto lh = log_handles_.find(handle); lh != log_handles_.end()) {
       // A replayed write the client already had acknowledged.
       if (error != 0) {
@@ -334,11 +389,10 @@ class Session : public kj::TaskSet::ErrorHandler {
     Entry e = std::move(it->second);
     pending_.erase(it);
     if (!e.internal) {
-      auto out = std::make_shared<std::string>(AsString(header));
+      auto out = std::make_shared<std::string>(wire, bytes);
       PutBe64(out->data() + kReplyHandleAt, e.client_handle);
-      out->append(reinterpret_cast<const char*>(data.begin()), data.size());
       client_out_.push_back(std::move(out));
-      PumpClient();
+      pump_client_.Request();
     } else {
       relay_flush_in_flight_ = false;
     }
@@ -387,9 +441,10 @@ class Session : public kj::TaskSet::ErrorHandler {
   void PumpClient() {
     if (client_writing_ || client_out_.empty()) return;
     client_writing_ = true;
-    Wire out = std::move(client_out_.front());
-    client_out_.pop_front();
-    client_tasks_->add(client_->write(out->data(), out->size()).then([this, out] {
+    auto batch = TakeBatch(client_out_);
+    auto pieces = Pieces(*batch);
+    auto write = client_->write(pieces);
+    client_tasks_->add(write.attach(kj::mv(pieces)).then([this, batch] {
       client_writing_ = false;
       PumpClient();
       MaybeFinish();
@@ -415,6 +470,7 @@ class Session : public kj::TaskSet::ErrorHandler {
     relay_->loop->Post([this, alive = alive_] {
       if (!*alive) return;
       server_tasks_ = nullptr;
+      server_in_ = nullptr;
       server_ = nullptr;
       Reconnect();
     });
@@ -465,7 +521,7 @@ class Session : public kj::TaskSet::ErrorHandler {
       ++relay_->stats.replayed;
       server_out_.push_back(entry.second);
     }
-    PumpServer();
+    pump_server_.Request();
     if (!replaying_) SendPending();
   }
 
@@ -490,9 +546,14 @@ class Session : public kj::TaskSet::ErrorHandler {
   // Streams before the tasks that use them (members die in reverse order).
   kj::Own<kj::AsyncIoStream> client_;
   kj::Own<kj::AsyncIoStream> server_;
+  kj::Own<Reader> client_in_;
+  kj::Own<Reader> server_in_;
   kj::Own<kj::TaskSet> client_tasks_;
   kj::Own<kj::TaskSet> server_tasks_;
   kj::Own<kj::TaskSet> reconnecting_;
+  // Messages go out at the end of the loop turn that produced them, gathered.
+  OncePerTurn pump_server_{relay_->loop, [this] { PumpServer(); }};
+  OncePerTurn pump_client_{relay_->loop, [this] { PumpClient(); }};
 
   // Handshake memory, for a new server.
   std::string client_flags_;
