@@ -7,6 +7,7 @@ runfiles or bazel-bin.
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -29,10 +30,33 @@ def _find_binary(env, relative):
     raise FileNotFoundError("%s not found (build it, or set %s)" % (relative, env))
 
 
+_handed_out = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback TCP port nobody listens on, below the kernel's ephemeral range
+    (32768-60999 by default). A daemon keeps its port across restarts, and a port taken
+    from the ephemeral range can meanwhile become the local end of some outgoing
+    connection (seen: "Address already in use" on a node's admin port)."""
+    low = 20000
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            high = min(int(f.read().split()[0]), 65536) - 1
+    except (OSError, ValueError, IndexError):
+        high = 32767
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randint(low, max(low, high))
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free loopback port in %d-%d" % (low, high))
 
 
 class Node:
