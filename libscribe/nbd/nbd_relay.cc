@@ -111,7 +111,7 @@ class Session : public kj::TaskSet::ErrorHandler {
   Session(NbdRelay::Impl* relay, uint64_t id, kj::Own<kj::AsyncIoStream> client)
       : relay_(relay), id_(id), client_(kj::mv(client)) {
     client_tasks_ = kj::heap<kj::TaskSet>(*this);
-    client_tasks_->add(Connect()
+    client_tasks_->add(kj::evalNow([this] { return Connect(); })
                            .then([this](kj::Own<kj::AsyncIoStream> server) {
                              server_ = kj::mv(server);
                              return Handshake();
@@ -315,7 +315,8 @@ class Session : public kj::TaskSet::ErrorHandler {
     auto batch = TakeBatch(server_out_);
     const uint64_t gen = gen_;
     auto pieces = Pieces(*batch);
-    auto write = server_->write(pieces);
+    // KJ reports some write errors (EPIPE) by throwing at once: as a failed promise here.
+    auto write = kj::evalNow([&] { return server_->write(pieces); });
     server_tasks_->add(write.attach(kj::mv(pieces))
                            .then([this, batch, gen] {
                              if (gen != gen_) return;
@@ -346,8 +347,8 @@ class Session : public kj::TaskSet::ErrorHandler {
     server_tasks_ = kj::heap<kj::TaskSet>(*this);
     server_in_ = kj::heap<Reader>(*server_);
     const uint64_t gen = gen_;
-    server_tasks_->add(
-        ReadReplies(gen).catch_([this, gen](kj::Exception&& e) { ServerLost(gen, e); }));
+    server_tasks_->add(kj::evalNow([this, gen] { return ReadReplies(gen); })
+                           .catch_([this, gen](kj::Exception&& e) { ServerLost(gen, e); }));
   }
 
   kj::Promise<void> ReadReplies(uint64_t gen) {
@@ -443,7 +444,7 @@ class Session : public kj::TaskSet::ErrorHandler {
     client_writing_ = true;
     auto batch = TakeBatch(client_out_);
     auto pieces = Pieces(*batch);
-    auto write = client_->write(pieces);
+    auto write = kj::evalNow([&] { return client_->write(pieces); });
     client_tasks_->add(write.attach(kj::mv(pieces)).then([this, batch] {
       client_writing_ = false;
       PumpClient();
@@ -484,7 +485,7 @@ class Session : public kj::TaskSet::ErrorHandler {
     }
     reconnecting_ = kj::heap<kj::TaskSet>(*this);
     reconnecting_->add(
-        Connect()
+        kj::evalNow([this] { return Connect(); })
             .then([this](kj::Own<kj::AsyncIoStream> server) {
               auto& s = *server;
               return Rehandshake(s).then([this, server = kj::mv(server)]() mutable {

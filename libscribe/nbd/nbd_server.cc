@@ -391,6 +391,10 @@ class Connection final : public kj::TaskSet::ErrorHandler {
       ++server_->stats.fenced_requests;
       return Complete(handle, nbd::kEperm, nullptr, held);
     }
+    if (req.length_bytes == 0 && req.type != nbd::kCmdFlush) {
+      // Nothing to read, write or discard: done (a zero-length WRITE carries no payload).
+      return Complete(handle, 0, nullptr, held);
+    }
     switch (req.type) {
       case nbd::kCmdRead: {
         auto data = std::make_shared<AlignedBuffer>(req.length_bytes, AlignedBuffer::Uninitialized{});

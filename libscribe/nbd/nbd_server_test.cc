@@ -25,6 +25,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <random>
 #include <set>
 #include <sstream>
 #include <string>
@@ -205,6 +206,8 @@ std::string Pattern(char seed, size_t len) {
 class NbdServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
+    // As the daemons do: a client's hang-up must reach the server as EPIPE, not a signal.
+    signal(SIGPIPE, SIG_IGN);
     loop_ = RealLoop::Create();
     const char* tmp = std::getenv("TEST_TMPDIR");
     tmp_ = tmp ? tmp : "/tmp";
@@ -628,6 +631,12 @@ TEST_F(NbdServerTest, OutOfRangeAndMalformedRequestsGetErrorsAndTheConnectionGoe
     EXPECT_EQ(c.Call(nbd::kCmdRead, 0, 64u << 20), nbd::kEinval);  // over max_request_bytes
     EXPECT_EQ(c.Call(nbd::kCmdBlockStatus, 0, 4096), nbd::kEinval);
     EXPECT_EQ(c.Call(nbd::kCmdRead, 0, 4096, {}, nullptr, nbd::kCmdFlagDf), nbd::kEinval);
+    // Zero-length requests do nothing and succeed (a zero-length WRITE, which has no
+    // payload, once crashed the server: found by the relay's garbage test).
+    EXPECT_EQ(c.Call(nbd::kCmdWrite, 8192, 0), 0u);
+    EXPECT_EQ(c.Call(nbd::kCmdRead, 8192, 0), 0u);
+    EXPECT_EQ(c.Call(nbd::kCmdTrim, 8192, 0), 0u);
+    EXPECT_EQ(c.Call(nbd::kCmdWriteZeroes, 8192, 0), 0u);
     // Still in business.
     EXPECT_EQ(c.Call(nbd::kCmdWrite, 4096, 4096, Pattern('k', 4096)), 0u);
     std::string data;
@@ -999,91 +1008,128 @@ TEST_F(NbdServerTest, CreateRefusesALiveSocketAndReplacesAStaleOne) {
 // ---------------------------------------------------------------- the relay
 // NbdRelay in front of the server: a client of the relay's socket must not notice the
 // server crashing and coming back elsewhere, and must find every write it was answered.
-TEST_F(NbdServerTest, RelayCarriesASessionAcrossAServerCrash) {
-  std::string upstream = "unix:" + socket_path_;
-  std::vector<std::string> logs;
+class NbdRelayTest : public NbdServerTest {
+ protected:
+  // A relay on its own socket; its upstream is whatever upstream_ says at the time.
+  std::unique_ptr<NbdRelay> StartRelay(NbdRelayOptions o = {}) {
+    upstream_ = "unix:" + socket_path_;
+    o.upstream = [this] { return upstream_; };
+    o.retry_interval_ns = 20'000'000;
+    o.log = [this](const std::string& line) { logs_ += line + "\n"; };
+    auto relay = NbdRelay::Create(loop_.get(), o);
+    SCRIBE_CHECK(relay->Listen(relay_path()).ok());
+    return relay;
+  }
+
+  std::string relay_path() const { return socket_dir_ + "/relay.sock"; }
+
+  // On a client thread: `before`, then (while the client waits) the pool crashes and is
+  // served again on another socket, which the relay is told of 100 ms later, then `after`.
+  void CrashUnderClient(const std::function<void(RawClient&)>& before,
+                        const std::function<void(RawClient&)>& after) {
+    std::atomic<int> phase{0};
+    std::thread client([&] {
+      RawClient c(relay_path());
+      before(c);
+      phase = 1;
+      while (phase != 2) usleep(1000);
+      after(c);
+      phase = 3;
+    });
+    ASSERT_TRUE(Drive([&] { return phase == 1; }, 60 * kSecond));
+    upstream_ = "";
+    const std::string second = socket_dir_ + "/nbd2.sock";
+    CrashAndReopen(second);
+    phase = 2;
+    Drive([&] { return false; }, 100'000'000);  // the relay retries and finds no server
+    upstream_ = "unix:" + second;
+    EXPECT_TRUE(Drive([&] { return phase == 3; }, 60 * kSecond));
+    client.join();
+  }
+
+  std::string upstream_;
+  std::string logs_;
+};
+
+TEST_F(NbdRelayTest, CarriesASessionAcrossAServerCrash) {
   NbdRelayOptions o;
-  o.upstream = [&] { return upstream; };
-  o.retry_interval_ns = 20'000'000;
   o.unflushed_bytes_max = 64 << 10;  // small: the relay flushes on its own now and then
-  o.log = [&](const std::string& line) { logs.push_back(line); };
-  auto relay = NbdRelay::Create(loop_.get(), o);
-  const std::string relay_path = socket_dir_ + "/relay.sock";
-  ASSERT_TRUE(relay->Listen(relay_path).ok());
+  auto relay = StartRelay(o);
 
   // A real client through the relay first (qemu-io: GO, and options the server refuses).
   ChildResult r = RunChild({"qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 64k", "-c", "flush",
-                            "nbd+unix:///" + std::string(kExport) + "?socket=" + relay_path});
+                            "nbd+unix:///" + std::string(kExport) + "?socket=" + relay_path()});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(PoolRead(0, 64 << 10), std::string(64 << 10, 0x5a));
 
-  // Writes answered but never flushed by the client, then the server "crashes" (the pool
-  // reopens from its disks: what no flush covered may be gone) and comes back on another
-  // socket. Requests sent meanwhile wait in the relay.
-  std::atomic<int> phase{0};
-  std::string second_path = socket_dir_ + "/nbd2.sock";
-  std::thread client([&] {
-    RawClient c(relay_path);
-    ASSERT_TRUE(c.Open(kExport));
-    for (int i = 0; i < 40; ++i) {
-      ASSERT_EQ(c.Call(nbd::kCmdWrite, (4 << 20) + i * 8192, 4096, Pattern('a' + i % 20, 4096)), 0u);
-    }
-    phase = 1;
-    while (phase != 2) usleep(1000);
-    // Sent while no server is there: answered once the relay found the new one.
-    for (int i = 0; i < 8; ++i) {
-      ASSERT_EQ(c.Call(nbd::kCmdWrite, (8 << 20) + i * 4096, 4096, Pattern('A' + i, 4096)), 0u);
-    }
-    ASSERT_EQ(c.Call(nbd::kCmdFlush, 0, 0), 0u);
-    std::string data;
-    for (int i = 0; i < 40; ++i) {
-      ASSERT_EQ(c.Call(nbd::kCmdRead, (4 << 20) + i * 8192, 4096, {}, &data), 0u);
-      EXPECT_TRUE(data == Pattern('a' + i % 20, 4096)) << "write " << i << " lost";
-    }
-    for (int i = 0; i < 8; ++i) {
-      ASSERT_EQ(c.Call(nbd::kCmdRead, (8 << 20) + i * 4096, 4096, {}, &data), 0u);
-      EXPECT_TRUE(data == Pattern('A' + i, 4096));
-    }
-    phase = 3;
-  });
-  ASSERT_TRUE(Drive([&] { return phase == 1; }, 60 * kSecond));
-  upstream = "";
-  CrashAndReopen(second_path);
-  phase = 2;
-  Drive([&] { return false; }, 100'000'000);  // the relay retries and finds no server
-  upstream = "unix:" + second_path;
-  EXPECT_TRUE(Drive([&] { return phase == 3; }, 60 * kSecond));
-  client.join();
+  // Writes answered but never flushed by the client, then the crash (what no flush
+  // covered may be gone from the pool); requests sent meanwhile wait in the relay.
+  CrashUnderClient(
+      [&](RawClient& c) {
+        ASSERT_TRUE(c.Open(kExport));
+        for (int i = 0; i < 40; ++i) {
+          ASSERT_EQ(c.Call(nbd::kCmdWrite, (4 << 20) + i * 8192, 4096, Pattern('a' + i % 20, 4096)), 0u);
+        }
+      },
+      [&](RawClient& c) {
+        for (int i = 0; i < 8; ++i) {
+          ASSERT_EQ(c.Call(nbd::kCmdWrite, (8 << 20) + i * 4096, 4096, Pattern('A' + i, 4096)), 0u);
+        }
+        ASSERT_EQ(c.Call(nbd::kCmdFlush, 0, 0), 0u);
+        std::string data;
+        for (int i = 0; i < 40; ++i) {
+          ASSERT_EQ(c.Call(nbd::kCmdRead, (4 << 20) + i * 8192, 4096, {}, &data), 0u);
+          EXPECT_TRUE(data == Pattern('a' + i % 20, 4096)) << "write " << i << " lost";
+        }
+        for (int i = 0; i < 8; ++i) {
+          ASSERT_EQ(c.Call(nbd::kCmdRead, (8 << 20) + i * 4096, 4096, {}, &data), 0u);
+          EXPECT_TRUE(data == Pattern('A' + i, 4096));
+        }
+      });
   const NbdRelayStats st = relay->stats();
   EXPECT_EQ(st.reconnects, 1u);
   EXPECT_GE(st.relay_flushes, 1u);
   EXPECT_GE(st.replayed, 8u);  // at least the writes sent while the server was away
-  std::string all;
-  for (const auto& l : logs) all += l + "\n";
-  EXPECT_NE(all.find("lost its server"), std::string::npos) << all;
-  EXPECT_NE(all.find("reconnected after"), std::string::npos) << all;
+  EXPECT_NE(logs_.find("lost its server"), std::string::npos) << logs_;
+  EXPECT_NE(logs_.find("reconnected after"), std::string::npos) << logs_;
 }
 
-TEST_F(NbdServerTest, RelayClosesItsClientWhenNoServerComesBack) {
-  std::string upstream = "";
+TEST_F(NbdRelayTest, ReplaysAnExportNameHandshakeWithZeroes) {
+  auto relay = StartRelay();
+  CrashUnderClient(
+      [&](RawClient& c) {
+        ASSERT_TRUE(c.RecvExactly(nbd::kGreetingBytes));
+        ASSERT_TRUE(c.SendAll(nbd::EncodeClientFlags(nbd::kClientFlagFixedNewstyle)));
+        ASSERT_TRUE(c.SendAll(nbd::EncodeOptionHeader(nbd::kOptExportName, kExport)));
+        auto reply = c.RecvExactly(8 + 2 + 124);
+        ASSERT_TRUE(reply);
+        EXPECT_EQ(*reply, nbd::EncodeExportNameReply(kVsdBytes, nbd::kTransmissionFlags, false));
+        ASSERT_EQ(c.Call(nbd::kCmdWrite, 8192, 4096, Pattern('x', 4096)), 0u);
+      },
+      [&](RawClient& c) {
+        std::string data;
+        ASSERT_EQ(c.Call(nbd::kCmdRead, 8192, 4096, {}, &data), 0u);
+        EXPECT_TRUE(data == Pattern('x', 4096));
+      });
+  EXPECT_EQ(relay->stats().reconnects, 1u);
+}
+
+TEST_F(NbdRelayTest, ClosesItsClientWhenNoServerComesBack) {
   NbdRelayOptions o;
-  o.upstream = [&] { return upstream; };
-  o.retry_interval_ns = 20'000'000;
   o.reconnect_timeout_ns = 300'000'000;
-  auto relay = NbdRelay::Create(loop_.get(), o);
-  const std::string relay_path = socket_dir_ + "/relay.sock";
-  ASSERT_TRUE(relay->Listen(relay_path).ok());
+  auto relay = StartRelay(o);
+  upstream_ = "";
   // No server at all: the client is closed at once.
   RunClient([&] {
-    RawClient c(relay_path);
+    RawClient c(relay_path());
     ASSERT_TRUE(c.connected());
     EXPECT_TRUE(c.SeesClose());
   });
   // A server that goes away for good: the waiting request ends with the connection.
-  upstream = "unix:" + socket_path_;
+  upstream_ = "unix:" + socket_path_;
   std::atomic<int> phase{0};
   std::thread client([&] {
-    RawClient c(relay_path);
+    RawClient c(relay_path());
     ASSERT_TRUE(c.Open(kExport));
     ASSERT_EQ(c.Call(nbd::kCmdWrite, 0, 4096, Pattern('z', 4096)), 0u);
     phase = 1;
@@ -1092,12 +1138,45 @@ TEST_F(NbdServerTest, RelayClosesItsClientWhenNoServerComesBack) {
     phase = 3;
   });
   ASSERT_TRUE(Drive([&] { return phase == 1; }, 60 * kSecond));
-  upstream = "";
+  upstream_ = "";
   server_.reset();
   phase = 2;
   EXPECT_TRUE(Drive([&] { return phase == 3; }, 20 * kSecond));
   client.join();
   EXPECT_EQ(relay->open_sessions(), 0);
+}
+
+// Seeded garbage after a valid handshake: requests with bytes flipped, lengths changed,
+// streams cut short. Each such session may end; the relay and the server keep serving.
+TEST_F(NbdRelayTest, MalformedStreamsEndOnlyTheirOwnSessions) {
+  auto relay = StartRelay();
+  RunClient([&] {
+    std::mt19937 rng(20261122);
+    for (int round = 0; round < 200; ++round) {
+      RawClient c(relay_path());
+      ASSERT_TRUE(c.Open(kExport));
+      std::string stream;
+      for (int k = 0; k < 4; ++k) {
+        uint8_t header[nbd::kRequestHeaderBytes];
+        const uint16_t type = static_cast<uint16_t>(rng() % 8);
+        const uint32_t length = 512u * (rng() % 16);
+        nbd::EncodeRequestHeader(nbd::Request{0, type, rng(), 512ull * (rng() % 4096), length}, header);
+        stream.append(reinterpret_cast<char*>(header), sizeof(header));
+        if (type == nbd::kCmdWrite) stream += std::string(length, 'g');
+      }
+      for (int flips = rng() % 6; flips > 0; --flips) stream[rng() % stream.size()] ^= static_cast<char>(1 + rng() % 255);
+      stream.resize(stream.size() - rng() % (stream.size() / 2));
+      ASSERT_TRUE(c.SendAll(stream) || true);
+    }
+    RawClient c(relay_path());
+    ASSERT_TRUE(c.Open(kExport));
+    ASSERT_EQ(c.Call(nbd::kCmdWrite, 1 << 20, 4096, Pattern('k', 4096)), 0u);
+    std::string data;
+    ASSERT_EQ(c.Call(nbd::kCmdRead, 1 << 20, 4096, {}, &data), 0u);
+    EXPECT_TRUE(data == Pattern('k', 4096));
+  });
+  EXPECT_GE(relay->stats().sessions, 201u) << logs_;
+  ASSERT_TRUE(Drive([&] { return relay->open_sessions() == 0; }, 10 * kSecond)) << relay->open_sessions();
 }
 
 }  // namespace

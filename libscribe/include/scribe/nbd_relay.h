@@ -22,7 +22,8 @@
 // fails (the data cannot be vouched for: the client's connection is closed, loudly).
 //
 // Threading: single-threaded on `loop`; the loop must outlive the relay. Destroying the
-// relay closes every session.
+// relay closes every session. The process must ignore SIGPIPE (the daemons do), so that a
+// peer's hang-up is an error on one session, not the end of the process.
 #ifndef SCRIBE_NBD_RELAY_H_
 #define SCRIBE_NBD_RELAY_H_
 
