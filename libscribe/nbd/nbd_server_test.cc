@@ -159,6 +159,18 @@ class RawClient {
     return !replies.empty() && replies.back().header.type == nbd::kRepAck;
   }
 
+  // The oldest way in: no NO_ZEROES flag, NBD_OPT_EXPORT_NAME; true when the server's
+  // reply is exactly the export's size, our flags and the 124 zero bytes.
+  bool OpenByExportNameWithZeroes(const std::string& name, uint64_t size_bytes) {
+    if (!RecvExactly(nbd::kGreetingBytes) ||
+        !SendAll(nbd::EncodeClientFlags(nbd::kClientFlagFixedNewstyle)) ||
+        !SendAll(nbd::EncodeOptionHeader(nbd::kOptExportName, name))) {
+      return false;
+    }
+    auto reply = RecvExactly(8 + 2 + nbd::kExportNameZeroesBytes);
+    return reply && *reply == nbd::EncodeExportNameReply(size_bytes, nbd::kTransmissionFlags, false);
+  }
+
   bool SendRequest(uint16_t type, uint64_t offset, uint32_t length, uint64_t handle,
                    const std::string& payload = {}, uint16_t flags = 0) {
     uint8_t b[nbd::kRequestHeaderBytes];
@@ -557,12 +569,7 @@ TEST_F(NbdServerTest, UnknownExportGetsAnErrorNamingIt) {
 TEST_F(NbdServerTest, ExportNameEntersTransmissionWithZeroesUnlessNegotiated) {
   RunClient([&] {
     RawClient c(socket_path_);
-    ASSERT_TRUE(c.RecvExactly(nbd::kGreetingBytes));
-    ASSERT_TRUE(c.SendAll(nbd::EncodeClientFlags(nbd::kClientFlagFixedNewstyle)));
-    ASSERT_TRUE(c.SendAll(nbd::EncodeOptionHeader(nbd::kOptExportName, kExport)));
-    auto reply = c.RecvExactly(8 + 2 + 124);
-    ASSERT_TRUE(reply);
-    EXPECT_EQ(*reply, nbd::EncodeExportNameReply(kVsdBytes, nbd::kTransmissionFlags, false));
+    ASSERT_TRUE(c.OpenByExportNameWithZeroes(kExport, kVsdBytes));
     EXPECT_EQ(c.Call(nbd::kCmdWrite, 8192, 512, Pattern('e', 512)), 0u);
     std::string data;
     EXPECT_EQ(c.Call(nbd::kCmdRead, 8192, 512, {}, &data), 0u);
@@ -1098,12 +1105,7 @@ TEST_F(NbdRelayTest, ReplaysAnExportNameHandshakeWithZeroes) {
   auto relay = StartRelay();
   CrashUnderClient(
       [&](RawClient& c) {
-        ASSERT_TRUE(c.RecvExactly(nbd::kGreetingBytes));
-        ASSERT_TRUE(c.SendAll(nbd::EncodeClientFlags(nbd::kClientFlagFixedNewstyle)));
-        ASSERT_TRUE(c.SendAll(nbd::EncodeOptionHeader(nbd::kOptExportName, kExport)));
-        auto reply = c.RecvExactly(8 + 2 + 124);
-        ASSERT_TRUE(reply);
-        EXPECT_EQ(*reply, nbd::EncodeExportNameReply(kVsdBytes, nbd::kTransmissionFlags, false));
+        ASSERT_TRUE(c.OpenByExportNameWithZeroes(kExport, kVsdBytes));
         ASSERT_EQ(c.Call(nbd::kCmdWrite, 8192, 4096, Pattern('x', 4096)), 0u);
       },
       [&](RawClient& c) {
