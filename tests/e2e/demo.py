@@ -3,7 +3,8 @@
 Storage: etcd + 3 scribed with file disks; a mirrored VSD written and verified through
 NBD (fio, crc32c); a snapshot and a thin clone that sees the snapshot's data and not
 later writes; the diff between two snapshots; a failed disk re-mirrored while data stays
-readable.
+readable; the pool's owner killed while fio writes and verifies through another node,
+whose NBD relay carries the client over to the next owner.
 
 VMs (as root, with libvirt and QEMU; `--no-vm` skips it): a fresh 3-node cluster with a
 hypercored and a private libvirtd per node boots a real guest (tests/guest, TCG) from a
@@ -16,6 +17,8 @@ libvirtds are stopped.
 """
 
 import os
+import re
+import signal
 import shutil
 import sys
 import time
@@ -74,6 +77,24 @@ def storage_story(report, t0):
         report.append("scrub: %d chunks, %d blocks checked on every copy; %d bad, %d repaired, %d unrecoverable"
                       % (scrub["chunks_checked"], scrub["blocks_checked"], scrub["bad_copies"],
                          scrub["repaired"], scrub["unrecoverable"]))
+
+        step("killing the pool owner (node %d, SIGKILL) while fio writes and verifies through node %d's "
+             "NBD socket: its relay must carry the client to the next owner" % (owner.id, node2.id))
+        fio, log = c.fio_background(node2.uri("vm1-disk0"), "--rw=randwrite", "--bs=4k", "--iodepth=16",
+                                    "--size=24m", "--loops=4", "--verify=crc32c", "--verify_backlog=512",
+                                    "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0")
+        time.sleep(1.5)
+        if fio.poll() is not None:
+            raise RuntimeError("fio ended before the owner was killed: make its job longer")
+        owner.kill(signal.SIGKILL)
+        rc = fio.wait(timeout=600)
+        log.seek(0)
+        if rc != 0:
+            raise RuntimeError("fio through the relay failed across the owner's death:\n" + log.read()[-3000:])
+        resumed = re.findall(r"reconnected after (\d+) ms", node2.log_text())
+        report.append("pool owner node %d SIGKILLed under fio: node %d's client kept its connection, I/O resumed "
+                      "%.1f s later on the new owner, every verify passed"
+                      % (owner.id, node2.id, int(resumed[-1]) / 1000.0 if resumed else float("nan")))
 
 
 def vm_story_unavailable():
