@@ -352,10 +352,17 @@ class Connection final : public kj::TaskSet::ErrorHandler {
         continue;
       }
       return stream_->read(payload->data() + buffered, payload_bytes - buffered)
-          .then([this, req, check, held, payload]() {
-            loop_->Dispatch([&] { Start(req, check, held, payload); });
-            return ReadRequests();
-          });
+          .then(
+              [this, req, check, held, payload]() {
+                loop_->Dispatch([&] { Start(req, check, held, payload); });
+                return ReadRequests();
+              },
+              [this, held](kj::Exception&& e) -> kj::Promise<void> {
+                // The client went away inside the payload: the request never starts, so
+                // its reservation goes now (the connection waits for none before closing).
+                Release(held);
+                return kj::mv(e);
+              });
     }
     // Less than a header buffered: keep the partial bytes at the front, read more.
     const size_t have = rx_end_ - rx_begin_;
