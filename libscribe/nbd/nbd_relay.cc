@@ -380,7 +380,7 @@ class Session : public kj::TaskSet::ErrorHandler {
       if (error != 0) {
         return End(absl::StrFormat("a replayed acknowledged write failed (error %d): closing the client", error));
       }
-      if (--replays_waiting_ == 0 && replaying_) {
+      if (replaying_ && --replays_waiting_ == 0) {
         replaying_ = false;
         SendPending();
       }
