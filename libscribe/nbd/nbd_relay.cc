@@ -179,41 +179,55 @@ class Session : public kj::TaskSet::ErrorHandler {
     });
   }
 
+  // One option reply off `server`: its type and its bytes as sent (header and data).
+  struct OptionReply {
+    uint32_t type;
+    std::string wire;
+  };
+  static kj::Promise<OptionReply> ReadOptionReply(kj::AsyncIoStream& server) {
+    return ReadExactly(server, nbd::kOptionReplyHeaderBytes).then([&server](kj::Array<kj::byte> h) {
+      auto header = nbd::ParseOptionReplyHeader(h.begin());
+      if (!header.ok()) {
+        return kj::Promise<OptionReply>(KJ_EXCEPTION(FAILED, std::string(header.status().message())));
+      }
+      const uint32_t type = header->type;
+      return ReadExactly(server, header->length_bytes)
+          .then([type, h = kj::mv(h)](kj::Array<kj::byte> data) {
+            return OptionReply{type, AsString(h) + AsString(data)};
+          });
+    });
+  }
+
+  // NBD_OPT_EXPORT_NAME's reply: size, flags and, unless the client said NO_ZEROES, zeroes.
+  size_t ExportNameReplyBytes() const { return 8 + 2 + (no_zeroes_ ? 0 : nbd::kExportNameZeroesBytes); }
+
   kj::Promise<void> OptionReplies(uint32_t option, Wire bytes) {
     if (option == nbd::kOptExportName) {
-      const size_t n = 8 + 2 + (no_zeroes_ ? 0 : nbd::kExportNameZeroesBytes);
-      return ReadExactly(*server_, n).then([this, bytes](kj::Array<kj::byte> reply) {
+      return ReadExactly(*server_, ExportNameReplyBytes()).then([this, bytes](kj::Array<kj::byte> reply) {
         final_option_ = *bytes;
         final_is_export_name_ = true;
         auto write = client_->write(reply.begin(), reply.size());
         return write.attach(kj::mv(reply)).then([this] { return Transmission(); });
       });
     }
-    return ReadExactly(*server_, nbd::kOptionReplyHeaderBytes)
-        .then([this, option, bytes](kj::Array<kj::byte> h) {
-          auto header = nbd::ParseOptionReplyHeader(h.begin());
-          if (!header.ok()) {
-            return kj::Promise<void>(KJ_EXCEPTION(FAILED, std::string(header.status().message())));
-          }
-          const uint32_t type = header->type;
-          return ReadExactly(*server_, header->length_bytes)
-              .then([this, h = kj::mv(h)](kj::Array<kj::byte> data) mutable {
-                auto out = std::make_shared<std::string>(AsString(h) + AsString(data));
-                return client_->write(out->data(), out->size()).attach(kj::mv(out));
-              })
-              .then([this, option, type, bytes]() -> kj::Promise<void> {
-                if (option == nbd::kOptAbort) return kj::READY_NOW;  // the session ends
-                if (type == nbd::kRepAck && option == nbd::kOptStructuredReply) {
-                  return KJ_EXCEPTION(FAILED, "the server offers structured replies, which the relay cannot carry");
-                }
-                if (type == nbd::kRepAck && option == nbd::kOptGo) {
-                  final_option_ = *bytes;
-                  return Transmission();
-                }
-                if (type == nbd::kRepAck || (type & nbd::kRepFlagError) != 0) return NextOption();
-                return OptionReplies(option, bytes);  // more replies to this option
-              });
-        });
+    return ReadOptionReply(*server_).then([this, option, bytes](OptionReply reply) {
+      auto out = std::make_shared<std::string>(std::move(reply.wire));
+      const uint32_t type = reply.type;
+      return client_->write(out->data(), out->size())
+          .attach(kj::mv(out))
+          .then([this, option, type, bytes]() -> kj::Promise<void> {
+            if (option == nbd::kOptAbort) return kj::READY_NOW;  // the session ends
+            if (type == nbd::kRepAck && option == nbd::kOptStructuredReply) {
+              return KJ_EXCEPTION(FAILED, "the server offers structured replies, which the relay cannot carry");
+            }
+            if (type == nbd::kRepAck && option == nbd::kOptGo) {
+              final_option_ = *bytes;
+              return Transmission();
+            }
+            if (type == nbd::kRepAck || (type & nbd::kRepFlagError) != 0) return NextOption();
+            return OptionReplies(option, bytes);  // more replies to this option
+          });
+    });
   }
 
   // The handshake again, on a new server, without the client: the client flags and the
@@ -225,33 +239,22 @@ class Session : public kj::TaskSet::ErrorHandler {
           return server.write(bytes->data(), bytes->size()).attach(kj::mv(bytes));
         })
         .then([this, &server] {
-          if (final_is_export_name_) {
-            const size_t n = 8 + 2 + (no_zeroes_ ? 0 : nbd::kExportNameZeroesBytes);
-            return ReadExactly(server, n).ignoreResult();
-          }
+          if (final_is_export_name_) return ReadExactly(server, ExportNameReplyBytes()).ignoreResult();
           return GoReplies(server);
         });
   }
 
   kj::Promise<void> GoReplies(kj::AsyncIoStream& server) {
-    return ReadExactly(server, nbd::kOptionReplyHeaderBytes).then([this, &server](kj::Array<kj::byte> h) {
-      auto header = nbd::ParseOptionReplyHeader(h.begin());
-      if (!header.ok()) {
-        return kj::Promise<void>(KJ_EXCEPTION(FAILED, std::string(header.status().message())));
+    return ReadOptionReply(server).then([this, &server](OptionReply reply) -> kj::Promise<void> {
+      if (reply.type == nbd::kRepAck) return kj::READY_NOW;
+      if (reply.type == nbd::kRepErrPolicy) {
+        refused_ = true;
+        return KJ_EXCEPTION(FAILED, "the new server refuses this writer (a newer one was fenced in)");
       }
-      const uint32_t type = header->type;
-      return ReadExactly(server, header->length_bytes)
-          .then([this, &server, type](kj::Array<kj::byte>) -> kj::Promise<void> {
-            if (type == nbd::kRepAck) return kj::READY_NOW;
-            if (type == nbd::kRepErrPolicy) {
-              refused_ = true;
-              return KJ_EXCEPTION(FAILED, "the new server refuses this writer (a newer one was fenced in)");
-            }
-            if ((type & nbd::kRepFlagError) != 0) {
-              return KJ_EXCEPTION(FAILED, absl::StrFormat("the new server refused the export (reply %#x)", type));
-            }
-            return GoReplies(server);
-          });
+      if ((reply.type & nbd::kRepFlagError) != 0) {
+        return KJ_EXCEPTION(FAILED, absl::StrFormat("the new server refused the export (reply %#x)", reply.type));
+      }
+      return GoReplies(server);
     });
   }
 
@@ -297,11 +300,10 @@ class Session : public kj::TaskSet::ErrorHandler {
     e.wire = std::make_shared<std::string>(wire, bytes);
     PutBe64(e.wire->data() + kRequestHandleAt, handle);
     auto& stored = pending_.emplace(handle, std::move(e)).first->second;
-    if (connected_ && !replaying_) Send(handle, stored);
+    if (connected_ && !replaying_) Send(stored);
   }
 
-  void Send(uint64_t handle, Entry& e) {
-    (void)handle;
+  void Send(Entry& e) {
     // A flush covers the writes acknowledged before it was sent.
     if (e.type == nbd::kCmdFlush) e.acked_before = ack_counter_;
     server_out_.push_back(e.wire);
@@ -356,8 +358,10 @@ class Session : public kj::TaskSet::ErrorHandler {
     while (in.available() >= nbd::kSimpleReplyHeaderBytes) {
       auto reply = nbd::ParseSimpleReplyHeader(reinterpret_cast<const uint8_t*>(in.data()));
       if (!reply.ok()) return KJ_EXCEPTION(FAILED, std::string(reply.status().message()));
+      // A request the client waits for, or (pending_.end()) a replayed acknowledged write.
+      const auto it = pending_.find(reply->handle);
       size_t data_bytes = 0;
-      if (auto it = pending_.find(reply->handle); it != pending_.end()) {
+      if (it != pending_.end()) {
         if (it->second.type == nbd::kCmdRead && reply->error == 0) data_bytes = it->second.length;
       } else if (log_handles_.count(reply->handle) == 0) {
         return KJ_EXCEPTION(FAILED, absl::StrFormat("reply to unknown handle %d", reply->handle));
@@ -366,17 +370,18 @@ class Session : public kj::TaskSet::ErrorHandler {
       if (in.available() < bytes) {
         return in.Need(bytes).then([this, gen] { return ReadReplies(gen); });
       }
-      Replied(reply->handle, reply->error, in.data(), bytes);
+      Replied(it, reply->handle, reply->error, in.data(), bytes);
       in.Skip(bytes);
       if (gen != gen_ || ended_) return kj::READY_NOW;
     }
     return in.Need(nbd::kSimpleReplyHeaderBytes).then([this, gen] { return ReadReplies(gen); });
   }
 
-  // `wire` is the server's reply: its header and a read's data.
-  void Replied(uint64_t handle, uint32_t error, const char* wire, size_t bytes) {
-    if (auto lh = log_handles_.find(handle); lh != log_handles_.end()) {
-      // A replayed write the client already had acknowledged.
+  // `wire` is the server's reply: its header and a read's data. `it` is the request in
+  // pending_, or pending_.end() for a replayed write the client already had acknowledged.
+  void Replied(std::map<uint64_t, Entry>::iterator it, uint64_t handle, uint32_t error,
+               const char* wire, size_t bytes) {
+    if (it == pending_.end()) {
       if (error != 0) {
         return End(absl::StrFormat("a replayed acknowledged write failed (error %d): closing the client", error));
       }
@@ -386,7 +391,6 @@ class Session : public kj::TaskSet::ErrorHandler {
       }
       return;
     }
-    auto it = pending_.find(handle);
     Entry e = std::move(it->second);
     pending_.erase(it);
     if (!e.internal) {
@@ -435,8 +439,7 @@ class Session : public kj::TaskSet::ErrorHandler {
     req.handle = handle;
     nbd::EncodeRequestHeader(req, header);
     e.wire = std::make_shared<std::string>(reinterpret_cast<const char*>(header), sizeof(header));
-    auto& stored = pending_.emplace(handle, std::move(e)).first->second;
-    Send(handle, stored);
+    Send(pending_.emplace(handle, std::move(e)).first->second);
   }
 
   void PumpClient() {
@@ -527,9 +530,9 @@ class Session : public kj::TaskSet::ErrorHandler {
   }
 
   void SendPending() {
-    for (auto& [handle, e] : pending_) {
+    for (auto& entry : pending_) {
       ++relay_->stats.replayed;
-      Send(handle, e);
+      Send(entry.second);
     }
   }
 
