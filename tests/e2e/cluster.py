@@ -30,6 +30,14 @@ def _find_binary(env, relative):
     raise FileNotFoundError("%s not found (build it, or set %s)" % (relative, env))
 
 
+def fio_verify_args(size="24m", loops=6):
+    """fio arguments for 4 KiB random writes at queue depth 16, each block checked with
+    crc32c soon after it is written (verify_backlog) and again at the end."""
+    return ["--rw=randwrite", "--bs=4k", "--iodepth=16", "--size=" + size, "--loops=%d" % loops,
+            "--verify=crc32c", "--verify_backlog=512", "--do_verify=1", "--verify_fatal=1",
+            "--verify_state_save=0"]
+
+
 _handed_out = set()
 
 

@@ -24,7 +24,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cluster import Cluster  # noqa: E402
+from cluster import Cluster, fio_verify_args  # noqa: E402
 
 MiB = 1 << 20
 
@@ -80,9 +80,7 @@ def storage_story(report, t0):
 
         step("killing the pool owner (node %d, SIGKILL) while fio writes and verifies through node %d's "
              "NBD socket: its relay must carry the client to the next owner" % (owner.id, node2.id))
-        fio, log = c.fio_background(node2.uri("vm1-disk0"), "--rw=randwrite", "--bs=4k", "--iodepth=16",
-                                    "--size=24m", "--loops=4", "--verify=crc32c", "--verify_backlog=512",
-                                    "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0")
+        fio, log = c.fio_background(node2.uri("vm1-disk0"), *fio_verify_args(loops=4))
         time.sleep(1.5)
         if fio.poll() is not None:
             raise RuntimeError("fio ended before the owner was killed: make its job longer")

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from cluster import Cluster
+from cluster import Cluster, fio_verify_args
 
 MiB = 1 << 20
 
@@ -32,12 +32,6 @@ def cluster():
 def non_owner(c):
     owner = c.owner()
     return owner, next(n for n in c.nodes.values() if n.id != owner.id)
-
-
-def fio_verify_args(size="24m", loops=6):
-    return ["--rw=randwrite", "--bs=4k", "--iodepth=16", "--size=" + size, "--loops=%d" % loops,
-            "--verify=crc32c", "--verify_backlog=512", "--do_verify=1", "--verify_fatal=1",
-            "--verify_state_save=0"]
 
 
 def wait_for_log(node, text, timeout=60):
