@@ -12,9 +12,12 @@
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "libscribe/chunk/crc32c.h"
 #include "libscribe/cluster/codec.h"
+#include "libscribe/cluster/meta_pages.h"
 #include "libscribe/cluster/pool_internal.h"
 #include "scribe/pool.h"
 #include "scribe/status.h"
@@ -22,17 +25,20 @@
 namespace scribe {
 namespace {
 
-constexpr uint32_t kSuperMagic = 0x42524353;  // "SCRB"
+// Format 2: paged copy-on-write metadata. Format 1 ("SCRB") kept the whole state in
+// the journal region; such disks are refused with a message (no upgrade path).
+constexpr uint32_t kSuperMagic = 0x32524353;    // "SCR2"
+constexpr uint32_t kSuperMagicV1 = 0x42524353;  // "SCRB"
 constexpr uint32_t kBatchMagic = 0x4c4e524a;  // "JRNL"
 constexpr uint32_t kBatchHeaderBytes = 64;
 constexpr uint32_t kFlagCheckpointBegin = 1;
 constexpr uint32_t kFlagCheckpointEnd = 2;
-// A checkpoint is written in batches of at most this many payload bytes.
+// A checkpoint's root is written in batches of at most this many payload bytes.
 constexpr size_t kCheckpointBatchBytes = 1 << 20;
+// Page reads in flight while a pool opens.
+constexpr size_t kPageReadsInFlight = 64;
 // A change log may always hold this many extents, however small its VSD.
 constexpr uint64_t kChangeLogExtentsMin = 16;
-// A checkpoint writes a change log in records of at most this many extents (64 KiB).
-constexpr size_t kCkptChangeLogExtentsPerRecord = 4096;
 
 uint64_t RoundUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
@@ -94,6 +100,8 @@ class Refs : public BlockRefs {
   explicit Refs(PoolImpl* pool) : pool_(pool) {}
   void Ref(const MapEntry& e) override;
   void Unref(const MapEntry& e) override;
+  void PageDropped(const MapEntry& page) override;
+  void NodeDirtied() override;
 
  private:
   PoolImpl* pool_;
@@ -264,8 +272,12 @@ class PoolImpl : public Pool {
     SCRIBE_CHECK(d.ok() && d.done());
     pending_records_.append(rec);
     // Bound what a crash can lose and what one batch holds: commit in the background
-    // once enough metadata is pending, even if nobody flushes.
-    if (pending_records_.size() > kPendingRecordBytesMax && !committing_) {
+    // once enough metadata is pending, even if nobody flushes; and bound the pages the
+    // next checkpoint writes (and the space it needs) by checkpointing once enough
+    // nodes changed.
+    if ((pending_records_.size() > kPendingRecordBytesMax ||
+         dirty_nodes_ >= options_.checkpoint_dirty_pages_max) &&
+        !committing_) {
       Commit([](absl::Status) {});
     }
   }
@@ -341,6 +353,7 @@ class PoolImpl : public Pool {
         ChunkState c;
         c.id = d.U64();
         c.replication = d.U8();
+        c.meta = (d.U8() & kChunkMeta) != 0;
         const uint32_t n = d.U32();
         for (uint32_t i = 0; i < n && d.ok(); ++i) {
           Replica r;
@@ -348,20 +361,17 @@ class PoolImpl : public Pool {
           r.slot = d.U64();
           r.stale = d.U8() != 0;
           c.replicas.push_back(r);
-          ClaimSlot(r.disk, r.slot, c.id);
         }
-        next_chunk_ = std::max(next_chunk_, c.id + 1);
-        const uint64_t id = c.id;
-        ChunkState& slot = chunks_[id];
-        slot = std::move(c);
-        chunk_index_[id] = &slot;
+        if (d.ok()) InsertChunk(std::move(c));
         break;
       }
       case kRecFreeChunk: {
         const uint64_t id = d.U64();
         ChunkState* c = FindChunk(id);
         if (c) {
+          ChunkRecordChanged(*c);
           for (const Replica& r : c->replicas) ReleaseSlot(r.disk, r.slot, id);
+          if (c->meta) meta_chunks_.erase(id);
           chunk_index_.erase(id);
           chunks_.erase(id);
         }
@@ -374,6 +384,7 @@ class PoolImpl : public Pool {
         r.disk.value = d.U64();
         r.slot = d.U64();
         if (!c) break;
+        ChunkRecordChanged(*c);
         if (index < c->replicas.size()) {
           ReleaseSlot(c->replicas[index].disk, c->replicas[index].slot, c->id);
           c->replicas[index] = r;
@@ -388,6 +399,7 @@ class PoolImpl : public Pool {
         const DiskId disk{d.U64()};
         const bool stale = d.U8() != 0;
         if (c) {
+          ChunkRecordChanged(*c);
           for (Replica& r : c->replicas) {
             if (r.disk == disk) r.stale = stale;
           }
@@ -409,7 +421,11 @@ class PoolImpl : public Pool {
         // Its own interval goes with it; clones based on its snapshots are rebased.
         StartInterval(v, SnapshotId{});
         UnlinkSnapshots(std::set<SnapshotId>(v->snapshots.begin(), v->snapshots.end()));
-        for (SnapshotId s : v->snapshots) snapshots_.erase(s);
+        for (SnapshotId s : v->snapshots) {
+          if (SnapshotState* doomed = FindSnapshot(s)) DropLogPages(&doomed->log_pages);
+          snapshots_.erase(s);
+        }
+        DropLogPages(&v->log_pages);
         CloseOpenChunk(v);
         vsd_by_name_.erase(v->name);
         vsds_.erase(v->id);
@@ -479,6 +495,7 @@ class PoolImpl : public Pool {
           std::erase(v->snapshots, s->id);
         }
         UnlinkSnapshots({s->id});
+        DropLogPages(&s->log_pages);
         snapshots_.erase(s->id);
         break;
       }
@@ -520,39 +537,30 @@ class PoolImpl : public Pool {
         }
         break;
       }
-      case kRecCkptNode: {
-        const uint64_t node_id = d.U64();
-        const int level = d.U8();
-        auto n = std::make_shared<BlockMap::Node>(level, &refs_);
-        const uint32_t count = d.U32();
-        for (uint32_t i = 0; i < count && d.ok(); ++i) {
-          const uint32_t idx = d.U32();
-          if (idx >= BlockMap::kFanout) {
-            d.U64();
-            continue;
-          }
-          if (level == 0) {
-            MapEntry e;
-            e.chunk = d.U64();
-            e.block = d.U32();
-            e.crc = d.U32();
-            if (ChunkState* c = FindChunk(e.chunk)) c->crc[e.block] = e.crc;
-            refs_.Ref(e);
-            n->entries[idx] = e;
-            ++n->mapped;
-          } else {
-            auto it = ckpt_nodes_.find(d.U64());
-            if (it != ckpt_nodes_.end()) n->children[idx] = it->second;
-          }
-        }
-        ckpt_nodes_[node_id] = std::move(n);
+      case kRecDropReplica: {
+        ChunkState* c = FindChunk(d.U64());
+        const uint32_t index = d.U32();
+        if (!c || index >= c->replicas.size()) break;
+        ChunkRecordChanged(*c);
+        ReleaseSlot(c->replicas[index].disk, c->replicas[index].slot, c->id);
+        c->replicas.erase(c->replicas.begin() + index);
+        break;
+      }
+      case kRecCkptChunkGroup: {
+        const uint64_t group = d.U64();
+        MapEntry page;
+        page.chunk = d.U64();
+        page.block = d.U32();
+        page.crc = d.U32();
+        if (d.ok()) group_pages_[group] = page;
         break;
       }
       case kRecCkptVsd: {
         auto v = DecodeVsdHeader(d);
         const int levels = d.U8();
-        const uint64_t root = d.U64();
-        v->map = BlockMap::FromRoot(&refs_, v->size_bytes / kBlockBytes, levels, CkptNode(root));
+        const MapEntry root = DecodePagePointer(d);
+        v->map = BlockMap(&refs_, v->size_bytes / kBlockBytes);
+        load_roots_.push_back(LoadRoot{false, v->id.value, levels, root});
         InsertVsd(std::move(v));
         break;
       }
@@ -560,50 +568,26 @@ class PoolImpl : public Pool {
         auto s = DecodeSnapshotHeader(d);
         s->size_bytes = d.U64();
         const int levels = d.U8();
-        const uint64_t root = d.U64();
-        s->map = BlockMap::FromRoot(&refs_, s->size_bytes / kBlockBytes, levels, CkptNode(root));
+        const MapEntry root = DecodePagePointer(d);
+        s->map = BlockMap(&refs_, s->size_bytes / kBlockBytes);
+        load_roots_.push_back(LoadRoot{true, s->id.value, levels, root});
         InsertSnapshot(std::move(s));
         break;
       }
-      case kRecCkptEnd:
-        ckpt_nodes_.clear();  // only the maps hold nodes now, so sharing counts are exact
-        break;
       case kRecCkptChangeLog: {
-        // Follows its VSD's or snapshot's record; a long log takes several records.
-        const bool of_snapshot = d.U8() != 0;
-        const uint64_t owner = d.U64();
-        const SnapshotId base{d.U64()};
-        const bool known = d.U8() != 0;
+        // Follows its VSD's or snapshot's record; the extents are in pages.
+        LoadLog l;
+        l.of_snapshot = d.U8() != 0;
+        l.owner = d.U64();
+        l.base = SnapshotId{d.U64()};
+        l.known = d.U8() != 0;
         const uint32_t count = d.U32();
-        SnapshotId* owner_base = nullptr;
-        ChangeLog* log = nullptr;
-        uint64_t capacity_blocks = 0;
-        if (of_snapshot) {
-          if (SnapshotState* s = FindSnapshot(SnapshotId{owner})) {
-            owner_base = &s->base;
-            log = &s->changes;
-            capacity_blocks = s->map.capacity_blocks();
-          }
-        } else if (VsdState* v = FindVsdState(VsdId{owner})) {
-          owner_base = &v->base;
-          log = &v->changes;
-          capacity_blocks = v->map.capacity_blocks();
-        }
-        for (uint32_t i = 0; i < count && d.ok(); ++i) {
-          const uint64_t begin = d.U64();
-          const uint64_t end = d.U64();
-          if (log && known) log->Add(begin, end, ChangeLogExtentsMax(capacity_blocks));
-        }
-        if (log == nullptr) break;
-        if (!ChangeLogsEnabled()) {
-          *owner_base = SnapshotId{};
-          log->Reset();
-          break;
-        }
-        *owner_base = base;
-        if (!known) log->MarkUnknown();
+        for (uint32_t i = 0; i < count && d.ok(); ++i) l.pages.push_back(DecodePagePointer(d));
+        if (d.ok()) load_logs_.push_back(std::move(l));
         break;
       }
+      case kRecCkptEnd:
+        break;
       default:
         // Unknown record: recovery treats the batch as invalid (decoder not done).
         d.Raw(nullptr, SIZE_MAX);
@@ -652,10 +636,40 @@ class PoolImpl : public Pool {
     snapshots_[s->id] = std::move(s);
   }
 
-  std::shared_ptr<BlockMap::Node> CkptNode(uint64_t id) {
-    if (id == 0) return nullptr;
-    auto it = ckpt_nodes_.find(id);
-    return it == ckpt_nodes_.end() ? nullptr : it->second;
+  void InsertChunk(ChunkState c) {
+    for (const Replica& r : c.replicas) ClaimSlot(r.disk, r.slot, c.id);
+    next_chunk_ = std::max(next_chunk_, c.id + 1);
+    const uint64_t id = c.id;
+    if (c.meta) meta_chunks_.insert(id);
+    ChunkState& slot = chunks_[id];
+    slot = std::move(c);
+    chunk_index_[id] = &slot;
+    ChunkRecordChanged(slot);
+  }
+
+  // A chunk's record (copies, stale flags, existence) changed: a data chunk's group
+  // page is rewritten at the next checkpoint; metadata chunks are listed in every
+  // checkpoint's root, and a change to one is checkpointed soon, so that an open never
+  // reads pages from copies the journal has since replaced.
+  void ChunkRecordChanged(const ChunkState& c) {
+    if (c.meta) {
+      need_checkpoint_ = true;
+    } else {
+      dirty_groups_.insert(c.id / kChunksPerGroup);
+    }
+  }
+
+  static MapEntry DecodePagePointer(Decoder& d) {
+    MapEntry e;
+    e.chunk = d.U64();
+    e.block = d.U32();
+    e.crc = d.U32();
+    return e;
+  }
+  static void EncodePagePointer(Encoder& e, const MapEntry& p) {
+    e.U64(p.chunk);
+    e.U32(p.block);
+    e.U32(p.crc);
   }
 
   void ClaimSlot(DiskId disk_id, uint64_t slot, uint64_t chunk) {
@@ -873,6 +887,13 @@ class PoolImpl : public Pool {
     return out;
   }
 
+  // Copies a chunk should have: its replication; for a metadata chunk, one per node the
+  // pool still has, up to its replication (a pool that lost nodes for good keeps its
+  // metadata on all that remain and is then fully redundant again).
+  int TargetCopies(const ChunkState& c) const {
+    return c.meta ? std::min(c.replication, MetaReplication()) : c.replication;
+  }
+
   size_t UsableNodes() const {
     std::set<NodeId> nodes;
     for (const auto& [id, d] : disks_) {
@@ -899,7 +920,7 @@ class PoolImpl : public Pool {
       if (!ReplicaWritable(r)) return false;
     }
     // Counting usable nodes scans every disk: only needed for a chunk short of copies.
-    if (static_cast<int>(c.replicas.size()) >= c.replication) return true;
+    if (static_cast<int>(c.replicas.size()) >= TargetCopies(c)) return true;
     return static_cast<int>(c.replicas.size()) >= std::min<int>(c.replication, static_cast<int>(UsableNodes()));
   }
 
@@ -916,7 +937,7 @@ class PoolImpl : public Pool {
         continue;
       }
       ++it;
-      if (c->open || c->replication != replication || !ChunkAcceptsWrites(*c)) continue;
+      if (c->open || c->meta || c->replication != replication || !ChunkAcceptsWrites(*c)) continue;
       if (best == nullptr || c->used < best->used) best = c;
     }
     return best;
@@ -932,7 +953,7 @@ class PoolImpl : public Pool {
   ChunkState* AnyChunkWithRoom(int replication) {
     ChunkState* best = nullptr;
     for (auto& [id, c] : chunks_) {
-      if (c.open || c.used >= kBlocksPerChunk || c.replication != replication ||
+      if (c.open || c.meta || c.used >= kBlocksPerChunk || c.replication != replication ||
           !ChunkAcceptsWrites(c)) {
         continue;
       }
@@ -981,7 +1002,10 @@ class PoolImpl : public Pool {
     MaybeFreeChunk(c);
   }
 
-  absl::StatusOr<ChunkState*> NewChunk(int replication) {
+  // A new chunk. A data chunk leaves the metadata reserve free and is journaled; a
+  // metadata chunk may use the reserve and is not journaled: only checkpoints write
+  // pages, and the checkpoint that first uses it lists it in its root.
+  absl::StatusOr<ChunkState*> NewChunk(int replication, bool meta = false) {
     const size_t nodes = UsableNodes();
     if (nodes == 0) {
       return absl::ResourceExhaustedError("pool is full: no healthy disk has a free chunk");
@@ -989,6 +1013,10 @@ class PoolImpl : public Pool {
     // With fewer usable nodes than copies, the chunk starts degraded and the healer
     // adds copies when nodes return; never two copies on one node.
     const int copies = std::min<int>(replication, static_cast<int>(nodes));
+    if (!meta && FreeSlots() < MetadataReserveSlots() + copies) {
+      return absl::ResourceExhaustedError(
+          "pool is full: the free chunks left are reserved for metadata (commits, deletes, healing)");
+    }
     auto slots = PlaceSlots(copies, {});
     if (static_cast<int>(slots.size()) < copies) {
       return absl::ResourceExhaustedError("pool is full: not enough free chunks on distinct nodes");
@@ -998,13 +1026,19 @@ class PoolImpl : public Pool {
     e.U8(kRecAddChunk);
     e.U64(id);
     e.U8(static_cast<uint8_t>(replication));
+    e.U8(meta ? kChunkMeta : 0);
     e.U32(static_cast<uint32_t>(slots.size()));
     for (auto [disk, slot] : slots) {
       e.U64(disk.value);
       e.U64(slot);
       e.U8(0);
     }
-    Mutate(e.out());
+    if (meta) {
+      Decoder d(e.out().data(), e.out().size());
+      Apply(d);
+    } else {
+      Mutate(e.out());
+    }
     if (copies < replication) Heal();
     return FindChunk(id);
   }
@@ -1973,11 +2007,16 @@ class PoolImpl : public Pool {
     }
     s.chunks = chunks_.size();
     for (const auto& [id, c] : chunks_) {
-      if (HealthyCopies(c) < c.replication) ++s.degraded_chunks;
+      if (HealthyCopies(c) < TargetCopies(c)) ++s.degraded_chunks;
     }
     s.rebuilds_in_flight = rebuilds_in_flight_;
     s.chunks_rebuilt = chunks_rebuilt_;
     s.metadata_sequence = sequence_;
+    s.metadata_chunks = meta_chunks_.size();
+    s.checkpoints = checkpoints_;
+    s.checkpoint_pages_written = checkpoint_pages_written_;
+    s.last_checkpoint_pages = last_checkpoint_pages_;
+    s.last_checkpoint_root_bytes = last_checkpoint_root_bytes_;
     s.diffs_from_change_logs = diffs_from_change_logs_;
     s.diffs_walked = diffs_walked_;
     s.fenced = fenced_;
@@ -1987,7 +2026,7 @@ class PoolImpl : public Pool {
   bool FullyRedundant() const override {
     if (rebuilds_in_flight_ > 0 || !pending_resets_.empty()) return false;
     for (const auto& [id, c] : chunks_) {
-      if (HealthyCopies(c) < c.replication) return false;
+      if (HealthyCopies(c) < TargetCopies(c)) return false;
       for (const Replica& r : c.replicas) {
         if (!ReplicaWritable(r)) return false;
       }
@@ -2055,7 +2094,19 @@ class PoolImpl : public Pool {
           break;
         }
       }
-      if (action < 0 && static_cast<int>(c.replicas.size()) < c.replication) {
+      // A metadata chunk keeps one copy per remaining node: a copy on a failed disk
+      // beyond that is dropped rather than replaced (there is no node left for it).
+      if (action >= 0 && c.meta && disks_.at(c.replicas[action].disk).failed &&
+          static_cast<int>(c.replicas.size()) > TargetCopies(c)) {
+        Encoder e;
+        e.U8(kRecDropReplica);
+        e.U64(c.id);
+        e.U32(static_cast<uint32_t>(action));
+        Mutate(e.out());
+        Commit([](absl::Status) {});
+        continue;
+      }
+      if (action < 0 && static_cast<int>(c.replicas.size()) < TargetCopies(c)) {
         action = static_cast<int>(c.replicas.size());
       }
       if (action < 0) continue;
@@ -2064,6 +2115,7 @@ class PoolImpl : public Pool {
         for (auto& [vid, v] : vsds_) {
           if (v->open_chunk == c.id) CloseOpenChunk(v.get());
         }
+        if (meta_open_chunk_ == c.id) CloseMetaChunk();
         waiting = true;
         continue;
       }
@@ -2284,8 +2336,19 @@ class PoolImpl : public Pool {
     FsckReport report;
     std::map<std::pair<uint64_t, uint32_t>, uint32_t> expected;
     std::set<const BlockMap::Node*> seen;
+    // Each metadata page in use is named once: by a node, a chunk group or a change log.
+    auto expect_page = [&](const MapEntry& p, const char* what) {
+      expected[{p.chunk, p.block}]++;
+      auto it = chunks_.find(p.chunk);
+      if (it == chunks_.end() || !it->second.meta) {
+        report.errors.push_back(absl::StrFormat("a %s's %s is not in a metadata chunk", what, DescribePointer(p)));
+      } else if (it->second.crc[p.block] != p.crc) {
+        report.errors.push_back(absl::StrFormat("checksum of %s disagrees with its chunk", DescribePointer(p)));
+      }
+    };
     std::function<void(const BlockMap::Node*)> visit = [&](const BlockMap::Node* n) {
       if (n == nullptr || !seen.insert(n).second) return;
+      if (n->page.mapped()) expect_page(n->page, "tree node");
       if (n->level == 0) {
         uint32_t mapped = 0;
         for (const MapEntry& e : n->entries) {
@@ -2295,6 +2358,8 @@ class PoolImpl : public Pool {
           auto it = chunks_.find(e.chunk);
           if (it == chunks_.end()) {
             report.errors.push_back(absl::StrFormat("a map names missing chunk %d", e.chunk));
+          } else if (it->second.meta) {
+            report.errors.push_back(absl::StrFormat("a map names block %d of metadata chunk %d", e.block, e.chunk));
           } else if (e.block >= kBlocksPerChunk) {
             report.errors.push_back(absl::StrFormat("a map names block %d of chunk %d", e.block, e.chunk));
           } else if (it->second.crc[e.block] != e.crc) {
@@ -2306,8 +2371,20 @@ class PoolImpl : public Pool {
       }
       for (const auto& c : n->children) visit(c.get());
     };
-    for (const auto& [id, v] : vsds_) visit(v->map.root().get());
-    for (const auto& [id, s] : snapshots_) visit(s->map.root().get());
+    for (const auto& [id, v] : vsds_) {
+      visit(v->map.root().get());
+      for (const MapEntry& p : v->log_pages) expect_page(p, "change log");
+    }
+    for (const auto& [id, s] : snapshots_) {
+      visit(s->map.root().get());
+      for (const MapEntry& p : s->log_pages) expect_page(p, "change log");
+    }
+    for (const auto& [g, p] : group_pages_) expect_page(p, "chunk group");
+    size_t meta_chunks = 0;
+    for (const auto& [id, c] : chunks_) meta_chunks += c.meta ? 1 : 0;
+    if (meta_chunks != meta_chunks_.size()) {
+      report.errors.push_back(absl::StrFormat("%d metadata chunks, %d listed", meta_chunks, meta_chunks_.size()));
+    }
     report.blocks_referenced = expected.size();
     report.chunks = chunks_.size();
     if (chunk_index_.size() != chunks_.size()) {
@@ -2410,14 +2487,14 @@ class PoolImpl : public Pool {
     pending_records_.clear();
     auto frees = std::make_shared<std::vector<std::pair<uint64_t, uint32_t>>>(std::move(pending_frees_));
     pending_frees_.clear();
-    // A checkpoint, when due, is encoded now too: it must describe exactly the state
+    // A checkpoint, when due, is prepared now too: it must describe exactly the state
     // these records lead to, not writes completing later.
     ChooseMirrors();
     auto mirrors = std::make_shared<std::vector<DiskId>>(mirrors_);
-    std::shared_ptr<std::vector<std::string>> ckpt;
-    if (need_checkpoint_ ||
+    std::shared_ptr<Checkpoint> ckpt;
+    if (need_checkpoint_ || dirty_nodes_ >= options_.checkpoint_dirty_pages_max ||
         journal_pos_ + RoundUp(kBatchHeaderBytes + records->size(), kBlockBytes) > half_bytes_) {
-      absl::StatusOr<std::vector<std::string>> c = EncodeCheckpoint();
+      absl::StatusOr<std::shared_ptr<Checkpoint>> c = PrepareCheckpoint();
       if (!c.ok()) {
         pending_records_.insert(0, *records);
         for (auto& f : *frees) pending_frees_.push_back(f);
@@ -2425,46 +2502,85 @@ class PoolImpl : public Pool {
         for (auto& w : *waiters) w(c.status());
         return;
       }
-      ckpt = std::make_shared<std::vector<std::string>>(std::move(*c));
+      ckpt = std::move(*c);
       need_checkpoint_ = false;
     }
-    // 1. Make every completed data write durable: flush each disk written since the
-    // last commit.
-    std::vector<DiskId> devs;
-    flushing_chunks_ = std::move(unflushed_chunks_);
-    unflushed_chunks_.clear();
-    for (const auto& [id, chunks] : flushing_chunks_) {
-      DiskState* d = FindDisk(id);
-      if (d && DiskUsable(*d)) devs.push_back(id);
-    }
+    // Returns a failed commit's records and frees to the next one.
+    auto fail = [this, alive, waiters, records, frees](absl::Status st) {
+      if (!*alive) return;
+      pending_records_.insert(0, *records);
+      for (auto& f : *frees) pending_frees_.push_back(f);
+      committing_ = false;
+      for (auto& w : *waiters) w(st);
+      if (!commit_waiters_.empty()) StartCommit();
+    };
     auto after_data = [this, alive, waiters, records, frees, ckpt, mirrors](absl::Status st) {
       if (!*alive) return;
-      // 2. Then the journal: the batch now describes durable data only.
-      WriteJournal(std::move(*records), ckpt.get(), *mirrors, [this, alive, waiters, frees](absl::Status st) {
+      // 2. Then the journal (or the checkpoint's root): the batch now describes
+      // durable data and pages only.
+      WriteJournal(std::move(*records), ckpt ? &ckpt->root : nullptr, *mirrors,
+                   [this, alive, waiters, frees, ckpt](absl::Status st) {
         if (!*alive) return;
-        // 3. Blocks those records freed may now be reused.
-        if (st.ok()) ReleaseFrees(std::move(*frees));
-        else for (auto& f : *frees) pending_frees_.push_back(f);
+        // 3. Blocks those records freed, and pages the new checkpoint no longer names,
+        // may now be reused.
+        if (st.ok()) {
+          ReleaseFrees(std::move(*frees));
+          if (ckpt) {
+            ReleaseDroppedPages(std::move(ckpt->frees));
+            ++checkpoints_;
+            checkpoint_pages_written_ += ckpt->pages.size();
+            last_checkpoint_pages_ = ckpt->pages.size();
+            last_checkpoint_root_bytes_ = 0;
+            for (const auto& b : ckpt->root) last_checkpoint_root_bytes_ += b.size();
+          }
+        } else {
+          for (auto& f : *frees) pending_frees_.push_back(f);
+          // The pages written stay valid (they are durable); the previous checkpoint
+          // still names the ones this one replaced.
+          if (ckpt) {
+            for (const MapEntry& p : ckpt->frees) page_frees_.push_back(p);
+          }
+        }
         committing_ = false;
         for (auto& w : *waiters) w(st);
         if (!commit_waiters_.empty()) StartCommit();
       });
     };
-    if (devs.empty()) return after_data(absl::OkStatus());
-    auto g = MakeGather(static_cast<int>(devs.size()), after_data);
-    for (DiskId id : devs) {
-      disks_.at(id).dev->Flush(Timed([this, alive, g, id](absl::Status st) {
-        if (!*alive) return;
-        if (!st.ok()) {
-          // Its recent writes may not be durable: those copies are stale until rebuilt
-          // from the others.
-          NoteIoError(id, st);
-          MarkStale(id, flushing_chunks_[id]);
-        }
-        flushing_chunks_.erase(id);
-        g->Finish(absl::OkStatus());
-      }));
-    }
+    // 1. Make every completed data write and the checkpoint's pages durable: write the
+    // pages, then flush each disk written since the last commit.
+    auto flush_data = [this, alive, after_data]() {
+      std::vector<DiskId> devs;
+      flushing_chunks_ = std::move(unflushed_chunks_);
+      unflushed_chunks_.clear();
+      for (const auto& [id, chunks] : flushing_chunks_) {
+        DiskState* d = FindDisk(id);
+        if (d && DiskUsable(*d)) devs.push_back(id);
+      }
+      if (devs.empty()) return after_data(absl::OkStatus());
+      auto g = MakeGather(static_cast<int>(devs.size()), after_data);
+      for (DiskId id : devs) {
+        disks_.at(id).dev->Flush(Timed([this, alive, g, id](absl::Status st) {
+          if (!*alive) return;
+          if (!st.ok()) {
+            // Its recent writes may not be durable: those copies are stale until rebuilt
+            // from the others.
+            NoteIoError(id, st);
+            MarkStale(id, flushing_chunks_[id]);
+          }
+          flushing_chunks_.erase(id);
+          g->Finish(absl::OkStatus());
+        }));
+      }
+    };
+    if (!ckpt) return flush_data();
+    WritePages(ckpt, [this, alive, ckpt, fail, flush_data](absl::Status st) {
+      if (!*alive) return;
+      if (!st.ok()) {
+        UndoCheckpoint(*ckpt);
+        return fail(st);
+      }
+      flush_data();
+    });
   }
 
   std::string MakeBatch(const std::string& payload, uint64_t seq, uint32_t flags) const {
@@ -2549,14 +2665,388 @@ class PoolImpl : public Pool {
     }
   }
 
-  // The whole metadata state as records, split into batches.
-  absl::StatusOr<std::vector<std::string>> EncodeCheckpoint() const {
+  // ---------------------------------------------------------------- metadata pages
+  // Metadata pages live in metadata chunks, mirrored on up to three distinct nodes (as
+  // many as the pool has), allocated from the pool's own space as checkpoints need them.
+  int MetaReplication() const {
+    std::set<NodeId> nodes;
+    for (const auto& [id, d] : disks_) {
+      if (!d.failed) nodes.insert(d.node);
+    }
+    return std::clamp<int>(static_cast<int>(nodes.size()), 1, 3);
+  }
+
+  // Slots data allocation leaves free so that checkpoints (which write changed pages
+  // before they free the old ones) can always commit, delete and heal on a full pool.
+  uint64_t MetadataReserveSlots() const {
+    uint64_t slots = 0;
+    for (const auto& [id, d] : disks_) {
+      if (!d.failed) slots += d.slots;
+    }
+    const uint64_t most = 2 * options_.checkpoint_dirty_pages_max / kBlocksPerChunk + 2;
+    return static_cast<uint64_t>(MetaReplication()) * std::clamp<uint64_t>(slots / 64, 2, most);
+  }
+
+  uint64_t FreeSlots() const {
+    uint64_t free = 0;
+    for (const auto& [id, d] : disks_) {
+      if (DiskUsable(d)) free += d.slots - d.used_slots;
+    }
+    return free;
+  }
+
+  void CloseMetaChunk() {
+    if (meta_open_chunk_ == 0) return;
+    const uint64_t id = meta_open_chunk_;
+    meta_open_chunk_ = 0;
+    if (ChunkState* c = FindChunk(id)) {
+      c->open = false;
+      MaybeFreeChunk(c);
+    }
+  }
+
+  // Takes `n` free page slots (refs 1: in use from now on).
+  absl::StatusOr<std::vector<MapEntry>> AllocatePages(size_t n) {
+    std::vector<MapEntry> out;
+    while (out.size() < n) {
+      ChunkState* c = meta_open_chunk_ ? FindChunk(meta_open_chunk_) : nullptr;
+      if (c == nullptr || c->used == kBlocksPerChunk || !ChunkAcceptsWrites(*c)) {
+        CloseMetaChunk();
+        c = nullptr;
+        for (uint64_t id : meta_chunks_) {  // the emptiest metadata chunk with room
+          ChunkState* m = FindChunk(id);
+          if (m == nullptr || m->used == kBlocksPerChunk || !ChunkAcceptsWrites(*m)) continue;
+          if (c == nullptr || m->used < c->used) c = m;
+        }
+        if (c == nullptr || c->used > kBlocksPerChunk / 2) {
+          absl::StatusOr<ChunkState*> fresh = NewChunk(MetaReplication(), /*meta=*/true);
+          if (fresh.ok()) {
+            c = *fresh;
+          } else if (c == nullptr) {
+            for (const MapEntry& e : out) ReleasePage(e);
+            return absl::ResourceExhaustedError(absl::StrCat(
+                "no space for metadata pages: ", fresh.status().message()));
+          }
+        }
+        c->open = true;
+        meta_open_chunk_ = c->id;
+      }
+      for (uint32_t b = 0; b < kBlocksPerChunk && out.size() < n; ++b) {
+        if (c->refs[b] == 0 && !c->busy[b]) {
+          c->refs[b] = 1;
+          ++c->used;
+          out.push_back(MapEntry{c->id, b, 0});
+        }
+      }
+    }
+    return out;
+  }
+
+  // A page that no durable checkpoint names (one just allocated) is free at once.
+  void ReleasePage(const MapEntry& p) {
+    ChunkState* c = FindChunk(p.chunk);
+    if (c == nullptr || c->refs[p.block] == 0) return;
+    c->refs[p.block] = 0;
+    --c->used;
+    MaybeFreeChunk(c);
+  }
+
+  // A page named by the last durable checkpoint stopped describing anything: it is
+  // reused only after the next checkpoint is durable.
+  void DropPage(const MapEntry& p) {
+    ChunkState* c = FindChunk(p.chunk);
+    if (c == nullptr || !c->meta || c->refs[p.block] == 0) return;  // e.g. a failed open
+    c->refs[p.block] = 0;
+    c->busy[p.block] = true;
+    page_frees_.push_back(p);
+  }
+
+  void ReleaseDroppedPages(std::vector<MapEntry> pages) {
+    for (const MapEntry& p : pages) {
+      ChunkState* c = FindChunk(p.chunk);
+      if (c == nullptr || !c->busy[p.block] || c->refs[p.block] != 0) continue;
+      c->busy[p.block] = false;
+      --c->used;
+      MaybeFreeChunk(c);
+    }
+  }
+
+  void NoteNodeDirtied() { ++dirty_nodes_; }
+
+  void DropLogPages(std::vector<MapEntry>* pages) {
+    for (const MapEntry& p : *pages) DropPage(p);
+    pages->clear();
+  }
+
+  // What one checkpoint writes: new pages, and the small root that names them.
+  struct Checkpoint {
+    std::vector<MapEntry> pages;  // in write order; data holds them back to back
+    AlignedBuffer data;
+    std::vector<std::weak_ptr<BlockMap::Node>> nodes;  // given pages[i] for i < nodes.size()
+    std::vector<uint64_t> groups;                      // chunk groups rewritten
+    struct LogRef {
+      bool of_snapshot;
+      uint64_t owner;
+    };
+    std::vector<LogRef> logs;  // change logs rewritten
+    std::vector<MapEntry> frees;  // pages the previous checkpoint named that this one does not
+    std::vector<std::string> root;
+  };
+
+  // Writes every node, change log and chunk group that changed since the last checkpoint
+  // to new pages (in memory: `data`), and encodes the root naming them. Synchronous, so
+  // the checkpoint describes exactly the state after the records committed with it.
+  absl::StatusOr<std::shared_ptr<Checkpoint>> PrepareCheckpoint() {
+    auto ck = std::make_shared<Checkpoint>();
+    // Changed tree nodes, children before parents. A node with a page has no changed
+    // node below it (changing a node unsets the pages of its whole path), and a shared
+    // node is never changed in place.
+    std::vector<std::shared_ptr<BlockMap::Node>> nodes;
+    std::set<const BlockMap::Node*> seen;
+    std::function<void(const std::shared_ptr<BlockMap::Node>&)> collect =
+        [&](const std::shared_ptr<BlockMap::Node>& n) {
+          if (!n || n->page.mapped() || !seen.insert(n.get()).second) return;
+          if (n->level > 0) {
+            for (const auto& c : n->children) collect(c);
+          }
+          nodes.push_back(n);
+        };
+    for (const auto& [id, v] : vsds_) collect(v->map.root());
+    for (const auto& [id, s] : snapshots_) collect(s->map.root());
+    // Change logs whose contents changed since they were written.
+    struct LogJob {
+      Checkpoint::LogRef ref;
+      const ChangeLog* log;
+      std::vector<MapEntry>* pages;
+      uint64_t* written;
+      size_t count;
+    };
+    std::vector<LogJob> logs;
+    auto consider_log = [&](bool of_snapshot, uint64_t owner, SnapshotId base, const ChangeLog& log,
+                            std::vector<MapEntry>* pages, uint64_t* written) {
+      if (*written == log.version()) return;
+      const size_t extents = base.valid() && log.known() ? log.extent_count() : 0;
+      logs.push_back(LogJob{{of_snapshot, owner}, &log, pages, written,
+                            (extents + kExtentsPerLogPage - 1) / kExtentsPerLogPage});
+    };
+    for (auto& [id, v] : vsds_) {
+      consider_log(false, id.value, v->base, v->changes, &v->log_pages, &v->log_version_written);
+    }
+    for (auto& [id, s] : snapshots_) {
+      consider_log(true, id.value, s->base, s->changes, &s->log_pages, &s->log_version_written);
+    }
+    size_t need = nodes.size() + dirty_groups_.size();
+    for (const LogJob& j : logs) need += j.count;
+    absl::StatusOr<std::vector<MapEntry>> where = AllocatePages(need);
+    if (!where.ok()) return where.status();
+    ck->data = AlignedBuffer(need * kPageBytes);
+    ck->pages.reserve(need);  // take() hands out pointers into it
+    size_t next = 0;
+    auto take = [&]() -> std::pair<MapEntry*, uint8_t*> {
+      ck->pages.push_back((*where)[next]);
+      return {&ck->pages.back(), ck->data.data() + next++ * kPageBytes};
+    };
+    auto seal = [&](MapEntry* p, uint32_t crc) {
+      p->crc = crc;
+      FindChunk(p->chunk)->crc[p->block] = crc;
+    };
+    for (const auto& n : nodes) {
+      auto [p, buf] = take();
+      seal(p, EncodeNodePage(*n, pool_uuid_, buf));
+      n->page = *p;
+      ck->nodes.push_back(n);
+    }
+    for (const LogJob& j : logs) {
+      for (const MapEntry& old : *j.pages) DropPage(old);
+      j.pages->clear();
+      auto it = j.log->extents().begin();
+      for (size_t k = 0; k < j.count; ++k) {
+        std::vector<std::pair<uint64_t, uint64_t>> extents;
+        for (; it != j.log->extents().end() && extents.size() < kExtentsPerLogPage; ++it) {
+          extents.push_back(*it);
+        }
+        auto [p, buf] = take();
+        seal(p, EncodeChangeLogPage(extents, pool_uuid_, buf));
+        j.pages->push_back(*p);
+      }
+      *j.written = j.log->version();
+      ck->logs.push_back(j.ref);
+    }
+    absl::Status group_status;
+    for (uint64_t g : dirty_groups_) {
+      auto old = group_pages_.find(g);
+      if (old != group_pages_.end()) {
+        DropPage(old->second);
+        group_pages_.erase(old);
+      }
+      ck->groups.push_back(g);
+      std::vector<ChunkRecord> records;
+      for (auto it = chunks_.lower_bound(g * kChunksPerGroup);
+           it != chunks_.end() && it->first < (g + 1) * kChunksPerGroup; ++it) {
+        if (it->second.meta) continue;
+        records.push_back(ChunkRecord{it->first, it->second.replication, it->second.replicas});
+      }
+      if (records.empty()) continue;
+      auto [p, buf] = take();
+      absl::StatusOr<uint32_t> crc = EncodeChunkGroupPage(records, pool_uuid_, buf);
+      if (!crc.ok()) {
+        group_status = crc.status();
+        break;
+      }
+      seal(p, *crc);
+      group_pages_[g] = *p;
+    }
+    dirty_groups_.clear();
+    // Pages taken for groups that turned out empty.
+    for (size_t k = next; k < where->size(); ++k) ReleasePage((*where)[k]);
+    ck->frees = std::move(page_frees_);
+    page_frees_.clear();
+    dirty_nodes_ = 0;
+    if (!group_status.ok()) {
+      UndoCheckpoint(*ck);
+      return group_status;
+    }
+    absl::StatusOr<std::vector<std::string>> root = EncodeRoot();
+    if (!root.ok()) {
+      UndoCheckpoint(*ck);
+      return root.status();
+    }
+    ck->root = std::move(*root);
+    return ck;
+  }
+
+  // A checkpoint that could not be written: what it wrote is forgotten (and rewritten by
+  // the next one), and the pages it would have freed stay until a checkpoint lands.
+  void UndoCheckpoint(Checkpoint& ck) {
+    std::set<std::pair<uint64_t, uint32_t>> undone;
+    auto forget = [&](MapEntry* p) {
+      undone.insert({p->chunk, p->block});
+      *p = MapEntry{};
+    };
+    for (size_t i = 0; i < ck.nodes.size(); ++i) {
+      std::shared_ptr<BlockMap::Node> n = ck.nodes[i].lock();
+      // A node changed since then already dropped its page (released with the frees).
+      if (n && n->page.mapped() && n->page.SameBlock(ck.pages[i])) forget(&n->page);
+    }
+    auto forget_log = [&](std::vector<MapEntry>* pages, uint64_t* written) {
+      for (MapEntry& p : *pages) forget(&p);
+      pages->clear();
+      *written = 0;  // a log still at version 0 is empty and has no pages
+    };
+    for (const Checkpoint::LogRef& l : ck.logs) {
+      if (l.of_snapshot) {
+        if (SnapshotState* s = FindSnapshot(SnapshotId{l.owner})) forget_log(&s->log_pages, &s->log_version_written);
+      } else if (VsdState* v = FindVsdState(VsdId{l.owner})) {
+        forget_log(&v->log_pages, &v->log_version_written);
+      }
+    }
+    for (uint64_t g : ck.groups) {
+      auto it = group_pages_.find(g);
+      if (it != group_pages_.end()) {
+        MapEntry p = it->second;
+        forget(&p);
+        group_pages_.erase(it);
+      }
+      dirty_groups_.insert(g);
+    }
+    for (const MapEntry& p : ck.pages) {
+      if (undone.count({p.chunk, p.block})) ReleasePage(p);
+    }
+    ck.pages.clear();
+    ck.nodes.clear();
+    for (const MapEntry& p : ck.frees) page_frees_.push_back(p);
+    ck.frees.clear();
+    need_checkpoint_ = true;
+    dirty_nodes_ = std::max<uint64_t>(dirty_nodes_, 1);
+  }
+
+  // Writes a checkpoint's pages to every writable copy of their chunks, one device write
+  // per run of consecutive pages. Fails when some page reached no copy.
+  void WritePages(std::shared_ptr<Checkpoint> ck, StatusDone done) {
+    struct Run {
+      size_t first;
+      uint32_t count;
+    };
+    std::vector<Run> runs;
+    for (size_t i = 0; i < ck->pages.size(); ++i) {
+      const MapEntry& e = ck->pages[i];
+      if (!runs.empty()) {
+        const MapEntry& p = ck->pages[runs.back().first + runs.back().count - 1];
+        if (p.chunk == e.chunk && p.block + 1 == e.block) {
+          runs.back().count++;
+          continue;
+        }
+      }
+      runs.push_back(Run{i, 1});
+    }
+    if (runs.empty()) return done(absl::OkStatus());
+    auto alive = alive_;
+    auto failed_runs = std::make_shared<int>(0);
+    auto g = MakeGather(static_cast<int>(runs.size()), [alive, failed_runs, done](absl::Status) {
+      if (!*alive) return;
+      if (*failed_runs > 0) return done(absl::UnavailableError("a metadata page reached no copy"));
+      done(absl::OkStatus());
+    });
+    for (const Run& run : runs) {
+      const MapEntry first = ck->pages[run.first];
+      ChunkState* c = FindChunk(first.chunk);
+      std::vector<Replica> targets;
+      for (const Replica& r : c->replicas) {
+        if (ReplicaWritable(r)) targets.push_back(r);
+      }
+      if (targets.empty()) {
+        ++*failed_runs;
+        g->Finish(absl::OkStatus());
+        continue;
+      }
+      ++c->writes_in_flight;
+      auto ok_copies = std::make_shared<int>(0);
+      const uint64_t chunk_id = c->id;
+      auto rg = MakeGather(static_cast<int>(targets.size()),
+                           [this, alive, g, ok_copies, failed_runs, chunk_id](absl::Status) {
+                             if (!*alive) return;
+                             if (ChunkState* c = FindChunk(chunk_id)) {
+                               --c->writes_in_flight;
+                               MaybeFreeChunk(c);
+                             }
+                             if (*ok_copies == 0) ++*failed_runs;
+                             g->Finish(absl::OkStatus());
+                           });
+      for (const Replica& r : targets) {
+        disks_.at(r.disk).dev->Write(
+            ReplicaOffset(r, first.block), run.count * kBlockBytes,
+            ck->data.data() + run.first * kPageBytes,
+            Timed([this, alive, rg, ok_copies, r, chunk_id, ck](absl::Status st) {
+              if (!*alive) return;
+              if (st.ok()) {
+                unflushed_chunks_[r.disk].insert(chunk_id);
+                ++*ok_copies;
+              } else {
+                NoteIoError(r.disk, st);
+                if (FindChunk(chunk_id)) {
+                  Encoder rec;
+                  rec.U8(kRecStale);
+                  rec.U64(chunk_id);
+                  rec.U64(r.disk.value);
+                  rec.U8(1);
+                  Mutate(rec.out());
+                  Heal();
+                }
+              }
+              rg->Finish(absl::OkStatus());
+            }));
+      }
+    }
+  }
+
+  // The checkpoint's root: counters, disks, metadata chunks, and pointers to the pages
+  // of everything else. Its size follows the number of disks, metadata chunks, chunk
+  // groups and VSDs/snapshots, not the data mapped.
+  absl::StatusOr<std::vector<std::string>> EncodeRoot() const {
     std::vector<std::string> out(1);
-    size_t total = 0;
     auto add = [&](const std::string& rec) {
       if (out.back().size() + rec.size() > kCheckpointBatchBytes) out.emplace_back();
       out.back().append(rec);
-      total += RoundUp(kBatchHeaderBytes + rec.size(), 1);
     };
     {
       Encoder e;
@@ -2583,11 +3073,13 @@ class PoolImpl : public Pool {
         add(f.out());
       }
     }
-    for (const auto& [id, c] : chunks_) {
+    for (uint64_t id : meta_chunks_) {
+      const ChunkState& c = chunks_.at(id);
       Encoder e;
       e.U8(kRecAddChunk);
       e.U64(id);
       e.U8(static_cast<uint8_t>(c.replication));
+      e.U8(kChunkMeta);
       e.U32(static_cast<uint32_t>(c.replicas.size()));
       for (const Replica& r : c.replicas) {
         e.U64(r.disk.value);
@@ -2596,80 +3088,36 @@ class PoolImpl : public Pool {
       }
       add(e.out());
     }
-    // A change log, after its owner's record, in pieces of bounded size. Nothing for an
-    // interval without a base (the default of the owner's record).
-    auto add_change_log = [&](bool of_snapshot, uint64_t owner, SnapshotId base,
-                              const ChangeLog& log) {
-      if (!base.valid()) return;
-      auto it = log.extents().begin();
-      size_t left = log.extent_count();
-      do {
-        const size_t n = std::min(left, kCkptChangeLogExtentsPerRecord);
-        Encoder e;
-        e.U8(kRecCkptChangeLog);
-        e.U8(of_snapshot ? 1 : 0);
-        e.U64(owner);
-        e.U64(base.value);
-        e.U8(log.known() ? 1 : 0);
-        e.U32(static_cast<uint32_t>(n));
-        for (size_t k = 0; k < n; ++k, ++it) {
-          e.U64(it->first);
-          e.U64(it->second);
-        }
-        add(e.out());
-        left -= n;
-      } while (left > 0);
-    };
-    // Tree nodes, children before parents, each shared node once.
-    std::map<const BlockMap::Node*, uint64_t> ids;
-    std::function<uint64_t(const BlockMap::Node*)> emit = [&](const BlockMap::Node* n) -> uint64_t {
-      if (n == nullptr) return 0;
-      auto it = ids.find(n);
-      if (it != ids.end()) return it->second;
-      std::vector<std::pair<uint32_t, uint64_t>> kids;
-      if (n->level > 0) {
-        for (uint32_t i = 0; i < BlockMap::kFanout; ++i) {
-          if (n->children[i]) kids.push_back({i, emit(n->children[i].get())});
-        }
-      }
-      const uint64_t id = ids.size() + 1;
-      ids[n] = id;
+    for (const auto& [g, page] : group_pages_) {
       Encoder e;
-      e.U8(kRecCkptNode);
-      e.U64(id);
-      e.U8(static_cast<uint8_t>(n->level));
-      if (n->level == 0) {
-        e.U32(n->mapped);
-        for (uint32_t i = 0; i < BlockMap::kFanout; ++i) {
-          const MapEntry& m = n->entries[i];
-          if (!m.mapped()) continue;
-          e.U32(i);
-          e.U64(m.chunk);
-          e.U32(m.block);
-          e.U32(m.crc);
-        }
-      } else {
-        e.U32(static_cast<uint32_t>(kids.size()));
-        for (auto [i, kid] : kids) {
-          e.U32(i);
-          e.U64(kid);
-        }
-      }
+      e.U8(kRecCkptChunkGroup);
+      e.U64(g);
+      EncodePagePointer(e, page);
       add(e.out());
-      return id;
+    }
+    auto add_log = [&](bool of_snapshot, uint64_t owner, SnapshotId base, const ChangeLog& log,
+                       const std::vector<MapEntry>& pages) {
+      if (!base.valid()) return;
+      Encoder e;
+      e.U8(kRecCkptChangeLog);
+      e.U8(of_snapshot ? 1 : 0);
+      e.U64(owner);
+      e.U64(base.value);
+      e.U8(log.known() ? 1 : 0);
+      e.U32(static_cast<uint32_t>(pages.size()));
+      for (const MapEntry& p : pages) EncodePagePointer(e, p);
+      add(e.out());
     };
     for (const auto& [id, v] : vsds_) {
-      const uint64_t root = emit(v->map.root().get());
       Encoder e;
       e.U8(kRecCkptVsd);
       EncodeVsdHeader(e, id, v->name, v->size_bytes, v->replication, v->flash_priority);
       e.U8(static_cast<uint8_t>(v->map.levels()));
-      e.U64(root);
+      EncodePagePointer(e, v->map.root() ? v->map.root()->page : MapEntry{});
       add(e.out());
-      add_change_log(false, id.value, v->base, v->changes);
+      add_log(false, id.value, v->base, v->changes, v->log_pages);
     }
     for (const auto& [id, s] : snapshots_) {
-      const uint64_t root = emit(s->map.root().get());
       Encoder e;
       e.U8(kRecCkptSnapshot);
       e.U64(id.value);
@@ -2678,9 +3126,9 @@ class PoolImpl : public Pool {
       e.U64(s->generation);
       e.U64(s->size_bytes);
       e.U8(static_cast<uint8_t>(s->map.levels()));
-      e.U64(root);
+      EncodePagePointer(e, s->map.root() ? s->map.root()->page : MapEntry{});
       add(e.out());
-      add_change_log(true, id.value, s->base, s->changes);
+      add_log(true, id.value, s->base, s->changes, s->log_pages);
     }
     Encoder end;
     end.U8(kRecCkptEnd);
@@ -2690,11 +3138,10 @@ class PoolImpl : public Pool {
     // Leave room in the half for journal batches after the checkpoint.
     if (bytes > half_bytes_ * 3 / 4) {
       return absl::ResourceExhaustedError(absl::StrFormat(
-          "metadata needs %d bytes, more than the journal holds; raise PoolOptions::metadata_bytes "
-          "(now %d)",
-          bytes, options_.metadata_bytes));
+          "the metadata root needs %d bytes, more than a journal half holds (%d); raise "
+          "PoolOptions::metadata_bytes (now %d)",
+          bytes, half_bytes_ * 3 / 4, options_.metadata_bytes));
     }
-    (void)total;
     return out;
   }
 
@@ -2703,6 +3150,7 @@ class PoolImpl : public Pool {
     uint64_t epoch = 0;
     uint64_t last_seq = 0;
     std::vector<std::string> payloads;
+    size_t root_payloads = 0;  // the first ones: the checkpoint's root; then journal batches
   };
 
   // Parses one half of a metadata region: a complete checkpoint and the batches after it.
@@ -2731,7 +3179,10 @@ class PoolImpl : public Pool {
       if (Crc32c(p + pos + kBatchHeaderBytes, len) != pcrc) break;
       seq = s;
       c.payloads.emplace_back(reinterpret_cast<const char*>(p + pos + kBatchHeaderBytes), len);
-      if (flags & kFlagCheckpointEnd) complete = true;
+      if (flags & kFlagCheckpointEnd) {
+        complete = true;
+        c.root_payloads = c.payloads.size();
+      }
       pos += RoundUp(kBatchHeaderBytes + len, kBlockBytes);
     }
     if (!complete) return Candidate{};
@@ -2751,79 +3202,74 @@ class PoolImpl : public Pool {
     auto g = MakeGather(static_cast<int>(disks.size()) + 1, [=, this](absl::Status) {
       if (!*alive) return;
       // Superblocks say which disk is which; the best journal wins.
-      std::map<DiskId, BlockDevice*> devs;
+      auto devs = std::make_shared<std::map<DiskId, BlockDevice*>>();
       Candidate best;
       uint64_t uuid = 0;
+      std::vector<std::string> why;  // per disk, when no journal is found
       for (size_t i = 0; i < disks.size(); ++i) {
         Superblock sb;
-        if (!(*statuses)[i].ok() || !DecodeSuperblock((*bufs)[i].data(), &sb)) continue;
-        if (sb.metadata_bytes != options_.metadata_bytes) continue;
+        if (!(*statuses)[i].ok()) {
+          why.push_back(absl::StrFormat("disk %d: %s", i, (*statuses)[i].message()));
+          continue;
+        }
+        uint32_t magic;
+        std::memcpy(&magic, (*bufs)[i].data(), 4);
+        if (magic == kSuperMagicV1) {
+          return done(absl::FailedPreconditionError(absl::StrFormat(
+              "disk %d holds a pool in on-disk format 1 (metadata kept whole in the journal), "
+              "which this version cannot open; format 2 keeps metadata in pages and there is "
+              "no upgrade: reformat the disks",
+              i)));
+        }
+        if (!DecodeSuperblock((*bufs)[i].data(), &sb)) {
+          why.push_back(absl::StrFormat("disk %d: no pool superblock", i));
+          continue;
+        }
+        if (sb.metadata_bytes != options_.metadata_bytes) {
+          why.push_back(absl::StrFormat("disk %d: formatted with a %d-byte metadata region, not %d", i,
+                                        sb.metadata_bytes, options_.metadata_bytes));
+          continue;
+        }
         if (uuid == 0) uuid = sb.pool_uuid;
         if (sb.pool_uuid != uuid) continue;
-        devs[sb.disk] = disks[i].device;
+        (*devs)[sb.disk] = disks[i].device;
+        bool any = false;
         for (int half = 0; half < 2; ++half) {
           Candidate c = ParseHalf((*bufs)[i].data() + kSuperblockBytes + half * half_bytes_, half_bytes_);
+          any = any || c.epoch != 0;
           if (c.epoch > best.epoch || (c.epoch == best.epoch && c.last_seq > best.last_seq)) {
             best = std::move(c);
           }
         }
+        if (!any) why.push_back(absl::StrFormat("disk %d (pool disk %d): no complete checkpoint in either journal half", i, sb.disk.value));
       }
       if (best.epoch == 0) {
-        return done(absl::DataLossError("no disk holds a valid pool metadata journal"));
+        return done(absl::DataLossError(absl::StrCat("no disk holds a valid pool metadata journal (",
+                                                     absl::StrJoin(why, "; "), ")")));
       }
       pool_uuid_ = uuid;
       replaying_ = true;
-      for (const std::string& payload : best.payloads) {
-        Decoder d(payload.data(), payload.size());
+      for (size_t i = 0; i < best.root_payloads; ++i) {
+        Decoder d(best.payloads[i].data(), best.payloads[i].size());
         while (!d.done() && d.ok()) Apply(d);
         if (!d.ok()) {
           replaying_ = false;
-          return done(absl::DataLossError("metadata journal record is malformed"));
+          return done(absl::DataLossError("metadata checkpoint root record is malformed"));
         }
       }
-      replaying_ = false;
-      pending_records_.clear();
-      epoch_ = best.epoch;
-      sequence_ = best.last_seq;
       for (auto& [id, d] : disks_) {
-        auto it = devs.find(id);
-        d.dev = it == devs.end() ? nullptr : it->second;
+        auto it = devs->find(id);
+        d.dev = it == devs->end() ? nullptr : it->second;
       }
-      // A node none of whose disks answered is down (AttachDevice + SetNodeOnline bring
-      // it back, EvictNode gives it up); a missing disk of a present node has failed.
-      std::set<NodeId> present;
-      for (const auto& [id, d] : disks_) {
-        if (d.dev != nullptr) present.insert(d.node);
-      }
-      std::vector<DiskId> missing;
-      for (const auto& [id, d] : disks_) {
-        if (d.dev != nullptr || d.failed) continue;
-        if (present.count(d.node)) {
-          missing.push_back(id);
-        } else {
-          nodes_online_[d.node] = false;
+      auto journal = std::make_shared<Candidate>(std::move(best));
+      // The pages the root names, then the journal after it.
+      LoadPages([=, this](absl::Status st) {
+        if (!*alive) return;
+        if (!st.ok()) {
+          replaying_ = false;
+          return done(absl::DataLossError(absl::StrCat("opening the pool: ", st.message())));
         }
-      }
-      // Blocks freed by replayed records are free now: their freeing is durable.
-      auto frees = std::move(pending_frees_);
-      pending_frees_.clear();
-      ReleaseFrees(std::move(frees));
-      // Chunks allocated for writes that never completed before the crash hold nothing.
-      std::vector<uint64_t> ids;
-      for (const auto& [id, c] : chunks_) ids.push_back(id);
-      for (uint64_t id : ids) {
-        if (ChunkState* c = FindChunk(id)) MaybeFreeChunk(c);
-      }
-      reuse_candidates_.clear();
-      for (const auto& [id, c] : chunks_) NoteMaybeReusable(&c);
-      pending_records_.clear();
-      for (DiskId id : missing) FailDiskNow(id, false);
-      need_checkpoint_ = true;  // start a fresh epoch on the current mirrors
-      ChooseMirrors();
-      Heal();
-      Commit([holder, done](absl::Status st) {
-        if (!st.ok()) return done(st);
-        done(std::move(*holder));
+        FinishRecover(*journal, *devs, holder, done);
       });
     });
     for (size_t i = 0; i < disks.size(); ++i) {
@@ -2838,6 +3284,354 @@ class PoolImpl : public Pool {
       }));
     }
     g->Finish(absl::OkStatus());
+  }
+
+  void FinishRecover(const Candidate& best, const std::map<DiskId, BlockDevice*>& devs,
+                     std::shared_ptr<std::unique_ptr<Pool>> holder, Done<std::unique_ptr<Pool>> done) {
+    for (size_t i = best.root_payloads; i < best.payloads.size(); ++i) {
+      Decoder d(best.payloads[i].data(), best.payloads[i].size());
+      while (!d.done() && d.ok()) Apply(d);
+      if (!d.ok()) {
+        replaying_ = false;
+        return done(absl::DataLossError("metadata journal record is malformed"));
+      }
+    }
+    replaying_ = false;
+    pending_records_.clear();
+    epoch_ = best.epoch;
+    sequence_ = best.last_seq;
+    for (auto& [id, d] : disks_) {
+      auto it = devs.find(id);
+      d.dev = it == devs.end() ? nullptr : it->second;
+    }
+    // A node none of whose disks answered is down (AttachDevice + SetNodeOnline bring
+    // it back, EvictNode gives it up); a missing disk of a present node has failed.
+    std::set<NodeId> present;
+    for (const auto& [id, d] : disks_) {
+      if (d.dev != nullptr) present.insert(d.node);
+    }
+    std::vector<DiskId> missing;
+    for (const auto& [id, d] : disks_) {
+      if (d.dev != nullptr || d.failed) continue;
+      if (present.count(d.node)) {
+        missing.push_back(id);
+      } else {
+        nodes_online_[d.node] = false;
+      }
+    }
+    // Blocks freed by replayed records are free now: their freeing is durable.
+    auto frees = std::move(pending_frees_);
+    pending_frees_.clear();
+    ReleaseFrees(std::move(frees));
+    // Chunks allocated for writes that never completed before the crash hold nothing,
+    // and metadata chunks whose pages all belonged to older checkpoints hold nothing.
+    std::vector<uint64_t> ids;
+    for (const auto& [id, c] : chunks_) ids.push_back(id);
+    for (uint64_t id : ids) {
+      if (ChunkState* c = FindChunk(id)) MaybeFreeChunk(c);
+    }
+    reuse_candidates_.clear();
+    for (const auto& [id, c] : chunks_) NoteMaybeReusable(&c);
+    pending_records_.clear();
+    for (DiskId id : missing) FailDiskNow(id, false);
+    need_checkpoint_ = true;  // start a fresh epoch on the current mirrors
+    ChooseMirrors();
+    Heal();
+    Commit([holder, done](absl::Status st) {
+      if (!st.ok()) return done(st);
+      done(std::move(*holder));
+    });
+  }
+
+  // Reads one page from the first copy whose contents match the pointer's checksum.
+  void ReadPage(const MapEntry& p, std::function<void(absl::StatusOr<std::shared_ptr<AlignedBuffer>>)> done) {
+    const ChunkState* c = FindChunk(p.chunk);
+    if (c == nullptr || !c->meta || p.block >= kBlocksPerChunk) {
+      // Posted: callers (ReadPages) must never be re-entered.
+      absl::Status st = absl::DataLossError(absl::StrCat(DescribePointer(p), ": not in a metadata chunk"));
+      return loop_->Post([done, st] { done(st); });
+    }
+    auto buf = std::make_shared<AlignedBuffer>(kPageBytes);
+    auto why = std::make_shared<std::vector<std::string>>();
+    auto copies = std::make_shared<std::vector<Replica>>(c->replicas);
+    auto alive = alive_;
+    auto attempt = std::make_shared<std::function<void(size_t)>>();
+    *attempt = [this, alive, p, buf, why, copies, attempt, done](size_t i) {
+      if (i == copies->size()) {
+        absl::Status st = absl::DataLossError(
+            absl::StrFormat("%s: no good copy (%s)", DescribePointer(p), absl::StrJoin(*why, "; ")));
+        loop_->Post([done, st] { done(st); });
+        *attempt = nullptr;  // break the cycle (this lambda and its captures are gone now)
+        return;
+      }
+      const Replica r = (*copies)[i];
+      const DiskState* d = FindDisk(r.disk);
+      if (d == nullptr || d->dev == nullptr) {
+        why->push_back(absl::StrFormat("disk %d: absent", r.disk.value));
+        return (*attempt)(i + 1);
+      }
+      d->dev->Read(ReplicaOffset(r, p.block), kPageBytes, buf->data(),
+                   Timed([this, alive, p, buf, why, attempt, done, r, i](absl::Status st) {
+                     if (!*alive) return;
+                     if (st.ok() && Crc32c(buf->data(), kPageBytes) == p.crc) {
+                       *attempt = nullptr;
+                       return done(buf);
+                     }
+                     why->push_back(absl::StrFormat("disk %d: %s", r.disk.value,
+                                                    st.ok() ? "checksum mismatch" : st.message()));
+                     (*attempt)(i + 1);
+                   }));
+    };
+    (*attempt)(0);
+  }
+
+  // Reads `pages` with at most kPageReadsInFlight at once; `each` decodes one (in any
+  // order). Stops at the first error.
+  void ReadPages(std::vector<MapEntry> pages,
+                 std::function<absl::Status(size_t, const uint8_t*)> each, StatusDone done) {
+    struct State {
+      std::vector<MapEntry> pages;
+      std::function<absl::Status(size_t, const uint8_t*)> each;
+      StatusDone done;
+      size_t next = 0;
+      size_t in_flight = 0;
+      absl::Status error;
+    };
+    auto s = std::make_shared<State>();
+    s->pages = std::move(pages);
+    s->each = std::move(each);
+    s->done = std::move(done);
+    auto alive = alive_;
+    auto pump = std::make_shared<std::function<void()>>();
+    *pump = [this, alive, s, pump]() {
+      while (s->error.ok() && s->next < s->pages.size() && s->in_flight < kPageReadsInFlight) {
+        const size_t i = s->next++;
+        ++s->in_flight;
+        ReadPage(s->pages[i], [alive, s, pump, i](absl::StatusOr<std::shared_ptr<AlignedBuffer>> r) {
+          if (!*alive) return;
+          --s->in_flight;
+          if (s->error.ok()) {
+            s->error = r.ok() ? s->each(i, (*r)->data()) : r.status();
+          }
+          (*pump)();
+        });
+      }
+      if (s->in_flight == 0 && (!s->error.ok() || s->next == s->pages.size())) {
+        StatusDone d = std::move(s->done);
+        const absl::Status error = s->error;
+        *pump = nullptr;  // break the cycle (this lambda and its captures are gone now)
+        if (d) d(error);
+      }
+    };
+    (*pump)();
+  }
+
+  // A page a loaded checkpoint names: in use.
+  absl::Status ClaimPage(const MapEntry& p) {
+    ChunkState* c = FindChunk(p.chunk);
+    if (c == nullptr || !c->meta || p.block >= kBlocksPerChunk) {
+      return absl::DataLossError(absl::StrCat(DescribePointer(p), ": not in a metadata chunk"));
+    }
+    if (c->refs[p.block] != 0) {
+      return absl::DataLossError(absl::StrCat(DescribePointer(p), ": named twice"));
+    }
+    c->refs[p.block] = 1;
+    c->crc[p.block] = p.crc;
+    ++c->used;
+    return absl::OkStatus();
+  }
+
+  // Loads what the checkpoint root names: the data chunks' records, then every block
+  // map's nodes (breadth first, each shared node once), then the change logs. Block
+  // references are counted from the leaves once all are loaded.
+  void LoadPages(StatusDone done) {
+    std::vector<MapEntry> groups;
+    std::vector<uint64_t> group_ids;
+    for (const auto& [g, p] : group_pages_) {
+      groups.push_back(p);
+      group_ids.push_back(g);
+    }
+    auto alive = alive_;
+    ReadPages(groups, [this, group_ids, groups](size_t i, const uint8_t* page) -> absl::Status {
+      absl::StatusOr<std::vector<ChunkRecord>> records = DecodeChunkGroupPage(page, groups[i], pool_uuid_);
+      if (!records.ok()) return records.status();
+      RETURN_IF_ERROR(ClaimPage(groups[i]));
+      for (ChunkRecord& r : *records) {
+        if (r.id / kChunksPerGroup != group_ids[i] || FindChunk(r.id) != nullptr) {
+          return absl::DataLossError(absl::StrFormat("%s: chunk %d does not belong there",
+                                                     DescribePointer(groups[i]), r.id));
+        }
+        ChunkState c;
+        c.id = r.id;
+        c.replication = r.replication;
+        c.replicas = std::move(r.replicas);
+        InsertChunk(std::move(c));
+      }
+      return absl::OkStatus();
+    }, [this, alive, done](absl::Status st) {
+      if (!*alive) return;
+      if (!st.ok()) return done(st);
+      dirty_groups_.clear();  // as loaded
+      auto nodes = std::make_shared<std::map<std::pair<uint64_t, uint32_t>, std::shared_ptr<BlockMap::Node>>>();
+      auto pending = std::make_shared<std::vector<std::shared_ptr<BlockMap::Node>>>();
+      absl::Status roots = LoadRoots(nodes.get(), pending.get());
+      if (!roots.ok()) return done(roots);
+      LoadNodes(nodes, pending, [this, alive, nodes, done](absl::Status st) {
+        if (!*alive) return;
+        if (st.ok()) st = CountLoadedNodes(*nodes);
+        nodes->clear();  // only the maps hold nodes now, so sharing counts are exact
+        if (!st.ok()) return done(st);
+        LoadLogs(done);
+      });
+    });
+  }
+
+  // The node a page holds: one object per page, however many parents name it.
+  absl::StatusOr<std::shared_ptr<BlockMap::Node>> LoadedNode(
+      std::map<std::pair<uint64_t, uint32_t>, std::shared_ptr<BlockMap::Node>>* nodes,
+      std::vector<std::shared_ptr<BlockMap::Node>>* pending, const MapEntry& p, int level) {
+    auto& n = (*nodes)[{p.chunk, p.block}];
+    if (n) {
+      if (n->level != level || n->page.crc != p.crc) {
+        return absl::DataLossError(absl::StrCat(DescribePointer(p), ": named at two levels or checksums"));
+      }
+      return n;
+    }
+    n = std::make_shared<BlockMap::Node>(level, &refs_);
+    n->page = p;
+    pending->push_back(n);
+    return n;
+  }
+
+  absl::Status LoadRoots(std::map<std::pair<uint64_t, uint32_t>, std::shared_ptr<BlockMap::Node>>* nodes,
+                         std::vector<std::shared_ptr<BlockMap::Node>>* pending) {
+    for (const LoadRoot& r : load_roots_) {
+      BlockMap* map = nullptr;
+      if (r.of_snapshot) {
+        if (SnapshotState* s = FindSnapshot(SnapshotId{r.owner})) map = &s->map;
+      } else if (VsdState* v = FindVsdState(VsdId{r.owner})) {
+        map = &v->map;
+      }
+      if (map == nullptr) continue;
+      if (r.levels < map->levels() || r.levels > 8) {
+        return absl::DataLossError(absl::StrFormat("the root of %s %d has %d levels for %d blocks",
+                                                   r.of_snapshot ? "snapshot" : "VSD", r.owner,
+                                                   r.levels, map->capacity_blocks()));
+      }
+      std::shared_ptr<BlockMap::Node> root;
+      if (r.root.mapped()) {
+        ASSIGN_OR_RETURN(root, LoadedNode(nodes, pending, r.root, r.levels - 1));
+      }
+      *map = BlockMap::FromRoot(&refs_, map->capacity_blocks(), r.levels, std::move(root));
+    }
+    load_roots_.clear();
+    return absl::OkStatus();
+  }
+
+  void LoadNodes(std::shared_ptr<std::map<std::pair<uint64_t, uint32_t>, std::shared_ptr<BlockMap::Node>>> nodes,
+                 std::shared_ptr<std::vector<std::shared_ptr<BlockMap::Node>>> pending, StatusDone done) {
+    if (pending->empty()) return done(absl::OkStatus());
+    auto batch = std::make_shared<std::vector<std::shared_ptr<BlockMap::Node>>>(std::move(*pending));
+    pending->clear();
+    std::vector<MapEntry> pages;
+    for (const auto& n : *batch) pages.push_back(n->page);
+    auto alive = alive_;
+    ReadPages(pages, [this, nodes, pending, batch](size_t i, const uint8_t* page) -> absl::Status {
+      BlockMap::Node* n = (*batch)[i].get();
+      std::vector<std::pair<uint32_t, MapEntry>> children;
+      RETURN_IF_ERROR(DecodeNodePage(page, n->page, pool_uuid_, n, &children));
+      for (const auto& [idx, p] : children) {
+        ASSIGN_OR_RETURN(n->children[idx], LoadedNode(nodes.get(), pending.get(), p, n->level - 1));
+      }
+      return absl::OkStatus();
+    }, [this, alive, nodes, pending, batch, done](absl::Status st) {
+      if (!*alive) return;
+      if (!st.ok()) return done(st);
+      LoadNodes(nodes, pending, done);
+    });
+  }
+
+  // Every loaded node's page is in use, and every leaf entry references its block.
+  absl::Status CountLoadedNodes(
+      const std::map<std::pair<uint64_t, uint32_t>, std::shared_ptr<BlockMap::Node>>& nodes) {
+    for (const auto& [key, n] : nodes) {
+      RETURN_IF_ERROR(ClaimPage(n->page));
+      if (n->level != 0) continue;
+      for (const MapEntry& e : n->entries) {
+        if (!e.mapped()) continue;
+        ChunkState* c = FindChunk(e.chunk);
+        if (c == nullptr || c->meta || e.block >= kBlocksPerChunk) {
+          return absl::DataLossError(absl::StrFormat("%s: names block %d of chunk %d, which holds no data",
+                                                     DescribePointer(n->page), e.block, e.chunk));
+        }
+        c->crc[e.block] = e.crc;
+        RefBlock(e);
+      }
+    }
+    dirty_nodes_ = 0;
+    return absl::OkStatus();
+  }
+
+  void LoadLogs(StatusDone done) {
+    struct Owner {
+      ChangeLog* log;
+      uint64_t capacity;
+    };
+    auto owners = std::make_shared<std::vector<Owner>>();
+    std::vector<MapEntry> pages;
+    for (LoadLog& l : load_logs_) {
+      SnapshotId* base = nullptr;
+      ChangeLog* log = nullptr;
+      std::vector<MapEntry>* log_pages = nullptr;
+      uint64_t capacity = 0;
+      if (l.of_snapshot) {
+        if (SnapshotState* s = FindSnapshot(SnapshotId{l.owner})) {
+          base = &s->base;
+          log = &s->changes;
+          log_pages = &s->log_pages;
+          capacity = s->map.capacity_blocks();
+        }
+      } else if (VsdState* v = FindVsdState(VsdId{l.owner})) {
+        base = &v->base;
+        log = &v->changes;
+        log_pages = &v->log_pages;
+        capacity = v->map.capacity_blocks();
+      }
+      if (log == nullptr) continue;
+      *base = l.base;
+      log->Reset();
+      if (!l.known) log->MarkUnknown();
+      *log_pages = l.pages;
+      for (const MapEntry& p : l.pages) {
+        pages.push_back(p);
+        owners->push_back(Owner{log, capacity});
+      }
+    }
+    load_logs_.clear();
+    auto alive = alive_;
+    ReadPages(pages, [this, owners, pages](size_t i, const uint8_t* page) -> absl::Status {
+      auto extents = DecodeChangeLogPage(page, pages[i], pool_uuid_);
+      if (!extents.ok()) return extents.status();
+      RETURN_IF_ERROR(ClaimPage(pages[i]));
+      const Owner& o = (*owners)[i];
+      for (auto [b, e] : *extents) o.log->Add(b, e, ChangeLogExtentsMax(o.capacity));
+      return absl::OkStatus();
+    }, [this, alive, done](absl::Status st) {
+      if (!*alive) return;
+      if (!st.ok()) return done(st);
+      // Logs as loaded are as written; with logs now disabled they are dropped.
+      auto settle = [this](SnapshotId* base, ChangeLog* log, uint64_t* written) {
+        if (!ChangeLogsEnabled()) {
+          *base = SnapshotId{};
+          log->Reset();
+          return;
+        }
+        *written = log->version();
+      };
+      for (auto& [id, v] : vsds_) settle(&v->base, &v->changes, &v->log_version_written);
+      for (auto& [id, s] : snapshots_) settle(&s->base, &s->changes, &s->log_version_written);
+      done(absl::OkStatus());
+    });
   }
 
   void RefFromMap(const MapEntry& e) { RefBlock(e); }
@@ -2875,7 +3669,33 @@ class PoolImpl : public Pool {
   std::map<VsdId, std::unique_ptr<VsdState>> vsds_;
   std::map<std::string, VsdId> vsd_by_name_;
   std::map<SnapshotId, std::unique_ptr<SnapshotState>> snapshots_;
-  std::map<uint64_t, std::shared_ptr<BlockMap::Node>> ckpt_nodes_;
+  // Metadata pages (see meta_pages.h).
+  std::set<uint64_t> meta_chunks_;
+  uint64_t meta_open_chunk_ = 0;
+  std::map<uint64_t, MapEntry> group_pages_;  // chunk group -> its page (as last written)
+  std::set<uint64_t> dirty_groups_;           // groups whose page is out of date
+  std::vector<MapEntry> page_frees_;          // pages dropped since the last checkpoint
+  uint64_t dirty_nodes_ = 0;                  // tree nodes changed since the last checkpoint
+  uint64_t checkpoints_ = 0;
+  uint64_t checkpoint_pages_written_ = 0;
+  uint64_t last_checkpoint_pages_ = 0;
+  uint64_t last_checkpoint_root_bytes_ = 0;
+  // What a checkpoint root names, between reading the root and loading the pages.
+  struct LoadRoot {
+    bool of_snapshot;
+    uint64_t owner;
+    int levels;
+    MapEntry root;
+  };
+  struct LoadLog {
+    bool of_snapshot = false;
+    uint64_t owner = 0;
+    SnapshotId base;
+    bool known = true;
+    std::vector<MapEntry> pages;
+  };
+  std::vector<LoadRoot> load_roots_;
+  std::vector<LoadLog> load_logs_;
   std::set<DiskId> pending_resets_;
   // Chunks written on each disk since its last flush, and those in the flush running
   // now: the copies a crash or outage of that disk may have lost.
@@ -2910,6 +3730,8 @@ class PoolImpl : public Pool {
 
 void Refs::Ref(const MapEntry& e) { pool_->RefFromMap(e); }
 void Refs::Unref(const MapEntry& e) { pool_->UnrefFromMap(e); }
+void Refs::PageDropped(const MapEntry& page) { pool_->DropPage(page); }
+void Refs::NodeDirtied() { pool_->NoteNodeDirtied(); }
 
 }  // namespace
 

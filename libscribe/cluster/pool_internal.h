@@ -32,7 +32,7 @@ enum RecordType : uint8_t {
   kRecAddDisk,
   kRecFailDisk,
   kRecResetDisk,
-  kRecAddChunk,
+  kRecAddChunk,     // id, replication, flags (kChunkMeta), copies
   kRecFreeChunk,
   kRecSetReplica,   // chunk, index, disk, slot (index == size: append)
   kRecStale,        // chunk, disk, stale
@@ -45,12 +45,19 @@ enum RecordType : uint8_t {
   kRecDeleteSnapshot,
   kRecClone,        // new vsd from a snapshot or a vsd
   kRecRevert,
-  kRecCkptNode,     // checkpoint: one tree node
-  kRecCkptVsd,      // checkpoint: a VSD with its root node
-  kRecCkptSnapshot, // checkpoint: a snapshot with its root node
+  kRecDropReplica,  // chunk, index: a metadata chunk's copy on a failed disk, not replaced
+  // Checkpoint records (format 2): the small root of the paged metadata. Everything
+  // that grows with the data (tree nodes, data chunk records, change logs) is in pages
+  // these records point to (see meta_pages.h).
+  kRecCkptChunkGroup,  // group index, page pointer: the records of the data chunks in it
+  kRecCkptVsd,         // a VSD: its header, tree levels and root page pointer
+  kRecCkptSnapshot,    // a snapshot: its header, size, tree levels and root page pointer
+  kRecCkptChangeLog,   // a VSD's or snapshot's change log: base, known, its pages
   kRecCkptEnd,
-  kRecCkptChangeLog, // checkpoint: (part of) a VSD's or snapshot's change log
 };
+
+// kRecAddChunk flags.
+constexpr uint8_t kChunkMeta = 1;  // holds metadata pages, not VSD data
 
 struct DiskState {
   DiskId id;
@@ -80,8 +87,11 @@ struct ChunkState {
   std::bitset<kBlocksPerChunk> busy;  // allocated to a write in flight, or freed but not yet durable
   uint32_t used = 0;                  // blocks with refs > 0 or busy
   int writes_in_flight = 0;
-  bool open = false;       // some VSD allocates from it
+  bool open = false;       // some VSD (or, for a metadata chunk, the page writer) allocates from it
   bool rebuilding = false;
+  // Holds metadata pages (refs is 1 for a page some structure names). Metadata chunks
+  // are listed in every checkpoint's root (their pages hold everything else).
+  bool meta = false;
 };
 
 struct LockWaiter {
@@ -101,6 +111,9 @@ struct VsdState {
   // cloned from a live VSD, logs disabled), and nothing is logged.
   SnapshotId base;
   ChangeLog changes;
+  // The pages holding `changes` as of its version `log_version_written`.
+  std::vector<MapEntry> log_pages;
+  uint64_t log_version_written = 0;
   uint64_t open_chunk = 0;
   std::vector<SnapshotId> snapshots;
   std::map<uint64_t, uint64_t> locked;  // write-locked block ranges [b0, b1)
@@ -119,6 +132,8 @@ struct SnapshotState {
   // blocks in `changes`. Diff follows these links back to a common snapshot.
   SnapshotId base;
   ChangeLog changes;
+  std::vector<MapEntry> log_pages;
+  uint64_t log_version_written = 0;
 };
 
 }  // namespace scribe

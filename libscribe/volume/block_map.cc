@@ -10,6 +10,7 @@ namespace scribe {
 
 BlockMap::Node::Node(int level, BlockRefs* refs) : level(level), refs(refs) {
   if (level != 0) children.resize(kFanout);
+  if (refs) refs->NodeDirtied();
 }
 
 BlockMap::Node::Node(const Node& other)
@@ -21,12 +22,14 @@ BlockMap::Node::Node(const Node& other)
   for (const MapEntry& e : entries) {
     if (e.mapped()) refs->Ref(e);
   }
+  refs->NodeDirtied();
 }
 
 BlockMap::Node::~Node() {
   for (const MapEntry& e : entries) {
     if (e.mapped()) refs->Unref(e);
   }
+  if (page.mapped()) refs->PageDropped(page);
 }
 
 int BlockMap::LevelsFor(uint64_t capacity_blocks) {
@@ -65,15 +68,21 @@ MapEntry BlockMap::Get(uint64_t lba) const {
 
 void BlockMap::Set(uint64_t lba, const MapEntry& entry) {
   SCRIBE_CHECK(lba < capacity_blocks_);
+  // Clearing an unmapped block changes nothing (and must not dirty the path).
+  if (!entry.mapped() && !Get(lba).mapped()) return;
   std::shared_ptr<Node>* slot = &root_;
   for (int level = levels_ - 1;; --level) {
     if (!*slot) {
-      if (!entry.mapped()) return;  // clearing an unmapped block
       *slot = std::make_shared<Node>(level, refs_);
     } else if (slot->use_count() > 1) {
       *slot = std::make_shared<Node>(**slot);  // shadow a shared node
     }
     Node* n = slot->get();
+    if (n->page.mapped()) {  // changed in place: its page no longer describes it
+      refs_->PageDropped(n->page);
+      n->page = MapEntry{};
+      refs_->NodeDirtied();
+    }
     const uint64_t idx = (lba >> (level * kFanoutBits)) & (kFanout - 1);
     if (level == 0) {
       MapEntry& e = n->entries[idx];

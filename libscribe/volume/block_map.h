@@ -32,12 +32,19 @@ struct MapEntry {
   bool SameBlock(const MapEntry& o) const { return chunk == o.chunk && block == o.block; }
 };
 
-// Reference counting of data blocks, implemented by the pool.
+// Reference counting of data blocks, implemented by the pool. It also hears of nodes
+// whose on-disk page (see Node::page) stops describing them, and of new nodes: the
+// pool writes changed nodes to new pages at its next checkpoint.
 class BlockRefs {
  public:
   virtual ~BlockRefs() = default;
   virtual void Ref(const MapEntry& e) = 0;
   virtual void Unref(const MapEntry& e) = 0;
+  // A node written to `page` was changed or destroyed: the page is garbage once no
+  // durable checkpoint names it.
+  virtual void PageDropped(const MapEntry& page) { (void)page; }
+  // A node was created or changed since it was last written (it needs a page).
+  virtual void NodeDirtied() {}
 };
 
 class BlockMap {
@@ -51,6 +58,11 @@ class BlockMap {
     ~Node();
     int level;  // 0: leaf
     BlockRefs* refs;
+    // Where this node's current contents are on disk (a metadata page), or unmapped
+    // while it changed since it was last written. A copy starts unwritten; changing a
+    // node through Set() unsets the page of every node on the path (each parent's page
+    // names its children's pages).
+    MapEntry page;
     uint32_t mapped = 0;  // leaf: entries mapped
     // Leaf entries are held inline (unused in interior nodes, which are 1/256 of all
     // nodes): a leaf is one allocation, and finding an entry from its parent is one

@@ -1,12 +1,19 @@
 #include "libscribe/volume/change_log.h"
 
 #include <algorithm>
+#include <atomic>
 #include <iterator>
 
 namespace scribe {
 
+void ChangeLog::Touch() {
+  static std::atomic<uint64_t> next{1};
+  version_ = next.fetch_add(1, std::memory_order_relaxed);
+}
+
 void ChangeLog::Add(uint64_t begin, uint64_t end, size_t extents_max) {
   if (!known_ || begin >= end) return;
+  Touch();
   // Absorb the extent that starts at or before `begin` if it reaches it, then every
   // extent that starts inside (or right after) the new one.
   auto it = extents_.upper_bound(begin);
@@ -35,11 +42,13 @@ void ChangeLog::Merge(const ChangeLog& other, size_t extents_max) {
 }
 
 void ChangeLog::MarkUnknown() {
+  Touch();
   known_ = false;
   extents_.clear();
 }
 
 void ChangeLog::Reset() {
+  Touch();
   known_ = true;
   extents_.clear();
 }

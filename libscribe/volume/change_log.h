@@ -35,13 +35,18 @@ class ChangeLog {
   void Reset();
 
   bool known() const { return known_; }
+  // Changes with every call that may change the log; unique across all logs of the
+  // process (so a log moved to another owner is never mistaken for one written before).
+  uint64_t version() const { return version_; }
   size_t extent_count() const { return extents_.size(); }
   uint64_t block_count() const;
   // begin -> end, ascending, disjoint and non-adjacent. Empty when unknown.
   const absl::btree_map<uint64_t, uint64_t>& extents() const { return extents_; }
 
  private:
+  void Touch();
   bool known_ = true;
+  uint64_t version_ = 0;
   absl::btree_map<uint64_t, uint64_t> extents_;
 };
 

@@ -50,10 +50,18 @@ using SnapshotId = Id<struct SnapshotTag>;
 enum class Tier { kSsd = 0, kHdd = 1 };
 
 struct PoolOptions {
-  // Bytes reserved at the start of every disk for the mirrored metadata journal.
+  // Bytes reserved at the start of every disk for the mirrored metadata journal: two
+  // halves, each holding a checkpoint's root (its size follows the number of disks,
+  // VSDs and snapshots and about 40 bytes per 256 MiB of metadata pages, not the data)
+  // and the journal batches after it. Block maps, chunk records and change logs are
+  // pages in the pool's own space.
   uint64_t metadata_bytes = 64ull << 20;
   // How many disks (on distinct nodes) carry the metadata journal.
   int metadata_mirrors_max = 3;
+  // A checkpoint is written once this many block-map nodes changed since the last one
+  // (besides when a journal half fills): it bounds what one checkpoint writes and the
+  // space reserved for it on a full pool.
+  uint64_t checkpoint_dirty_pages_max = 16384;
   // Times a read retries when every copy of a block fails its checksum (the block may
   // have been rewritten and reused underneath it).
   int read_retries_max = 4;
@@ -135,6 +143,14 @@ struct PoolStats {
   uint64_t rebuilds_in_flight = 0;
   uint64_t chunks_rebuilt = 0;
   uint64_t metadata_sequence = 0;
+  // Paged metadata: chunks holding metadata pages (included in `chunks`), and since this
+  // instance was created or opened: checkpoints written, the pages they wrote, and the
+  // last one's pages and root bytes (a checkpoint writes what changed since the last).
+  uint64_t metadata_chunks = 0;
+  uint64_t checkpoints = 0;
+  uint64_t checkpoint_pages_written = 0;
+  uint64_t last_checkpoint_pages = 0;
+  uint64_t last_checkpoint_root_bytes = 0;
   // Diffs since this instance was created or opened: answered from the change logs of
   // the snapshot intervals between the two snapshots, or by walking both block maps.
   uint64_t diffs_from_change_logs = 0;

@@ -1,0 +1,133 @@
+#include "libscribe/cluster/meta_pages.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <vector>
+
+#include "libscribe/chunk/crc32c.h"
+
+namespace scribe {
+namespace {
+
+constexpr uint64_t kUuid = 0x1234567890abcdefull;
+
+// Nodes here reference no real blocks.
+class NoRefs : public BlockRefs {
+ public:
+  void Ref(const MapEntry&) override {}
+  void Unref(const MapEntry&) override {}
+};
+NoRefs no_refs;
+
+MapEntry At(uint64_t chunk, uint32_t block, uint32_t crc) { return MapEntry{chunk, block, crc}; }
+
+TEST(MetaPages, LeafRoundTrips) {
+  BlockMap::Node leaf(0, &no_refs);
+  leaf.entries[0] = At(7, 3, 0xdeadbeef);
+  leaf.entries[255] = At((1ull << 56) - 1, 255, 1);
+  leaf.mapped = 2;
+  std::vector<uint8_t> page(kPageBytes);
+  const uint32_t crc = EncodeNodePage(leaf, kUuid, page.data());
+  EXPECT_EQ(crc, Crc32c(page.data(), kPageBytes));
+
+  BlockMap::Node out(0, &no_refs);
+  std::vector<std::pair<uint32_t, MapEntry>> children;
+  ASSERT_TRUE(DecodeNodePage(page.data(), At(9, 9, crc), kUuid, &out, &children).ok());
+  EXPECT_TRUE(children.empty());
+  EXPECT_EQ(out.mapped, 2u);
+  EXPECT_EQ(out.entries[0].chunk, 7u);
+  EXPECT_EQ(out.entries[0].block, 3u);
+  EXPECT_EQ(out.entries[0].crc, 0xdeadbeefu);
+  EXPECT_EQ(out.entries[255].chunk, (1ull << 56) - 1);
+  EXPECT_EQ(out.entries[255].block, 255u);
+  for (int i = 1; i < 255; ++i) EXPECT_FALSE(out.entries[i].mapped()) << i;
+}
+
+TEST(MetaPages, InteriorNamesItsChildrenPages) {
+  auto child = std::make_shared<BlockMap::Node>(0, &no_refs);
+  child->page = At(5, 17, 0xabcd);
+  BlockMap::Node parent(1, &no_refs);
+  parent.children[42] = child;
+  std::vector<uint8_t> page(kPageBytes);
+  const uint32_t crc = EncodeNodePage(parent, kUuid, page.data());
+  BlockMap::Node out(1, &no_refs);
+  std::vector<std::pair<uint32_t, MapEntry>> children;
+  ASSERT_TRUE(DecodeNodePage(page.data(), At(1, 1, crc), kUuid, &out, &children).ok());
+  ASSERT_EQ(children.size(), 1u);
+  EXPECT_EQ(children[0].first, 42u);
+  EXPECT_TRUE(children[0].second.SameBlock(child->page));
+  EXPECT_EQ(children[0].second.crc, 0xabcdu);
+}
+
+TEST(MetaPages, RejectsAFlippedByteAWrongPoolAndAWrongLevel) {
+  BlockMap::Node leaf(0, &no_refs);
+  leaf.entries[1] = At(3, 4, 5);
+  leaf.mapped = 1;
+  std::vector<uint8_t> page(kPageBytes);
+  const uint32_t crc = EncodeNodePage(leaf, kUuid, page.data());
+  std::vector<std::pair<uint32_t, MapEntry>> children;
+  {
+    std::vector<uint8_t> bad = page;
+    bad[2000] ^= 1;
+    BlockMap::Node out(0, &no_refs);
+    absl::Status st = DecodeNodePage(bad.data(), At(1, 2, crc), kUuid, &out, &children);
+    EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss);
+    EXPECT_NE(st.message().find("chunk 1, block 2"), std::string::npos) << st;
+  }
+  {
+    BlockMap::Node out(0, &no_refs);
+    EXPECT_EQ(DecodeNodePage(page.data(), At(1, 2, crc), kUuid + 1, &out, &children).code(),
+              absl::StatusCode::kDataLoss);
+  }
+  {
+    BlockMap::Node out(1, &no_refs);  // a leaf where an interior node was expected
+    EXPECT_EQ(DecodeNodePage(page.data(), At(1, 2, crc), kUuid, &out, &children).code(),
+              absl::StatusCode::kDataLoss);
+  }
+}
+
+TEST(MetaPages, ChunkGroupRoundTrips) {
+  std::vector<ChunkRecord> records;
+  for (uint64_t i = 0; i < kChunksPerGroup; ++i) {
+    ChunkRecord c;
+    c.id = 64 + i;
+    c.replication = 3;
+    for (uint64_t k = 0; k < 4; ++k) c.replicas.push_back(Replica{DiskId{k + 1}, i * 10 + k, k == 2});
+    records.push_back(c);
+  }
+  std::vector<uint8_t> page(kPageBytes);
+  absl::StatusOr<uint32_t> crc = EncodeChunkGroupPage(records, kUuid, page.data());
+  ASSERT_TRUE(crc.ok()) << crc.status();
+  auto out = DecodeChunkGroupPage(page.data(), At(2, 0, *crc), kUuid);
+  ASSERT_TRUE(out.ok()) << out.status();
+  ASSERT_EQ(out->size(), records.size());
+  for (size_t i = 0; i < records.size(); ++i) {
+    EXPECT_EQ((*out)[i].id, records[i].id);
+    EXPECT_EQ((*out)[i].replication, 3);
+    ASSERT_EQ((*out)[i].replicas.size(), 4u);
+    for (size_t k = 0; k < 4; ++k) {
+      EXPECT_EQ((*out)[i].replicas[k].disk, records[i].replicas[k].disk);
+      EXPECT_EQ((*out)[i].replicas[k].slot, records[i].replicas[k].slot);
+      EXPECT_EQ((*out)[i].replicas[k].stale, records[i].replicas[k].stale);
+    }
+  }
+  // A group that cannot fit is refused, not truncated.
+  for (auto& r : records) r.replicas.resize(8, Replica{DiskId{1}, 1, false});
+  EXPECT_FALSE(EncodeChunkGroupPage(records, kUuid, page.data()).ok());
+}
+
+TEST(MetaPages, ChangeLogRoundTripsAndRefusesEmptyExtents) {
+  std::vector<std::pair<uint64_t, uint64_t>> extents;
+  for (uint64_t i = 0; i < kExtentsPerLogPage; ++i) extents.push_back({i * 10, i * 10 + 3});
+  std::vector<uint8_t> page(kPageBytes);
+  const uint32_t crc = EncodeChangeLogPage(extents, kUuid, page.data());
+  auto out = DecodeChangeLogPage(page.data(), At(1, 1, crc), kUuid);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(*out, extents);
+  // A page of another type is refused even with the right checksum.
+  EXPECT_FALSE(DecodeChunkGroupPage(page.data(), At(1, 1, crc), kUuid).ok());
+}
+
+}  // namespace
+}  // namespace scribe
