@@ -4,9 +4,8 @@ journal region survives SIGKILL of the node running the engine, twice.
 Format 1 kept the whole metadata as one checkpoint that had to fit 3/8 of the region;
 with --metadata-mib=2 that wall was at about 150 MiB of mapped data. Here, by default,
 1 GiB is written sequentially in 1 MiB blocks and 128 MiB as scattered 4 KiB blocks,
-with snapshots in between (HC3_E2E_SEQ_MIB / HC3_E2E_RAND_MIB raise it; the issue's
-8 GiB + 1 GiB run is recorded in docs/RELIABILITY.md). fio's crc32c verify checks every
-block after each takeover.
+with snapshots in between (HC3_E2E_SEQ_MIB / HC3_E2E_RAND_MIB raise it to the issue's
+8 GiB + 1 GiB). fio's crc32c verify checks every block after each takeover.
 """
 
 import os
