@@ -1,7 +1,7 @@
 // Measures the Pool on real files (O_DIRECT + libaio) beside the raw device in the same
 // run, and prints the figures docs/BENCHMARKS.md records:
 //   bazel run -c opt //libscribe/bench:pool_benchmark -- [--dir=/var/tmp] [--gib=1]
-//       [--only=throughput|striping|snapshots|diff]
+//       [--only=throughput|striping|snapshots|delete|diff]
 // Snapshot and clone latency include the durable metadata commit (fdatasync).
 #include <unistd.h>
 
@@ -261,6 +261,63 @@ int Main(int argc, char** argv) {
     Must<VsdId>(loop.get(), [&](auto done) { pool->CloneVsd(v, "clone64", done); });
     const double clone_big = Seconds(loop.get(), start) * 1e3;
     std::printf("clone (durable): 1 GiB VSD %.3f ms, 64 GiB VSD with 1000 snapshots %.3f ms\n", clone_small, clone_big);
+  }
+  // ---- Deleting a snapshot that holds `gib` GiB of unique data under QD1 4 KiB writes:
+  // the longest write before, during and after (the tree is freed in the background).
+  if (run("delete")) {
+    Files pf;
+    OpenFiles(loop.get(), &pf, dir, 3, data_bytes * 2 + (1ull << 30), "del");
+    auto pool = MakePool(loop.get(), &random, &pf, 1);
+    VsdId v = Must<VsdId>(loop.get(), [&](auto done) { pool->CreateVsd(VsdOptions{"d", data_bytes, 2}, done); });
+    AlignedBuffer big(1 << 20), small(4096);
+    const int mib = static_cast<int>(data_bytes >> 20);
+    auto fill = [&](char c) {
+      std::memset(big.data(), c, big.size());
+      RunQueue(loop.get(), mib, 8, [&](int i, auto done) {
+        pool->Write(v, static_cast<uint64_t>(i) << 20, 1 << 20, big.data(), false, done);
+      });
+      MustOk(loop.get(), [&](auto d) { pool->Flush(d); });
+    };
+    fill('a');
+    SnapshotId s = Must<SnapshotId>(loop.get(), [&](auto done) { pool->CreateSnapshot(v, "old", done); });
+    fill('b');  // the snapshot alone holds every 'a' block now
+    // QD1 writes; returns the latencies (ms) of `ops` writes, or of those issued while
+    // `until` is false when ops == 0.
+    auto qd1 = [&](int ops, const std::function<bool()>& until) {
+      std::vector<double> lat;
+      for (int i = 0; ops == 0 ? !until() : i < ops; ++i) {
+        const int64_t start = loop->NowNanos();
+        MustOk(loop.get(), [&](auto d) {
+          pool->Write(v, random.Uniform(data_bytes / 4096) * 4096, 4096, small.data(), false, d);
+        });
+        lat.push_back(Seconds(loop.get(), start) * 1e3);
+      }
+      return lat;
+    };
+    auto summary = [](std::vector<double> lat) {
+      std::sort(lat.begin(), lat.end());
+      char buf[160];
+      std::snprintf(buf, sizeof(buf), "%zu writes, median %.3f ms, p99 %.3f ms, max %.3f ms", lat.size(),
+                    lat[lat.size() / 2], lat[lat.size() * 99 / 100], lat.back());
+      return std::string(buf);
+    };
+    const auto before = qd1(3000, nullptr);
+    const PoolStats st0 = pool->Stats();
+    const int64_t start = loop->NowNanos();
+    std::optional<absl::Status> deleted;
+    pool->DeleteSnapshot(s, [&](absl::Status st) { deleted = st; });
+    const auto during = qd1(0, [&] { return deleted.has_value() && pool->Stats().delete_subtrees_pending == 0; });
+    const double took = Seconds(loop.get(), start) * 1e3;
+    SCRIBE_CHECK(deleted->ok());
+    const PoolStats st1 = pool->Stats();
+    const auto after = qd1(3000, nullptr);
+    std::printf("delete of a snapshot holding %lu GiB of unique data: freed %.0f MiB and %lu tree nodes in %.1f ms in the background\n",
+                static_cast<unsigned long>(gib), (st1.delete_bytes_freed - st0.delete_bytes_freed) / 1048576.0,
+                static_cast<unsigned long>(st1.delete_nodes_freed - st0.delete_nodes_freed), took);
+    std::printf("  longest background step: %.3f ms\n", st1.delete_step_max_ns / 1e6);
+    std::printf("  QD1 4 KiB writes before: %s\n", summary(before).c_str());
+    std::printf("  QD1 4 KiB writes during: %s\n", summary(during).c_str());
+    std::printf("  QD1 4 KiB writes after:  %s\n", summary(after).c_str());
   }
   if (run("diff")) {
     // Diff cost: 1% vs 100% of a fully written VSD changed.

@@ -42,6 +42,9 @@ constexpr uint64_t kChangeLogExtentsMin = 16;
 
 uint64_t RoundUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
+// Blocks (chunk, block) whose freeing awaits the commit that makes it durable.
+using BlockFrees = std::deque<std::pair<uint64_t, uint32_t>>;
+
 // Counts down parallel sub-operations and reports the first error once all finish.
 struct Gather {
   int remaining = 0;
@@ -119,6 +122,7 @@ class PoolImpl : public Pool {
     // Trees unreference blocks as they go; drop them while chunks still exist.
     snapshots_.clear();
     vsds_.clear();
+    doomed_.clear();
   }
 
   // ---------------------------------------------------------------- creation
@@ -422,10 +426,14 @@ class PoolImpl : public Pool {
         StartInterval(v, SnapshotId{});
         UnlinkSnapshots(std::set<SnapshotId>(v->snapshots.begin(), v->snapshots.end()));
         for (SnapshotId s : v->snapshots) {
-          if (SnapshotState* doomed = FindSnapshot(s)) DropLogPages(&doomed->log_pages);
+          if (SnapshotState* doomed = FindSnapshot(s)) {
+            DropLogPages(&doomed->log_pages);
+            Retire(&doomed->map);
+          }
           snapshots_.erase(s);
         }
         DropLogPages(&v->log_pages);
+        Retire(&v->map);
         CloseOpenChunk(v);
         vsd_by_name_.erase(v->name);
         vsds_.erase(v->id);
@@ -496,6 +504,7 @@ class PoolImpl : public Pool {
         }
         UnlinkSnapshots({s->id});
         DropLogPages(&s->log_pages);
+        Retire(&s->map);
         snapshots_.erase(s->id);
         break;
       }
@@ -531,6 +540,7 @@ class PoolImpl : public Pool {
         VsdState* v = FindVsdState(VsdId{d.U64()});
         SnapshotState* s = FindSnapshot(SnapshotId{d.U64()});
         if (v && s) {
+          Retire(&v->map);
           v->map = s->map;
           v->size_bytes = s->size_bytes;
           StartInterval(v, s->id);
@@ -827,7 +837,7 @@ class PoolImpl : public Pool {
   }
 
   // Called once the records that freed them are durable (or replayed).
-  void ReleaseFrees(std::vector<std::pair<uint64_t, uint32_t>> frees) {
+  void ReleaseFrees(BlockFrees frees) {
     for (auto [chunk, block] : frees) {
       ChunkState* c = FindChunk(chunk);
       if (!c || !c->busy[block] || c->refs[block] != 0) continue;
@@ -1552,7 +1562,9 @@ class PoolImpl : public Pool {
     if (!v) return done(NotFound(vsd));
     auto blocks = AllocateBlocks(v, b1 - b0);
     if (blocks.status().code() == absl::StatusCode::kResourceExhausted && !after_commit &&
-        (!pending_frees_.empty() || committing_)) {
+        (!pending_frees_.empty() || committing_ || !doomed_.empty())) {
+      // Space a background delete would give back is wanted now.
+      ReapSome(SIZE_MAX);
       // Overwritten blocks wait for the commit that makes their replacement durable
       // before they are reused: commit, then try once more.
       auto alive = alive_;
@@ -2017,6 +2029,10 @@ class PoolImpl : public Pool {
     s.checkpoint_pages_written = checkpoint_pages_written_;
     s.last_checkpoint_pages = last_checkpoint_pages_;
     s.last_checkpoint_root_bytes = last_checkpoint_root_bytes_;
+    s.delete_subtrees_pending = doomed_.size();
+    s.delete_nodes_freed = delete_nodes_freed_;
+    s.delete_bytes_freed = delete_bytes_freed_;
+    s.delete_step_max_ns = static_cast<uint64_t>(delete_step_max_ns_);
     s.diffs_from_change_logs = diffs_from_change_logs_;
     s.diffs_walked = diffs_walked_;
     s.fenced = fenced_;
@@ -2380,6 +2396,7 @@ class PoolImpl : public Pool {
       for (const MapEntry& p : s->log_pages) expect_page(p, "change log");
     }
     for (const auto& [g, p] : group_pages_) expect_page(p, "chunk group");
+    for (const auto& n : doomed_) visit(n.get());  // detached, not yet freed
     size_t meta_chunks = 0;
     for (const auto& [id, c] : chunks_) meta_chunks += c.meta ? 1 : 0;
     if (meta_chunks != meta_chunks_.size()) {
@@ -2485,7 +2502,7 @@ class PoolImpl : public Pool {
     // next commit.
     auto records = std::make_shared<std::string>(std::move(pending_records_));
     pending_records_.clear();
-    auto frees = std::make_shared<std::vector<std::pair<uint64_t, uint32_t>>>(std::move(pending_frees_));
+    auto frees = std::make_shared<BlockFrees>(std::move(pending_frees_));
     pending_frees_.clear();
     // A checkpoint, when due, is prepared now too: it must describe exactly the state
     // these records lead to, not writes completing later.
@@ -2772,6 +2789,61 @@ class PoolImpl : public Pool {
   }
 
   void NoteNodeDirtied() { ++dirty_nodes_; }
+
+  // ---------------------------------------------------------------- background deletes
+  // A tree no snapshot or VSD uses any more is queued here and destroyed a bounded number
+  // of nodes per loop turn (a leaf unreferences its blocks, a written node drops its
+  // page), so deleting a snapshot of any size never stalls I/O. Crash-safe as it is:
+  // the record that detached the tree is in the journal, and an open counts block
+  // references from the trees that remain.
+  // A step frees at most this many nodes (a leaf: up to 256 block references, ~0.2 ms
+  // for a step of leaves here).
+  static constexpr size_t kReapNodesPerTurn = 16;
+
+  void Retire(BlockMap* map) {
+    std::shared_ptr<BlockMap::Node> root = map->ReleaseRoot();
+    if (!root) return;
+    // Replayed records may already free the chunks this tree's blocks are in (the run
+    // that wrote them had reaped it): at recovery the tree goes at once.
+    if (replaying_) return;
+    doomed_.push_back(std::move(root));
+    ScheduleReap();
+  }
+
+  void ScheduleReap() {
+    if (reap_scheduled_ || doomed_.empty()) return;
+    reap_scheduled_ = true;
+    auto alive = alive_;
+    // A timer, not Post: posted callbacks run before the loop polls for I/O.
+    loop_->RunAfter(options_.background_delete_pause_ns, [this, alive] {
+      if (!*alive) return;
+      reap_scheduled_ = false;
+      const int64_t start = loop_->NowNanos();
+      ReapSome(kReapNodesPerTurn);
+      delete_step_max_ns_ = std::max(delete_step_max_ns_, loop_->NowNanos() - start);
+      ScheduleReap();
+    });
+  }
+
+  // Destroys up to `budget` queued nodes, depth first (the queue stays a path long).
+  void ReapSome(size_t budget) {
+    const size_t frees_before = pending_frees_.size();
+    while (budget > 0 && !doomed_.empty()) {
+      std::shared_ptr<BlockMap::Node> n = std::move(doomed_.back());
+      doomed_.pop_back();
+      if (n.use_count() > 1) continue;  // a live tree shares it: only this reference goes
+      if (n->level > 0) {
+        for (auto& c : n->children) {
+          if (c) doomed_.push_back(std::move(c));
+        }
+      }
+      --budget;
+      ++delete_nodes_freed_;
+    }  // the last node is destroyed here
+    if (pending_frees_.size() > frees_before) {
+      delete_bytes_freed_ += (pending_frees_.size() - frees_before) * kBlockBytes;
+    }
+  }
 
   void DropLogPages(std::vector<MapEntry>* pages) {
     for (const MapEntry& p : *pages) DropPage(p);
@@ -3696,6 +3768,12 @@ class PoolImpl : public Pool {
   };
   std::vector<LoadRoot> load_roots_;
   std::vector<LoadLog> load_logs_;
+  // Detached trees awaiting background destruction (see Retire).
+  std::vector<std::shared_ptr<BlockMap::Node>> doomed_;
+  bool reap_scheduled_ = false;
+  uint64_t delete_nodes_freed_ = 0;
+  uint64_t delete_bytes_freed_ = 0;
+  int64_t delete_step_max_ns_ = 0;
   std::set<DiskId> pending_resets_;
   // Chunks written on each disk since its last flush, and those in the flush running
   // now: the copies a crash or outage of that disk may have lost.
@@ -3711,7 +3789,10 @@ class PoolImpl : public Pool {
   uint64_t journal_pos_ = 0;
   bool need_checkpoint_ = true;
   std::string pending_records_;
-  std::vector<std::pair<uint64_t, uint32_t>> pending_frees_;
+  // A deque: it grows without moving what it holds (a background delete can queue
+  // hundreds of thousands of blocks between two commits; a vector's regrowth stalled the
+  // loop for milliseconds).
+  BlockFrees pending_frees_;
   bool committing_ = false;
   std::vector<StatusDone> commit_waiters_;
 

@@ -278,6 +278,64 @@ TEST(PoolMetadata, ACorruptPageOnEveryCopyIsReportedNotPaperedOver) {
   EXPECT_NE(reopened.status().message().find("checksum mismatch"), std::string::npos) << reopened.status();
 }
 
+// Deleting a snapshot detaches its tree at once and frees it in bounded steps; the
+// space comes back, progress is visible, and a crash in the middle loses nothing.
+TEST(PoolDelete, ASnapshotIsFreedInTheBackgroundInSteps) {
+  SimPool p(3, 1, 512ull << 20);
+  VsdId v = p.Create("d", 128 << 20);
+  ASSERT_TRUE(p.Write(v, 0, Pattern('a', 128 << 20)).ok());
+  SnapshotId s = p.Snap(v, "old");
+  ASSERT_TRUE(p.Write(v, 0, Pattern('b', 128 << 20)).ok());  // the snapshot alone holds 'a'
+  ASSERT_TRUE(p.Flush().ok());
+  const PoolStats before = p.pool_->Stats();
+  ASSERT_TRUE(p.DeleteSnap(s).ok());
+  // Observe the background work in small steps of (virtual) time.
+  std::set<uint64_t> seen;
+  uint64_t last = UINT64_MAX;
+  for (int i = 0; i < 100000 && p.pool_->Stats().delete_subtrees_pending > 0; ++i) {
+    p.loop_.RunUntil([] { return false; }, 50'000);
+    const uint64_t freed = p.pool_->Stats().delete_nodes_freed;
+    if (freed != last) seen.insert(freed);
+    last = freed;
+    EXPECT_TRUE(p.pool_->Fsck().ok()) << "while deleting";
+  }
+  const PoolStats after = p.pool_->Stats();
+  EXPECT_EQ(after.delete_subtrees_pending, 0u);
+  EXPECT_GE(after.delete_nodes_freed - before.delete_nodes_freed, 129u);  // 128 leaves + root
+  EXPECT_EQ(after.delete_bytes_freed - before.delete_bytes_freed, 128u << 20);
+  // Observed part-way (16 nodes a step): the tree was not freed in one go.
+  EXPECT_GE(seen.size(), 2u);
+  EXPECT_LT(*seen.begin(), after.delete_nodes_freed) << "the tree was freed in one step";
+  ASSERT_TRUE(p.Flush().ok());
+  EXPECT_LT(p.pool_->Stats().used_bytes[1], before.used_bytes[1]);
+  EXPECT_EQ(*p.Read(v, 0, 128 << 20), Pattern('b', 128 << 20));
+  FsckReport fsck = p.pool_->Fsck();
+  EXPECT_TRUE(fsck.ok()) << fsck.errors[0];
+}
+
+TEST(PoolDelete, ACrashHalfWayThroughABackgroundDeleteLosesNothing) {
+  PoolOptions options = TestPoolOptions();
+  options.background_delete_pause_ns = 50'000'000;  // slow steps: crash between two
+  SimPool p(3, 1, 1ull << 30, options);
+  constexpr uint64_t kSize = 192 << 20;  // the doomed snapshot alone holds 192 leaves
+  VsdId v = p.Create("d", kSize);
+  ASSERT_TRUE(p.Write(v, 0, Pattern('a', kSize)).ok());
+  SnapshotId keep = p.Snap(v, "keep");
+  ASSERT_TRUE(p.Write(v, 0, Pattern('b', kSize)).ok());
+  SnapshotId doomed = p.Snap(v, "doomed");
+  ASSERT_TRUE(p.Write(v, 0, Pattern('c', kSize)).ok());
+  ASSERT_TRUE(p.DeleteSnap(doomed).ok());
+  p.loop_.RunUntil([&] { return p.pool_->Stats().delete_nodes_freed > 0; }, 1'000'000'000);
+  ASSERT_GT(p.pool_->Stats().delete_subtrees_pending, 0u);
+  ASSERT_TRUE(p.Flush().ok());
+  p.Crash(PowerLossMode::kDropAll);
+  EXPECT_EQ(*p.Read(v, 0, kSize), Pattern('c', kSize));
+  EXPECT_EQ(*p.ReadSnap(keep, 0, kSize), Pattern('a', kSize));
+  EXPECT_EQ(p.pool_->ListSnapshots(v).size(), 1u);
+  FsckReport fsck = p.pool_->Fsck();
+  EXPECT_TRUE(fsck.ok()) << fsck.errors[0];
+}
+
 TEST(Pool, FullPoolIsResourceExhaustedAndKeepsData) {
   SimPool p(3, 1, 12ull << 20);  // 4 MiB metadata + ~8 chunks per disk
   VsdId v = p.Create("big", 64 << 20);

@@ -104,6 +104,8 @@ class BlockMap {
   Usage ComputeUsage(const std::function<uint32_t(const MapEntry&)>& refcount) const;
 
   const std::shared_ptr<Node>& root() const { return root_; }
+  // Hands the tree to the caller (to destroy it a little at a time); the map is empty.
+  std::shared_ptr<Node> ReleaseRoot() { return std::move(root_); }
   // Rebuilds a map around an existing root (metadata recovery).
   static BlockMap FromRoot(BlockRefs* refs, uint64_t capacity_blocks, int levels,
                            std::shared_ptr<Node> root);

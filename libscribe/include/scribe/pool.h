@@ -62,6 +62,9 @@ struct PoolOptions {
   // (besides when a journal half fills): it bounds what one checkpoint writes and the
   // space reserved for it on a full pool.
   uint64_t checkpoint_dirty_pages_max = 16384;
+  // Deleted snapshots and VSDs are freed in the background: 16 tree nodes (up to 4,096
+  // block references) per step, with this pause between steps for the I/O in flight.
+  int64_t background_delete_pause_ns = 100'000;
   // Times a read retries when every copy of a block fails its checksum (the block may
   // have been rewritten and reused underneath it).
   int read_retries_max = 4;
@@ -151,6 +154,13 @@ struct PoolStats {
   uint64_t checkpoint_pages_written = 0;
   uint64_t last_checkpoint_pages = 0;
   uint64_t last_checkpoint_root_bytes = 0;
+  // Deleting a snapshot or VSD (or reverting) detaches its tree at once and frees it in
+  // the background, a bounded number of nodes per loop turn: subtrees still queued (0
+  // when done), tree nodes freed and bytes of blocks freed so far by that work.
+  uint64_t delete_subtrees_pending = 0;
+  uint64_t delete_nodes_freed = 0;
+  uint64_t delete_bytes_freed = 0;
+  uint64_t delete_step_max_ns = 0;  // the longest step: how long the loop was held
   // Diffs since this instance was created or opened: answered from the change logs of
   // the snapshot intervals between the two snapshots, or by walking both block maps.
   uint64_t diffs_from_change_logs = 0;
