@@ -68,6 +68,12 @@ struct PoolStats {
   fullyRedundant @9 :Bool;     # no degraded chunk and no rebuild running
   fenced @10 :Bool;
   # A disk refused this pool for a newer owner's epoch: every later call fails.
+  metadataChunks @11 :UInt64;       # chunks holding metadata pages (in `chunks`)
+  checkpoints @12 :UInt64;          # since the pool was opened
+  lastCheckpointPages @13 :UInt64;  # pages the last checkpoint wrote (what had changed)
+  lastCheckpointRootBytes @14 :UInt64;
+  deleteSubtreesPending @15 :UInt64;  # deleted snapshots/VSDs still being freed (0: done)
+  deleteBytesFreed @16 :UInt64;       # by background deletes since the pool was opened
 }
 
 struct Extent {

@@ -105,6 +105,7 @@ int main(int argc, char** argv) {
     total.power_cuts += r.power_cuts;
     total.disk_failures += r.disk_failures;
     total.corruptions += r.corruptions;
+    total.page_corruptions += r.page_corruptions;
     total.node_outages += r.node_outages;
     total.reads_checked += r.reads_checked;
     total.diffs_checked += r.diffs_checked;
@@ -129,13 +130,14 @@ int main(int argc, char** argv) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf(
       "seeds=%llu ops=%llu faults=%llu (power_cuts=%llu disk_failures=%llu corruptions=%llu "
-      "node_outages=%llu) reads_checked=%llu diffs_checked=%llu (from change logs %llu) "
+      "(metadata pages %llu) node_outages=%llu) reads_checked=%llu diffs_checked=%llu (from change logs %llu) "
       "violations=%llu\n",
       static_cast<unsigned long long>(seeds), static_cast<unsigned long long>(total.ops),
       static_cast<unsigned long long>(total.faults),
       static_cast<unsigned long long>(total.power_cuts),
       static_cast<unsigned long long>(total.disk_failures),
       static_cast<unsigned long long>(total.corruptions),
+      static_cast<unsigned long long>(total.page_corruptions),
       static_cast<unsigned long long>(total.node_outages),
       static_cast<unsigned long long>(total.reads_checked),
       static_cast<unsigned long long>(total.diffs_checked),

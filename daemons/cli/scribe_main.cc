@@ -184,6 +184,12 @@ void JsonStats(JsonWriter& j, api::PoolStats::Reader s) {
       .Field("metadata_sequence", s.getMetadataSequence())
       .Field("fully_redundant", s.getFullyRedundant())
       .Field("fenced", s.getFenced())
+      .Field("metadata_chunks", s.getMetadataChunks())
+      .Field("checkpoints", s.getCheckpoints())
+      .Field("last_checkpoint_pages", s.getLastCheckpointPages())
+      .Field("last_checkpoint_root_bytes", s.getLastCheckpointRootBytes())
+      .Field("delete_subtrees_pending", s.getDeleteSubtreesPending())
+      .Field("delete_bytes_freed", s.getDeleteBytesFreed())
       .EndObject();
 }
 
@@ -240,6 +246,13 @@ std::string PoolText(api::PoolStats::Reader s) {
   out += absl::StrFormat("chunks %d, degraded %d, rebuilding %d, rebuilt %d\n", s.getChunks(),
                          s.getDegradedChunks(), s.getRebuildsInFlight(), s.getChunksRebuilt());
   out += absl::StrFormat("fully redundant: %s\n", YesNo(s.getFullyRedundant()));
+  out += absl::StrFormat("metadata: %d chunks, %d checkpoints, the last wrote %d pages and a %s root\n",
+                         s.getMetadataChunks(), s.getCheckpoints(), s.getLastCheckpointPages(),
+                         HumanBytes(s.getLastCheckpointRootBytes()));
+  if (s.getDeleteSubtreesPending() > 0) {
+    out += absl::StrFormat("deleting in the background: %d subtrees left, %s freed so far\n",
+                           s.getDeleteSubtreesPending(), HumanBytes(s.getDeleteBytesFreed()));
+  }
   if (s.getFenced()) out += "FENCED: a newer pool owner took over; this pool refuses every call\n";
   return out;
 }

@@ -140,6 +140,12 @@ void EncodeStats(const PoolStats& s, bool fully_redundant, api::PoolStats::Build
   out.setMetadataSequence(s.metadata_sequence);
   out.setFullyRedundant(fully_redundant);
   out.setFenced(s.fenced);
+  out.setMetadataChunks(s.metadata_chunks);
+  out.setCheckpoints(s.checkpoints);
+  out.setLastCheckpointPages(s.last_checkpoint_pages);
+  out.setLastCheckpointRootBytes(s.last_checkpoint_root_bytes);
+  out.setDeleteSubtreesPending(s.delete_subtrees_pending);
+  out.setDeleteBytesFreed(s.delete_bytes_freed);
 }
 
 void EncodeScrub(const ScrubReport& r, api::ScrubReport::Builder out) {

@@ -1,7 +1,8 @@
 // Measures the Pool on real files (O_DIRECT + libaio) beside the raw device in the same
 // run, and prints the figures docs/BENCHMARKS.md records:
 //   bazel run -c opt //libscribe/bench:pool_benchmark -- [--dir=/var/tmp] [--gib=1]
-//       [--only=throughput|striping|snapshots|delete|diff]
+//       [--only=throughput|striping|snapshots|delete|diff|metadata]
+//   --only=metadata maps --gib of data on files that keep only metadata (TiB scale).
 // Snapshot and clone latency include the durable metadata commit (fdatasync).
 #include <unistd.h>
 
@@ -11,6 +12,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -118,6 +120,130 @@ std::unique_ptr<Pool> MakePool(RealLoop* loop, Random* random, Files* f, int per
   return Must<std::unique_ptr<Pool>>(loop, [&](auto done) {
     Pool::Create(loop, random, BenchPoolOptions(), Specs(f, per_node), done);
   });
+}
+
+// Resident memory of this process, from /proc/self/status.
+uint64_t RssBytes() {
+  FILE* f = std::fopen("/proc/self/status", "r");
+  if (f == nullptr) return 0;
+  char line[256];
+  uint64_t kib = 0;
+  while (std::fgets(line, sizeof(line), f)) {
+    if (std::sscanf(line, "VmRSS: %lu kB", &kib) == 1) break;
+  }
+  std::fclose(f);
+  return kib << 10;
+}
+
+// A file device that keeps only metadata: the superblock and journal region, and writes
+// of metadata pages (they start with the page magic). VSD data writes complete without
+// touching the file, so a TiB can be mapped on a machine with tens of GiB of disk.
+class MetadataOnlyDevice : public BlockDevice {
+ public:
+  MetadataOnlyDevice(Loop* loop, std::unique_ptr<BlockDevice> file, uint64_t keep_prefix)
+      : loop_(loop), file_(std::move(file)), keep_prefix_(keep_prefix) {}
+  uint64_t size_bytes() const override { return file_->size_bytes(); }
+  void Read(uint64_t offset, size_t length, void* buf, Callback done) override {
+    file_->Read(offset, length, buf, std::move(done));
+  }
+  void Write(uint64_t offset, size_t length, const void* buf, Callback done) override {
+    if (offset < keep_prefix_ || std::memcmp(buf, "PAGE", 4) == 0) {
+      return file_->Write(offset, length, buf, std::move(done));
+    }
+    ++dropped_;
+    loop_->Post([done] { done(absl::OkStatus()); });
+  }
+  void Flush(Callback done) override { file_->Flush(std::move(done)); }
+  void WriteDurable(uint64_t offset, size_t length, const void* buf, Callback done) override {
+    file_->WriteDurable(offset, length, buf, std::move(done));
+  }
+  void Discard(uint64_t offset, size_t length, Callback done) override {
+    file_->Discard(offset, length, std::move(done));
+  }
+  uint64_t dropped() const { return dropped_; }
+
+ private:
+  Loop* loop_;
+  std::unique_ptr<BlockDevice> file_;
+  uint64_t keep_prefix_;
+  uint64_t dropped_ = 0;
+};
+
+// Metadata at scale: maps `gib` GiB (1 MiB writes: full leaves) on metadata-only files,
+// then reports resident memory, the pages the checkpoints wrote, open time, and the
+// pages a commit writes for scattered 4 KiB overwrites against the nodes they dirtied.
+void MetadataScale(RealLoop* loop, Random* random, const std::string& dir, uint64_t gib) {
+  const uint64_t rss0 = RssBytes();
+  const uint64_t data = gib << 30;
+  PoolOptions options = BenchPoolOptions();
+  const uint64_t prefix = 4096 + options.metadata_bytes;
+  std::vector<std::string> paths;
+  std::vector<std::unique_ptr<MetadataOnlyDevice>> devs;
+  for (int i = 0; i < 3; ++i) {
+    std::string path = dir + "/scribe_bench_meta" + std::to_string(i) + "." + std::to_string(getpid());
+    unlink(path.c_str());
+    AioDeviceOptions o;
+    o.create_size_bytes = data * 2 / 3 + data / 8 + (4ull << 30);  // RF 2 over 3, + metadata
+    auto d = OpenAioDevice(loop, path, o);
+    SCRIBE_CHECK(d.ok());
+    paths.push_back(path);
+    devs.push_back(std::make_unique<MetadataOnlyDevice>(loop, std::move(*d), prefix));
+  }
+  std::vector<DiskSpec> specs;
+  for (int i = 0; i < 3; ++i) specs.push_back(DiskSpec{NodeId{1ull + i}, Tier::kHdd, devs[i].get()});
+  auto pool = Must<std::unique_ptr<Pool>>(loop, [&](auto done) { Pool::Create(loop, random, options, specs, done); });
+  VsdId v = Must<VsdId>(loop, [&](auto done) { pool->CreateVsd(VsdOptions{"big", data, 2}, done); });
+  AlignedBuffer big(1 << 20), small(4096);
+  const int64_t t0 = loop->NowNanos();
+  RunQueue(loop, static_cast<int>(data >> 20), 8, [&](int i, auto done) {
+    pool->Write(v, static_cast<uint64_t>(i) << 20, 1 << 20, big.data(), false, done);
+  });
+  MustOk(loop, [&](auto d) { pool->Flush(d); });
+  const double map_s = Seconds(loop, t0);
+  const PoolStats mapped = pool->Stats();
+  const uint64_t rss_mapped = RssBytes();
+  pool.reset();
+  // Reopen with a checkpoint at every commit that changed a node.
+  options.checkpoint_dirty_pages_max = 1;
+  const int64_t t1 = loop->NowNanos();
+  pool = Must<std::unique_ptr<Pool>>(loop, [&](auto done) { Pool::Open(loop, random, options, specs, done); });
+  const double open_s = Seconds(loop, t1);
+  const uint64_t rss_open = RssBytes();
+  const PoolStats opened = pool->Stats();
+  // Scattered 4 KiB overwrites, one commit per 100: pages written vs nodes dirtied.
+  uint64_t pages = 0, dirtied = 0;
+  const uint64_t leaves = data >> 20;
+  for (int round = 0; round < 20; ++round) {
+    std::set<uint64_t> touched;
+    RunQueue(loop, 100, 8, [&](int, auto done) {
+      const uint64_t block = random->Uniform(data / 4096);
+      touched.insert(block / 256);
+      pool->Write(v, block * 4096, 4096, small.data(), false, done);
+    });
+    MustOk(loop, [&](auto d) { pool->Flush(d); });
+    // Leaves touched, their level-1 parents and the root (levels above are few).
+    std::set<uint64_t> parents;
+    for (uint64_t l : touched) parents.insert(l / 256);
+    dirtied += touched.size() + parents.size() + (leaves > 65536 ? 2 : 1);
+    pages += pool->Stats().last_checkpoint_pages;
+  }
+  const PoolStats after = pool->Stats();
+  std::printf("metadata at %lu GiB mapped (1 MiB writes, full leaves; data not stored): mapped in %.1f s\n",
+              static_cast<unsigned long>(gib), map_s);
+  std::printf("  resident: +%.0f MiB after mapping, +%.0f MiB after reopening (%.1f MiB per GiB mapped)\n",
+              (rss_mapped - rss0) / 1048576.0, (rss_open - rss0) / 1048576.0,
+              (rss_open - rss0) / 1048576.0 / gib);
+  std::printf("  metadata chunks %lu (%.0f MiB of pages x copies), checkpoints while mapping %lu wrote %lu pages, root %lu bytes\n",
+              static_cast<unsigned long>(mapped.metadata_chunks), mapped.metadata_chunks * 1.0,
+              static_cast<unsigned long>(mapped.checkpoints), static_cast<unsigned long>(mapped.checkpoint_pages_written),
+              static_cast<unsigned long>(opened.last_checkpoint_root_bytes));
+  std::printf("  open: %.3f s (reads every page: grows with the metadata)\n", open_s);
+  std::printf("  20 commits of 100 scattered 4 KiB writes: %lu pages written for ~%lu nodes dirtied (%.2fx), root %lu bytes\n",
+              static_cast<unsigned long>(pages), static_cast<unsigned long>(dirtied),
+              static_cast<double>(pages) / dirtied, static_cast<unsigned long>(after.last_checkpoint_root_bytes));
+  pool.reset();
+  devs.clear();
+  for (auto& p : paths) unlink(p.c_str());
 }
 
 int Main(int argc, char** argv) {
@@ -262,6 +388,8 @@ int Main(int argc, char** argv) {
     const double clone_big = Seconds(loop.get(), start) * 1e3;
     std::printf("clone (durable): 1 GiB VSD %.3f ms, 64 GiB VSD with 1000 snapshots %.3f ms\n", clone_small, clone_big);
   }
+  if (run("metadata")) MetadataScale(loop.get(), &random, dir, gib);
+
   // ---- Deleting a snapshot that holds `gib` GiB of unique data under QD1 4 KiB writes:
   // the longest write before, during and after (the tree is freed in the background).
   if (run("delete")) {

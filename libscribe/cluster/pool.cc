@@ -3551,6 +3551,15 @@ class PoolImpl : public Pool {
       LoadNodes(nodes, pending, [this, alive, nodes, done](absl::Status st) {
         if (!*alive) return;
         if (st.ok()) st = CountLoadedNodes(*nodes);
+        if (!st.ok()) {
+          // A failed open: the loaded nodes reference nothing (their blocks and pages were
+          // never counted), so destroying them with the pool must not unreference.
+          for (auto& [key, n] : *nodes) {
+            n->entries = {};
+            n->mapped = 0;
+            n->page = MapEntry{};
+          }
+        }
         nodes->clear();  // only the maps hold nodes now, so sharing counts are exact
         if (!st.ok()) return done(st);
         LoadLogs(done);
@@ -3617,6 +3626,9 @@ class PoolImpl : public Pool {
       }
       return absl::OkStatus();
     }, [this, alive, nodes, pending, batch, done](absl::Status st) {
+      // No reference may outlive the load: sharing counts must be exact when the journal
+      // is replayed (a replayed delete frees a tree at once).
+      batch->clear();
       if (!*alive) return;
       if (!st.ok()) return done(st);
       LoadNodes(nodes, pending, done);

@@ -1667,7 +1667,10 @@ class PoolSim {
     // Aim at data: a 4 KiB block that holds some write's contents (looked up on the
     // device directly, as only a simulator can). Random space would mostly hit unused
     // slots and prove nothing.
-    std::vector<uint64_t> targets = WrittenBlocks(i, meta);
+    // Now and then a metadata page instead (block-map nodes, chunk groups, change logs
+    // live in pages on the same disks): opens read it from another copy, scrub repairs it.
+    const bool page = workload_.Bernoulli(0.3);
+    std::vector<uint64_t> targets = page ? MetadataPageBlocks(i, meta) : WrittenBlocks(i, meta);
     if (stopped_) return;
     uint64_t offset =
         targets.empty() ? meta + kBlockBytes * workload_.Uniform((disk_bytes - meta) / kBlockBytes)
@@ -1680,9 +1683,20 @@ class PoolSim {
     fault_.ops_left = 1 + static_cast<int>(workload_.Uniform(8));
     ++result_.faults;
     ++result_.corruptions;
-    Log(absl::StrFormat("FAULT: corrupt disk %d (node %d) [%d, +%d) (%d live blocks seen)",
-                        disks_[i].id.value, disks_[i].spec.node.value, offset, length,
-                        targets.size()));
+    if (page) {
+      // One page, one copy: the pool must open and scrub from the others.
+      ++result_.page_corruptions;
+    }
+    Log(absl::StrFormat("FAULT: corrupt disk %d (node %d) [%d, +%d) (%d live %s seen)",
+                        disks_[i].id.value, disks_[i].spec.node.value, offset, page ? kBlockBytes : length,
+                        targets.size(), page ? "metadata pages" : "blocks"));
+    if (page) {
+      disks_[i].disk->Corrupt(offset + 64, 16);
+      // Reopen now and then: the page is read at open, from a good copy.
+      if (workload_.Bernoulli(0.5)) PowerCut(PowerLossMode::kKeepAll, "after a metadata page corruption");
+      if (!stopped_ && workload_.Bernoulli(0.5)) ScrubAndCheck("scrub after a metadata page corruption");
+      return;
+    }
     disks_[i].disk->Corrupt(offset, length);
     // Read one VSD through at once: the corrupted copy must be caught by its checksum.
     if (workload_.Bernoulli(0.5) && !vsds_.empty()) {
@@ -1729,6 +1743,26 @@ class PoolSim {
             std::binary_search(live.begin(), live.end(), std::make_pair(words[0], words[1]))) {
           out.push_back(off + b);
         }
+      }
+    }
+    return out;
+  }
+
+  // Offsets of the 4 KiB blocks past `from` on disk `i` that hold a metadata page (they
+  // start with the page magic; a freed page may still be there, which is harmless).
+  std::vector<uint64_t> MetadataPageBlocks(size_t i, uint64_t from) {
+    std::vector<uint64_t> out;
+    SimDisk* disk = disks_[i].disk.get();
+    AlignedBuffer buf(kVerifyReadBytes);
+    from -= from % kBlockBytes;
+    for (uint64_t off = from; off < disk->size_bytes(); off += kVerifyReadBytes) {
+      const uint64_t length = std::min(kVerifyReadBytes, disk->size_bytes() - off);
+      absl::Status st = AwaitDevice([&](BlockDevice::Callback done) {
+        disk->Read(off, length, buf.data(), std::move(done));
+      });
+      if (!ExpectOk(st, "reading a simulated disk directly")) return {};
+      for (uint64_t b = 0; b + kBlockBytes <= length; b += kBlockBytes) {
+        if (std::memcmp(buf.data() + b, "PAGE", 4) == 0) out.push_back(off + b);
       }
     }
     return out;

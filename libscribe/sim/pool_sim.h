@@ -67,6 +67,7 @@ struct PoolSimResult {
   uint64_t power_cuts = 0;
   uint64_t disk_failures = 0;
   uint64_t corruptions = 0;
+  uint64_t page_corruptions = 0;  // of those, one copy of a metadata page
   uint64_t node_outages = 0;   // including evictions
   uint64_t reads_checked = 0;  // reads (live, snapshot, post-crash) compared to the model
   uint64_t diffs_checked = 0;  // Diff results compared to the model

@@ -32,7 +32,7 @@ constexpr uint64_t kSeedsCount = 200;
 
 std::string Summary(const PoolSimResult& r) {
   return absl::StrCat("ops=", r.ops, " faults=", r.faults, " (power_cuts=", r.power_cuts,
-                      " disk_failures=", r.disk_failures, " corruptions=", r.corruptions,
+                      " disk_failures=", r.disk_failures, " corruptions=", r.corruptions, " (metadata pages ", r.page_corruptions, ")",
                       " node_outages=", r.node_outages, ") reads_checked=", r.reads_checked,
                       " violations=", r.violations);
 }

@@ -90,5 +90,11 @@ def test_a_pool_with_more_metadata_than_its_journal_region_survives_owner_kills(
         print("round %d: every block verified in %.0f s" % (round, time.time() - t))
         snaps = c.scribe("snapshot", "list", "vol").stdout
         assert "after-fill" in snaps and "after-random" in snaps, snaps
+        pool = c.status(node=via)["pool"]
+        print("round %d: %d metadata chunks, last checkpoint %d pages, root %d bytes" %
+              (round, pool["metadata_chunks"], pool["last_checkpoint_pages"],
+               pool["last_checkpoint_root_bytes"]))
+        assert pool["metadata_chunks"] > 0 and pool["checkpoints"] > 0, pool
+        assert pool["last_checkpoint_root_bytes"] < 768 << 10, pool  # what a 2 MiB region holds
         owner.start()
         c.wait_running()
