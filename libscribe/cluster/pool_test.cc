@@ -235,6 +235,21 @@ TEST(PoolMetadata, ACheckpointWritesOnlyThePagesThatChanged) {
   EXPECT_TRUE(p.pool_->Fsck().ok());
 }
 
+// Checkpoints come often enough that none writes much more than the dirty-node limit.
+TEST(PoolMetadata, CheckpointsKeepUpWithTheDirtyNodeLimit) {
+  PoolOptions options = TestPoolOptions(64ull << 20);
+  options.checkpoint_dirty_pages_max = 64;
+  SimPool p(3, 1, 1ull << 30, options);
+  VsdId v = p.Create("d", 512 << 20);
+  const std::string mib = Pattern('m', 1 << 20);
+  for (uint64_t i = 0; i < 512; ++i) ASSERT_TRUE(p.Write(v, i << 20, mib).ok());
+  ASSERT_TRUE(p.Flush().ok());
+  const PoolStats st = p.pool_->Stats();
+  // 512 leaves (+ parents and chunk groups): at least 512 / 64 checkpoints.
+  EXPECT_GE(st.checkpoints, 8u) << st.checkpoint_pages_written << " pages";
+  EXPECT_LE(st.checkpoint_pages_written, 512u + 8 * 16 + 64) << st.checkpoints << " checkpoints";
+}
+
 // A root page bad on every copy is reported with the page and each copy's fault.
 TEST(PoolMetadata, ACorruptPageOnEveryCopyIsReportedNotPaperedOver) {
   SimPool p(3, 1, 64ull << 20);
