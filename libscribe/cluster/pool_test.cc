@@ -483,6 +483,42 @@ TEST(Pool, FullPoolIsResourceExhaustedAndKeepsData) {
   EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
   EXPECT_EQ(*p.Read(v, 0, 1 << 20), Pattern('k', 1 << 20));
   EXPECT_TRUE(p.pool_->Fsck().ok());
+  // The metadata reserve: a full pool still commits, snapshots, checkpoints at open
+  // (writing every changed page), deletes and frees.
+  ASSERT_TRUE(p.Flush().ok());
+  SnapshotId snap = p.Snap(v, "when-full");
+  p.Crash(PowerLossMode::kKeepAll);
+  EXPECT_GT(p.pool_->Stats().last_checkpoint_pages, 0u);
+  EXPECT_EQ(*p.ReadSnap(snap, 0, 1 << 20), Pattern('k', 1 << 20));
+  ASSERT_TRUE(p.DeleteSnap(snap).ok());
+  ASSERT_TRUE(p.Discard(v, 1 << 20, off - (1 << 20)).ok());
+  ASSERT_TRUE(p.Flush().ok());
+  p.loop_.RunUntil([&] { return p.pool_->Stats().delete_subtrees_pending == 0; }, 1'000'000'000);
+  ASSERT_TRUE(p.Flush().ok());
+  EXPECT_TRUE(p.Write(v, 8 << 20, Pattern('y', 1 << 20)).ok()) << "space did not come back";
+  EXPECT_EQ(*p.Read(v, 0, 1 << 20), Pattern('k', 1 << 20));
+  FsckReport fsck = p.pool_->Fsck();
+  EXPECT_TRUE(fsck.ok()) << fsck.errors[0];
+}
+
+// Format 1 kept the whole metadata in the journal region; its disks are refused with a
+// message that says so, and nothing on them is touched.
+TEST(PoolMetadata, AFormatOneDiskIsRefusedWithAMessage) {
+  SimPool p(3, 1, 64ull << 20);
+  p.pool_.reset();
+  for (auto& d : p.disks_) {
+    AlignedBuffer sb(4096);
+    ASSERT_TRUE(WaitStatus(&p.loop_, [&](auto done) { d->Read(0, 4096, sb.data(), done); }).ok());
+    std::memcpy(sb.data(), "SCRB", 4);  // format 1's superblock magic
+    ASSERT_TRUE(WaitStatus(&p.loop_, [&](auto done) { d->Write(0, 4096, sb.data(), done); }).ok());
+  }
+  auto r = Wait<std::unique_ptr<Pool>>(&p.loop_, [&](auto done) {
+    Pool::Open(&p.loop_, &p.random_, p.options_, p.specs_, done);
+  });
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
+  EXPECT_NE(r.status().message().find("format 1"), std::string::npos) << r.status();
+  EXPECT_NE(r.status().message().find("reformat"), std::string::npos) << r.status();
 }
 
 // Overwrites free their old blocks only once the map change is durable (a commit), and
