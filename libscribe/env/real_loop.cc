@@ -54,29 +54,37 @@ bool RealLoop::RunUntil(const std::function<bool()>& done, int64_t timeout_ns) {
   impl_->in_run_until = true;
   const int64_t deadline = NowNanos() + timeout_ns;
   bool result = false;
+  // Posted callbacks and due timers run first, but never more than this many between
+  // two polls for I/O: a stream of them (work that posts more work, completions that
+  // re-arm timers) must not starve device completions and RPC deliveries.
+  constexpr int kCallbacksBetweenPolls = 64;
+  int budget = kCallbacksBetweenPolls;
   for (;;) {
     if (done()) {
       result = true;
       break;
     }
     // Posted callbacks, one at a time, in order.
-    if (!impl_->ready.empty()) {
+    if (!impl_->ready.empty() && budget > 0) {
       std::function<void()> fn = std::move(impl_->ready.front());
       impl_->ready.pop_front();
+      --budget;
       fn();
       continue;
     }
     // Due timers, one at a time, in deadline order.
     const int64_t now = NowNanos();
-    if (!impl_->timers.empty() && impl_->timers.begin()->first.deadline_ns <= now) {
+    if (!impl_->timers.empty() && impl_->timers.begin()->first.deadline_ns <= now && budget > 0) {
       auto it = impl_->timers.begin();
       std::function<void()> fn = std::move(it->second);
       impl_->deadline_of.erase(it->first.id);
       impl_->timers.erase(it);
+      --budget;
       fn();
       continue;
     }
     // Whatever KJ has ready (I/O completions, RPC deliveries) without blocking.
+    budget = kCallbacksBetweenPolls;
     impl_->io.waitScope.poll();
     if (done()) {
       result = true;
