@@ -151,7 +151,8 @@ def test_fio_verifies_while_a_disk_fails_and_is_remirrored(cluster):
     print("disk %d failed: full redundancy %.1f s after the failure" % (disk["id"], time.time() - start["t"]))
     disks = {d["id"]: d for d in cluster.scribe_json("disk", "list")["disks"]}
     assert disks[disk["id"]]["failed"]
-    assert disks[disk["id"]]["chunks"] == 0 or disks[disk["id"]]["used_bytes"] >= 0
+    # Emptied: every copy it held (data, and metadata pages) lives elsewhere now.
+    assert disks[disk["id"]]["chunks"] == 0 and disks[disk["id"]]["used_bytes"] == 0, disks[disk["id"]]
     assert cluster.status()["pool"]["fully_redundant"]
 
 

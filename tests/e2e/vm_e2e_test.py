@@ -35,6 +35,9 @@ from vmstack import VmStack
 
 # A restart on a survivor: lease TTL (3 s) + a boot under TCG (~10 s) + slack for 2 busy cores.
 FAILOVER_TIMEOUT_S = 90
+# What README and RELIABILITY.md claim from a node's death to the restarted guest's first
+# record (measured ~10 s): asserted, not just waited for.
+FAILOVER_CLAIM_S = 30
 BOOT_TIMEOUT_S = 120
 
 
@@ -142,7 +145,7 @@ def test_b_node_death_restarts_the_vm_elsewhere_with_its_data(stack):
     runs = guest.log_runs(guest.read_log(stack.uri("ha-root"), head + 300))
     assert [r[0] for r in runs] == [boot_1, boot_2], runs
     assert runs[0] == (boot_1, 0, head - 1) and runs[1][1] == head, runs
-    assert t_record - t_kill < FAILOVER_TIMEOUT_S
+    assert t_record - t_kill < FAILOVER_CLAIM_S, t_record - t_kill
 
 
 def test_c_frozen_node_is_fenced_by_storage_and_forces_its_vm_off(stack):
