@@ -35,8 +35,8 @@ constexpr uint32_t kFlagCheckpointBegin = 1;
 constexpr uint32_t kFlagCheckpointEnd = 2;
 // A checkpoint's root is written in batches of at most this many payload bytes.
 constexpr size_t kCheckpointBatchBytes = 1 << 20;
-// Page reads in flight while a pool opens.
-constexpr size_t kPageReadsInFlight = 64;
+// Page reads (runs of pages, or single pages) in flight while a pool opens.
+constexpr size_t kPageReadsInFlight = 16;
 // A change log may always hold this many extents, however small its VSD.
 constexpr uint64_t kChangeLogExtentsMin = 16;
 
@@ -3457,15 +3457,21 @@ class PoolImpl : public Pool {
     (*attempt)(0);
   }
 
-  // Reads `pages` with at most kPageReadsInFlight at once; `each` decodes one (in any
-  // order). Stops at the first error.
+  // Reads `pages` and calls `each` for every one (in any order); stops at the first
+  // error. Pages at consecutive blocks of a chunk (a checkpoint writes a parent's
+  // children side by side) are read as one run of up to kPagesPerRun from one copy; a
+  // page whose copy there fails its checksum (or a run whose read fails) is read alone,
+  // from every copy in turn (ReadPage). At most kPageReadsInFlight reads at once.
+  static constexpr size_t kPagesPerRun = 64;
+
   void ReadPages(std::vector<MapEntry> pages,
                  std::function<absl::Status(size_t, const uint8_t*)> each, StatusDone done) {
     struct State {
       std::vector<MapEntry> pages;
       std::function<absl::Status(size_t, const uint8_t*)> each;
       StatusDone done;
-      size_t next = 0;
+      std::deque<std::vector<size_t>> runs;  // indexes into pages, consecutive blocks
+      std::deque<size_t> singles;            // pages to read alone
       size_t in_flight = 0;
       absl::Status error;
     };
@@ -3473,22 +3479,60 @@ class PoolImpl : public Pool {
     s->pages = std::move(pages);
     s->each = std::move(each);
     s->done = std::move(done);
+    std::vector<size_t> order(s->pages.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](size_t x, size_t y) {
+      const MapEntry& a = s->pages[x];
+      const MapEntry& b = s->pages[y];
+      return a.chunk != b.chunk ? a.chunk < b.chunk : a.block < b.block;
+    });
+    for (size_t i : order) {
+      if (!s->runs.empty()) {
+        std::vector<size_t>& r = s->runs.back();
+        const MapEntry& last = s->pages[r.back()];
+        const MapEntry& p = s->pages[i];
+        if (r.size() < kPagesPerRun && p.chunk == last.chunk && p.block == last.block + 1) {
+          r.push_back(i);
+          continue;
+        }
+      }
+      s->runs.push_back({i});
+    }
     auto alive = alive_;
     auto pump = std::make_shared<std::function<void()>>();
     *pump = [this, alive, s, pump]() {
-      while (s->error.ok() && s->next < s->pages.size() && s->in_flight < kPageReadsInFlight) {
-        const size_t i = s->next++;
+      while (s->error.ok() && (!s->singles.empty() || !s->runs.empty()) &&
+             s->in_flight < kPageReadsInFlight) {
         ++s->in_flight;
-        ReadPage(s->pages[i], [alive, s, pump, i](absl::StatusOr<std::shared_ptr<AlignedBuffer>> r) {
+        if (!s->singles.empty()) {
+          const size_t i = s->singles.front();
+          s->singles.pop_front();
+          ReadPage(s->pages[i], [alive, s, pump, i](absl::StatusOr<std::shared_ptr<AlignedBuffer>> r) {
+            if (!*alive) return;
+            --s->in_flight;
+            if (s->error.ok()) s->error = r.ok() ? s->each(i, (*r)->data()) : r.status();
+            (*pump)();
+          });
+          continue;
+        }
+        auto run = std::make_shared<std::vector<size_t>>(std::move(s->runs.front()));
+        s->runs.pop_front();
+        ReadPageRun(s->pages, *run, [alive, s, pump, run](std::shared_ptr<AlignedBuffer> buf) {
           if (!*alive) return;
           --s->in_flight;
-          if (s->error.ok()) {
-            s->error = r.ok() ? s->each(i, (*r)->data()) : r.status();
+          for (size_t k = 0; k < run->size() && s->error.ok(); ++k) {
+            const size_t i = (*run)[k];
+            const uint8_t* page = buf ? buf->data() + k * kPageBytes : nullptr;
+            if (page != nullptr && Crc32c(page, kPageBytes) == s->pages[i].crc) {
+              s->error = s->each(i, page);
+            } else {
+              s->singles.push_back(i);  // this copy is bad or unreadable: try them all
+            }
           }
           (*pump)();
         });
       }
-      if (s->in_flight == 0 && (!s->error.ok() || s->next == s->pages.size())) {
+      if (s->in_flight == 0 && (!s->error.ok() || (s->singles.empty() && s->runs.empty()))) {
         StatusDone d = std::move(s->done);
         const absl::Status error = s->error;
         *pump = nullptr;  // break the cycle (this lambda and its captures are gone now)
@@ -3496,6 +3540,33 @@ class PoolImpl : public Pool {
       }
     };
     (*pump)();
+  }
+
+  // Reads the pages `run` names (consecutive blocks of one chunk) from the first copy
+  // that has a device; `done` gets the pages back to back, or null when that read failed
+  // or there is no such copy (the caller then reads each page alone). Always posted.
+  void ReadPageRun(const std::vector<MapEntry>& pages, const std::vector<size_t>& run,
+                   std::function<void(std::shared_ptr<AlignedBuffer>)> done) {
+    const MapEntry first = pages[run.front()];
+    const ChunkState* c = FindChunk(first.chunk);
+    const Replica* from = nullptr;
+    if (c != nullptr && c->meta && first.block + run.size() <= kBlocksPerChunk) {
+      for (const Replica& r : c->replicas) {
+        const DiskState* d = FindDisk(r.disk);
+        if (d != nullptr && d->dev != nullptr && !d->failed) {
+          from = &r;
+          break;
+        }
+      }
+    }
+    if (from == nullptr) return loop_->Post([done] { done(nullptr); });
+    auto buf = std::make_shared<AlignedBuffer>(run.size() * kPageBytes, AlignedBuffer::Uninitialized{});
+    auto alive = alive_;
+    disks_.at(from->disk).dev->Read(ReplicaOffset(*from, first.block), run.size() * kPageBytes, buf->data(),
+                                    Timed([alive, buf, done](absl::Status st) {
+                                      if (!*alive) return;
+                                      done(st.ok() ? buf : nullptr);
+                                    }));
   }
 
   // A page a loaded checkpoint names: in use.
