@@ -669,6 +669,20 @@ class PoolImpl : public Pool {
     }
   }
 
+  static void EncodeAddChunk(Encoder& e, uint64_t id, int replication, bool meta,
+                             const std::vector<Replica>& replicas) {
+    e.U8(kRecAddChunk);
+    e.U64(id);
+    e.U8(static_cast<uint8_t>(replication));
+    e.U8(meta ? kChunkMeta : 0);
+    e.U32(static_cast<uint32_t>(replicas.size()));
+    for (const Replica& r : replicas) {
+      e.U64(r.disk.value);
+      e.U64(r.slot);
+      e.U8(r.stale ? 1 : 0);
+    }
+  }
+
   static MapEntry DecodePagePointer(Decoder& d) {
     MapEntry e;
     e.chunk = d.U64();
@@ -1032,17 +1046,10 @@ class PoolImpl : public Pool {
       return absl::ResourceExhaustedError("pool is full: not enough free chunks on distinct nodes");
     }
     const uint64_t id = next_chunk_++;
+    std::vector<Replica> replicas;
+    for (auto [disk, slot] : slots) replicas.push_back(Replica{disk, slot, false});
     Encoder e;
-    e.U8(kRecAddChunk);
-    e.U64(id);
-    e.U8(static_cast<uint8_t>(replication));
-    e.U8(meta ? kChunkMeta : 0);
-    e.U32(static_cast<uint32_t>(slots.size()));
-    for (auto [disk, slot] : slots) {
-      e.U64(disk.value);
-      e.U64(slot);
-      e.U8(0);
-    }
+    EncodeAddChunk(e, id, replication, meta, replicas);
     if (meta) {
       Decoder d(e.out().data(), e.out().size());
       Apply(d);
@@ -1358,6 +1365,16 @@ class PoolImpl : public Pool {
     Commit([](absl::Status) {});
   }
 
+  // Records that chunk `chunk`'s copy on `disk` lacks writes (or caught up).
+  void RecordStale(uint64_t chunk, DiskId disk, bool stale) {
+    Encoder rec;
+    rec.U8(kRecStale);
+    rec.U64(chunk);
+    rec.U64(disk.value);
+    rec.U8(stale ? 1 : 0);
+    Mutate(rec.out());
+  }
+
   // Marks the copies on `disk` of `chunks` stale (they may lack recent writes).
   void MarkStale(DiskId disk, std::set<uint64_t> chunks) {  // a copy: Mutate may commit
     bool any = false;
@@ -1366,16 +1383,92 @@ class PoolImpl : public Pool {
       if (!c) continue;
       for (const Replica& r : c->replicas) {
         if (r.disk != disk || r.stale) continue;
-        Encoder rec;
-        rec.U8(kRecStale);
-        rec.U64(id);
-        rec.U64(disk.value);
-        rec.U8(1);
-        Mutate(rec.out());
+        RecordStale(id, disk, true);
         any = true;
       }
     }
     if (any) Heal();
+  }
+
+  // Writes the blocks `where` names (data[i * 4 KiB] to where[i]) to every writable copy
+  // of their chunks, one device write per run of consecutive blocks of a chunk per copy.
+  // A copy that cannot take it (its node is away, or the write fails) is recorded stale
+  // and caught up later. `done(true)` once every run reached at least one copy; `hold`
+  // keeps `data` alive until then. Used for VSD data and for metadata pages alike.
+  void WriteToCopies(const std::vector<MapEntry>& where, const uint8_t* data,
+                     std::shared_ptr<const void> hold, std::function<void(bool)> done) {
+    struct Run {
+      size_t first;
+      uint32_t count;
+    };
+    std::vector<Run> runs;
+    for (size_t i = 0; i < where.size(); ++i) {
+      const MapEntry& e = where[i];
+      if (!runs.empty()) {
+        const MapEntry& p = where[runs.back().first + runs.back().count - 1];
+        if (p.chunk == e.chunk && p.block + 1 == e.block) {
+          runs.back().count++;
+          continue;
+        }
+      }
+      runs.push_back(Run{i, 1});
+    }
+    if (runs.empty()) return done(true);
+    auto alive = alive_;
+    auto failed_runs = std::make_shared<int>(0);
+    auto g = MakeGather(static_cast<int>(runs.size()), [alive, failed_runs, done](absl::Status) {
+      if (*alive) done(*failed_runs == 0);
+    });
+    for (const Run& run : runs) {
+      const MapEntry first = where[run.first];
+      ChunkState* c = FindChunk(first.chunk);
+      std::vector<Replica> targets;
+      for (const Replica& r : c->replicas) {
+        if (ReplicaWritable(r)) {
+          targets.push_back(r);
+        } else if (!r.stale && !disks_.at(r.disk).failed) {
+          RecordStale(c->id, r.disk, true);  // its node is away: it misses this write
+        }
+      }
+      if (targets.empty()) {
+        ++*failed_runs;
+        g->Finish(absl::OkStatus());
+        continue;
+      }
+      ++c->writes_in_flight;
+      auto ok_copies = std::make_shared<int>(0);
+      const uint64_t chunk_id = c->id;
+      auto rg = MakeGather(static_cast<int>(targets.size()),
+                           [this, alive, g, ok_copies, failed_runs, chunk_id](absl::Status) {
+                             if (!*alive) return;
+                             if (ChunkState* c = FindChunk(chunk_id)) {
+                               --c->writes_in_flight;
+                               MaybeFreeChunk(c);
+                             }
+                             if (*ok_copies == 0) ++*failed_runs;
+                             g->Finish(absl::OkStatus());
+                           });
+      for (const Replica& r : targets) {
+        disks_.at(r.disk).dev->Write(
+            ReplicaOffset(r, first.block), run.count * kBlockBytes, data + run.first * kBlockBytes,
+            Timed([this, alive, rg, ok_copies, r, chunk_id, hold](absl::Status st) {
+              if (!*alive) return;
+              if (st.ok()) {
+                // Marked on completion: a commit flushes only writes that completed.
+                unflushed_chunks_[r.disk].insert(chunk_id);
+                ++*ok_copies;
+              } else {
+                NoteIoError(r.disk, st);
+                // This copy lacks the write: it is stale until re-mirrored.
+                if (FindChunk(chunk_id)) {
+                  RecordStale(chunk_id, r.disk, true);
+                  Heal();
+                }
+              }
+              rg->Finish(absl::OkStatus());
+            }));
+      }
+    }
   }
 
   void FailDiskNow(DiskId disk, bool evicted) {
@@ -1579,123 +1672,44 @@ class PoolImpl : public Pool {
     for (uint64_t i = 0; i < entries->size(); ++i) {
       (*entries)[i].crc = Crc32c(data + i * kBlockBytes, kBlockBytes);
     }
-    // Group consecutive blocks of one chunk into one device write per copy.
-    struct Run {
-      size_t first;
-      uint32_t count;
-    };
-    std::vector<Run> runs;
-    for (size_t i = 0; i < entries->size(); ++i) {
-      const MapEntry& e = (*entries)[i];
-      if (!runs.empty()) {
-        const MapEntry& p = (*entries)[runs.back().first + runs.back().count - 1];
-        if (p.chunk == e.chunk && p.block + 1 == e.block) {
-          runs.back().count++;
-          continue;
-        }
-      }
-      runs.push_back(Run{i, 1});
-    }
     auto alive = alive_;
-    auto failed_runs = std::make_shared<int>(0);
-    auto g = MakeGather(static_cast<int>(runs.size()),
-                        [this, alive, vsd, b0, entries, failed_runs, done](absl::Status) {
-                          if (!*alive) return;
-                          if (*failed_runs > 0) {
-                            for (const MapEntry& e : *entries) Unreserve(e);
-                            return done(absl::UnavailableError(
-                                "write failed on every copy of a chunk"));
-                          }
-                          VsdState* v = FindVsdState(vsd);
-                          for (const MapEntry& e : *entries) {
-                            ChunkState* c = FindChunk(e.chunk);
-                            // The map is about to reference it: no longer merely reserved.
-                            c->busy[e.block] = false;
-                            --c->used;
-                            NoteMaybeReusable(c);
-                          }
-                          if (!v) {
-                            for (const MapEntry& e : *entries) MaybeFreeChunk(FindChunk(e.chunk));
-                          }
-                          // One record per run of consecutive blocks in one chunk.
-                          for (size_t i = 0; v && i < entries->size();) {
-                            size_t j = i + 1;
-                            while (j < entries->size() && (*entries)[j].chunk == (*entries)[i].chunk &&
-                                   (*entries)[j].block == (*entries)[j - 1].block + 1) {
-                              ++j;
-                            }
-                            Encoder rec;
-                            rec.U8(kRecMap);
-                            rec.U64(vsd.value);
-                            rec.U64(b0 + i);
-                            rec.U64((*entries)[i].chunk);
-                            rec.U32((*entries)[i].block);
-                            rec.U32(static_cast<uint32_t>(j - i));
-                            for (size_t k = i; k < j; ++k) rec.U32((*entries)[k].crc);
-                            Mutate(rec.out());
-                            i = j;
-                          }
-                          done(v ? absl::OkStatus() : NotFound(vsd));
-                        });
-    for (const Run& run : runs) {
-      const MapEntry& first = (*entries)[run.first];
-      ChunkState* c = FindChunk(first.chunk);
-      std::vector<Replica> targets;
-      for (const Replica& r : c->replicas) {
-        if (ReplicaWritable(r)) {
-          targets.push_back(r);
-        } else if (!r.stale && !disks_.at(r.disk).failed) {
-          // Its node is away: the copy misses this write and must catch up later.
-          Encoder rec;
-          rec.U8(kRecStale);
-          rec.U64(c->id);
-          rec.U64(r.disk.value);
-          rec.U8(1);
-          Mutate(rec.out());
+    WriteToCopies(*entries, data, hold, [this, alive, vsd, b0, entries, done](bool landed) {
+      if (!*alive) return;
+      if (!landed) {
+        for (const MapEntry& e : *entries) Unreserve(e);
+        return done(absl::UnavailableError("write failed on every copy of a chunk"));
+      }
+      VsdState* v = FindVsdState(vsd);
+      for (const MapEntry& e : *entries) {
+        ChunkState* c = FindChunk(e.chunk);
+        // The map is about to reference it: no longer merely reserved.
+        c->busy[e.block] = false;
+        --c->used;
+        NoteMaybeReusable(c);
+      }
+      if (!v) {
+        for (const MapEntry& e : *entries) MaybeFreeChunk(FindChunk(e.chunk));
+      }
+      // One record per run of consecutive blocks in one chunk.
+      for (size_t i = 0; v && i < entries->size();) {
+        size_t j = i + 1;
+        while (j < entries->size() && (*entries)[j].chunk == (*entries)[i].chunk &&
+               (*entries)[j].block == (*entries)[j - 1].block + 1) {
+          ++j;
         }
+        Encoder rec;
+        rec.U8(kRecMap);
+        rec.U64(vsd.value);
+        rec.U64(b0 + i);
+        rec.U64((*entries)[i].chunk);
+        rec.U32((*entries)[i].block);
+        rec.U32(static_cast<uint32_t>(j - i));
+        for (size_t k = i; k < j; ++k) rec.U32((*entries)[k].crc);
+        Mutate(rec.out());
+        i = j;
       }
-      if (targets.empty()) {
-        ++*failed_runs;
-        g->Finish(absl::OkStatus());
-        continue;
-      }
-      ++c->writes_in_flight;
-      auto ok_copies = std::make_shared<int>(0);
-      const uint64_t chunk_id = c->id;
-      auto rg = MakeGather(static_cast<int>(targets.size()),
-                           [this, alive, g, ok_copies, failed_runs, chunk_id](absl::Status) {
-                             if (!*alive) return;
-                             if (ChunkState* c = FindChunk(chunk_id)) --c->writes_in_flight;
-                             if (*ok_copies == 0) ++*failed_runs;
-                             g->Finish(absl::OkStatus());
-                           });
-      for (const Replica& r : targets) {
-        disks_.at(r.disk).dev->Write(
-            ReplicaOffset(r, first.block), run.count * kBlockBytes,
-            data + run.first * kBlockBytes,
-            Timed([this, alive, rg, ok_copies, r, chunk_id, hold](absl::Status st) {
-              if (!*alive) return;
-              if (st.ok()) {
-                // Marked on completion: a commit flushes only writes that completed.
-                unflushed_chunks_[r.disk].insert(chunk_id);
-                ++*ok_copies;
-              } else {
-                NoteIoError(r.disk, st);
-                // This copy lacks the write: it is stale until re-mirrored.
-                if (FindChunk(chunk_id)) {
-                  Encoder rec;
-                  rec.U8(kRecStale);
-                  rec.U64(chunk_id);
-                  rec.U64(r.disk.value);
-                  rec.U8(1);
-                  Mutate(rec.out());
-                  Heal();
-                }
-              }
-              rg->Finish(absl::OkStatus());
-            }));
-      }
-    }
+      done(v ? absl::OkStatus() : NotFound(vsd));
+    });
   }
 
   void Discard(VsdId vsd, uint64_t offset_bytes, uint64_t length_bytes, StatusDone done) override {
@@ -3032,83 +3046,12 @@ class PoolImpl : public Pool {
     dirty_nodes_ = std::max<uint64_t>(dirty_nodes_, 1);
   }
 
-  // Writes a checkpoint's pages to every writable copy of their chunks, one device write
-  // per run of consecutive pages. Fails when some page reached no copy.
+  // Writes a checkpoint's pages to every writable copy of their chunks. Fails when some
+  // page reached no copy.
   void WritePages(std::shared_ptr<Checkpoint> ck, StatusDone done) {
-    struct Run {
-      size_t first;
-      uint32_t count;
-    };
-    std::vector<Run> runs;
-    for (size_t i = 0; i < ck->pages.size(); ++i) {
-      const MapEntry& e = ck->pages[i];
-      if (!runs.empty()) {
-        const MapEntry& p = ck->pages[runs.back().first + runs.back().count - 1];
-        if (p.chunk == e.chunk && p.block + 1 == e.block) {
-          runs.back().count++;
-          continue;
-        }
-      }
-      runs.push_back(Run{i, 1});
-    }
-    if (runs.empty()) return done(absl::OkStatus());
-    auto alive = alive_;
-    auto failed_runs = std::make_shared<int>(0);
-    auto g = MakeGather(static_cast<int>(runs.size()), [alive, failed_runs, done](absl::Status) {
-      if (!*alive) return;
-      if (*failed_runs > 0) return done(absl::UnavailableError("a metadata page reached no copy"));
-      done(absl::OkStatus());
+    WriteToCopies(ck->pages, ck->data.data(), ck, [done](bool landed) {
+      done(landed ? absl::OkStatus() : absl::UnavailableError("a metadata page reached no copy"));
     });
-    for (const Run& run : runs) {
-      const MapEntry first = ck->pages[run.first];
-      ChunkState* c = FindChunk(first.chunk);
-      std::vector<Replica> targets;
-      for (const Replica& r : c->replicas) {
-        if (ReplicaWritable(r)) targets.push_back(r);
-      }
-      if (targets.empty()) {
-        ++*failed_runs;
-        g->Finish(absl::OkStatus());
-        continue;
-      }
-      ++c->writes_in_flight;
-      auto ok_copies = std::make_shared<int>(0);
-      const uint64_t chunk_id = c->id;
-      auto rg = MakeGather(static_cast<int>(targets.size()),
-                           [this, alive, g, ok_copies, failed_runs, chunk_id](absl::Status) {
-                             if (!*alive) return;
-                             if (ChunkState* c = FindChunk(chunk_id)) {
-                               --c->writes_in_flight;
-                               MaybeFreeChunk(c);
-                             }
-                             if (*ok_copies == 0) ++*failed_runs;
-                             g->Finish(absl::OkStatus());
-                           });
-      for (const Replica& r : targets) {
-        disks_.at(r.disk).dev->Write(
-            ReplicaOffset(r, first.block), run.count * kBlockBytes,
-            ck->data.data() + run.first * kPageBytes,
-            Timed([this, alive, rg, ok_copies, r, chunk_id, ck](absl::Status st) {
-              if (!*alive) return;
-              if (st.ok()) {
-                unflushed_chunks_[r.disk].insert(chunk_id);
-                ++*ok_copies;
-              } else {
-                NoteIoError(r.disk, st);
-                if (FindChunk(chunk_id)) {
-                  Encoder rec;
-                  rec.U8(kRecStale);
-                  rec.U64(chunk_id);
-                  rec.U64(r.disk.value);
-                  rec.U8(1);
-                  Mutate(rec.out());
-                  Heal();
-                }
-              }
-              rg->Finish(absl::OkStatus());
-            }));
-      }
-    }
   }
 
   // The checkpoint's root: counters, disks, metadata chunks, and pointers to the pages
@@ -3148,16 +3091,7 @@ class PoolImpl : public Pool {
     for (uint64_t id : meta_chunks_) {
       const ChunkState& c = chunks_.at(id);
       Encoder e;
-      e.U8(kRecAddChunk);
-      e.U64(id);
-      e.U8(static_cast<uint8_t>(c.replication));
-      e.U8(kChunkMeta);
-      e.U32(static_cast<uint32_t>(c.replicas.size()));
-      for (const Replica& r : c.replicas) {
-        e.U64(r.disk.value);
-        e.U64(r.slot);
-        e.U8(r.stale ? 1 : 0);
-      }
+      EncodeAddChunk(e, id, c.replication, true, c.replicas);
       add(e.out());
     }
     for (const auto& [g, page] : group_pages_) {

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstring>
 #include <deque>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -1726,6 +1727,18 @@ class PoolSim {
       }
     }
     std::sort(live.begin(), live.end());
+    return BlocksWhere(i, from, [&](const uint8_t* block) {
+      uint64_t words[2];
+      std::memcpy(words, block, sizeof(words));
+      return words[0] != 0 && DecodeSector(block, words[1]) == words[0] &&
+             std::binary_search(live.begin(), live.end(), std::make_pair(words[0], words[1]));
+    });
+  }
+
+  // Offsets of the 4 KiB blocks past `from` on disk `i` whose contents satisfy `match`,
+  // read straight from the simulated device.
+  std::vector<uint64_t> BlocksWhere(size_t i, uint64_t from,
+                                    const std::function<bool(const uint8_t*)>& match) {
     std::vector<uint64_t> out;
     SimDisk* disk = disks_[i].disk.get();
     AlignedBuffer buf(kVerifyReadBytes);
@@ -1737,12 +1750,7 @@ class PoolSim {
       });
       if (!ExpectOk(st, "reading a simulated disk directly")) return {};
       for (uint64_t b = 0; b + kBlockBytes <= length; b += kBlockBytes) {
-        uint64_t words[2];
-        std::memcpy(words, buf.data() + b, sizeof(words));
-        if (words[0] != 0 && DecodeSector(buf.data() + b, words[1]) == words[0] &&
-            std::binary_search(live.begin(), live.end(), std::make_pair(words[0], words[1]))) {
-          out.push_back(off + b);
-        }
+        if (match(buf.data() + b)) out.push_back(off + b);
       }
     }
     return out;
@@ -1751,21 +1759,7 @@ class PoolSim {
   // Offsets of the 4 KiB blocks past `from` on disk `i` that hold a metadata page (they
   // start with the page magic; a freed page may still be there, which is harmless).
   std::vector<uint64_t> MetadataPageBlocks(size_t i, uint64_t from) {
-    std::vector<uint64_t> out;
-    SimDisk* disk = disks_[i].disk.get();
-    AlignedBuffer buf(kVerifyReadBytes);
-    from -= from % kBlockBytes;
-    for (uint64_t off = from; off < disk->size_bytes(); off += kVerifyReadBytes) {
-      const uint64_t length = std::min(kVerifyReadBytes, disk->size_bytes() - off);
-      absl::Status st = AwaitDevice([&](BlockDevice::Callback done) {
-        disk->Read(off, length, buf.data(), std::move(done));
-      });
-      if (!ExpectOk(st, "reading a simulated disk directly")) return {};
-      for (uint64_t b = 0; b + kBlockBytes <= length; b += kBlockBytes) {
-        if (std::memcmp(buf.data() + b, "PAGE", 4) == 0) out.push_back(off + b);
-      }
-    }
-    return out;
+    return BlocksWhere(i, from, [](const uint8_t* block) { return std::memcmp(block, "PAGE", 4) == 0; });
   }
 
   bool ScrubAndCheck(const std::string& why) {

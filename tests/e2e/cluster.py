@@ -5,6 +5,7 @@ scripts/bench. Binaries come from $SCRIBED_BIN / $SCRIBE_CLI_BIN, else from Baze
 runfiles or bazel-bin.
 """
 
+import contextlib
 import json
 import os
 import random
@@ -237,6 +238,21 @@ class Cluster:
         shutil.rmtree(self.socket_dir, ignore_errors=True)
         if self.own_root and not os.environ.get("KEEP_CLUSTER"):
             shutil.rmtree(self.root, ignore_errors=True)
+
+    @classmethod
+    @contextlib.contextmanager
+    def started(cls, **kwargs):
+        """A started cluster, stopped and removed afterwards (its logs printed when starting
+        it fails): the test fixtures' body."""
+        c = cls(**kwargs)
+        try:
+            c.start()
+            yield c
+        except Exception:
+            print(c.logs())
+            raise
+        finally:
+            c.cleanup()
 
     def __enter__(self):
         return self

@@ -24,15 +24,8 @@ def image():
 
 @pytest.fixture(scope="module")
 def cluster():
-    c = Cluster(nodes=3, disk_bytes=512 * MiB, lease_ttl_ms=2000, evict_grace_ms=60000)
-    try:
-        c.start()
+    with Cluster.started(nodes=3, disk_bytes=512 * MiB, lease_ttl_ms=2000, evict_grace_ms=60000) as c:
         yield c
-    except Exception:
-        print(c.logs())
-        raise
-    finally:
-        c.cleanup()
 
 
 @pytest.fixture(scope="module")

@@ -24,15 +24,8 @@ RAND_MIB = int(os.environ.get("HC3_E2E_RAND_MIB", "128"))
 @pytest.fixture
 def cluster():
     disk = max(4096, (SEQ_MIB + RAND_MIB) * 2) * MiB  # sparse files; RF 2 over 3 nodes
-    c = Cluster(nodes=3, disk_bytes=disk, lease_ttl_ms=2000, evict_grace_ms=600000, metadata_mib=2)
-    try:
-        c.start()
+    with Cluster.started(nodes=3, disk_bytes=disk, lease_ttl_ms=2000, evict_grace_ms=600000, metadata_mib=2) as c:
         yield c
-    except Exception:
-        print(c.logs())
-        raise
-    finally:
-        c.cleanup()
 
 
 def seq_args(verify_only=False):

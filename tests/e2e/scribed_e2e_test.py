@@ -18,15 +18,8 @@ MiB = 1 << 20
 
 @pytest.fixture
 def cluster():
-    c = Cluster(nodes=3, disk_bytes=512 * MiB, lease_ttl_ms=2000, evict_grace_ms=60000)
-    try:
-        c.start()
+    with Cluster.started(nodes=3, disk_bytes=512 * MiB, lease_ttl_ms=2000, evict_grace_ms=60000) as c:
         yield c
-    except Exception:
-        print(c.logs())
-        raise
-    finally:
-        c.cleanup()
 
 
 def non_owner(c):
