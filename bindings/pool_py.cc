@@ -119,7 +119,9 @@ class PyPool {
     CallStatus([&](auto d) { pool_->RevertToSnapshot(VsdId{v}, SnapshotId{s}, d); });
   }
   std::vector<std::pair<uint64_t, uint64_t>> Diff(std::optional<uint64_t> from, uint64_t to) {
-    auto extents = ValueOrThrow(pool_->Diff(SnapshotId{from.value_or(0)}, SnapshotId{to}));
+    auto extents = Call<std::vector<Extent>>([&](auto done) {
+      pool_->Diff(SnapshotId{from.value_or(0)}, SnapshotId{to}, done);
+    });
     std::vector<std::pair<uint64_t, uint64_t>> out;
     for (const Extent& e : extents) out.push_back({e.offset_bytes, e.length_bytes});
     return out;
@@ -185,7 +187,9 @@ class PyPool {
     d["fully_redundant"] = pool_->FullyRedundant();
     return d;
   }
-  std::vector<std::string> Fsck() { return pool_->Fsck().errors; }
+  std::vector<std::string> Fsck() {
+    return Call<FsckReport>([&](auto done) { pool_->Fsck(done); }).errors;
+  }
   py::dict Scrub() {
     ScrubReport r = Call<ScrubReport>([&](auto done) { pool_->Scrub(done); });
     py::dict d;

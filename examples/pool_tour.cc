@@ -169,7 +169,10 @@ absl::Status Tour(const std::string& directory) {
   ASSIGN_OR_RETURN(SnapshotId s2, snapshot("s2"));
 
   // Only the overwritten 4 KiB differs between the snapshots.
-  ASSIGN_OR_RETURN(std::vector<Extent> extents, pool->Diff(s1, s2));
+  ASSIGN_OR_RETURN(std::vector<Extent> extents,
+                   Wait<std::vector<Extent>>(loop.get(), [&](Pool::Done<std::vector<Extent>> done) {
+                     pool->Diff(s1, s2, std::move(done));
+                   }));
   std::printf("diff s1..s2: %zu extent(s)\n", extents.size());
   for (const Extent& e : extents) {
     std::printf("  extent offset=%llu length=%llu\n",
@@ -194,7 +197,10 @@ absl::Status Tour(const std::string& directory) {
   }
   PrintStats(pool->Stats());
 
-  scribe::FsckReport fsck = pool->Fsck();
+  ASSIGN_OR_RETURN(scribe::FsckReport fsck,
+                   Wait<scribe::FsckReport>(loop.get(), [&](Pool::Done<scribe::FsckReport> done) {
+                     pool->Fsck(std::move(done));
+                   }));
   if (!fsck.ok()) return absl::InternalError("fsck: " + fsck.errors.front());
   std::printf("fsck: ok (%llu blocks referenced, %llu chunks)\n",
               static_cast<unsigned long long>(fsck.blocks_referenced),

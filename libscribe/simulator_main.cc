@@ -94,6 +94,7 @@ int main(int argc, char** argv) {
   if (disks_given) extra += " --disks-per-node=" + std::to_string(base.disks_per_node);
 
   scribe::PoolSimResult total;
+  uint64_t small_cache_seeds = 0;
   std::vector<uint64_t> failed;
   const auto start = std::chrono::steady_clock::now();
   for (uint64_t seed = first_seed; seed < first_seed + seeds; ++seed) {
@@ -110,6 +111,8 @@ int main(int argc, char** argv) {
     total.reads_checked += r.reads_checked;
     total.diffs_checked += r.diffs_checked;
     total.diffs_from_change_logs += r.diffs_from_change_logs;
+    small_cache_seeds += r.small_leaf_cache ? 1 : 0;
+    total.map_leaves_read += r.map_leaves_read;
     total.violations += r.violations;
     if (verbose) {
       std::printf("seed=%llu ops=%llu faults=%llu reads_checked=%llu violations=%llu\n",
@@ -131,7 +134,7 @@ int main(int argc, char** argv) {
   std::printf(
       "seeds=%llu ops=%llu faults=%llu (power_cuts=%llu disk_failures=%llu corruptions=%llu "
       "(metadata pages %llu) node_outages=%llu) reads_checked=%llu diffs_checked=%llu (from change logs %llu) "
-      "violations=%llu\n",
+      "small_leaf_cache_seeds=%llu (leaves read back %llu) violations=%llu\n",
       static_cast<unsigned long long>(seeds), static_cast<unsigned long long>(total.ops),
       static_cast<unsigned long long>(total.faults),
       static_cast<unsigned long long>(total.power_cuts),
@@ -142,6 +145,8 @@ int main(int argc, char** argv) {
       static_cast<unsigned long long>(total.reads_checked),
       static_cast<unsigned long long>(total.diffs_checked),
       static_cast<unsigned long long>(total.diffs_from_change_logs),
+      static_cast<unsigned long long>(small_cache_seeds),
+      static_cast<unsigned long long>(total.map_leaves_read),
       static_cast<unsigned long long>(total.violations));
   // Wall time goes to stderr so stdout stays identical from run to run.
   std::fprintf(stderr, "%.1f s wall, %llu failing seeds\n", seconds,

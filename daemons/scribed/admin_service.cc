@@ -487,20 +487,30 @@ class AdminService final : public api::ScribeAdmin::Server {
         ASSIGN_OR_FAIL(from, ResolveSnapshot(pool, vsd, vsd_name, "from", from_name));
       }
       ASSIGN_OR_FAIL(SnapshotId to, ResolveSnapshot(pool, vsd, vsd_name, "to", to_name));
-      ASSIGN_OR_FAIL(std::vector<Extent> extents, pool->Diff(from, to));
-      if (extents.size() > kDiffExtentsMax) {
-        return Fail(context, absl::ResourceExhaustedError(absl::StrFormat(
-                                 "the diff has %d extents, more than the %d one reply may carry",
-                                 extents.size(), kDiffExtentsMax)));
-      }
-      auto results = context.getResults();
-      auto out = results.initExtents(static_cast<unsigned>(extents.size()));
-      for (size_t i = 0; i < extents.size(); ++i) {
-        out[i].setOffsetBytes(extents[i].offset_bytes);
-        out[i].setLengthBytes(extents[i].length_bytes);
-      }
-      EncodeError(absl::OkStatus(), results.initError());
-      return kj::READY_NOW;
+      // Carried by pointer, as in createGroupSnapshot (GCC 12 and a StatusOr of a vector
+      // inside a KJ promise).
+      using Extents = std::shared_ptr<absl::StatusOr<std::vector<Extent>>>;
+      auto pending = NewPending<Extents>();
+      pool->Diff(from, to, [done = pending.done](auto extents) {
+        done(std::make_shared<absl::StatusOr<std::vector<Extent>>>(std::move(extents)));
+      });
+      return pending.promise.then([context](Extents extents_ptr) mutable {
+        absl::StatusOr<std::vector<Extent>>& extents = *extents_ptr;
+        if (!extents.ok()) return (void)Fail(context, extents.status());
+        if (extents->size() > kDiffExtentsMax) {
+          return (void)Fail(context, absl::ResourceExhaustedError(absl::StrFormat(
+                                         "the diff has %d extents, more than the %d one reply "
+                                         "may carry",
+                                         extents->size(), kDiffExtentsMax)));
+        }
+        auto results = context.getResults();
+        auto out = results.initExtents(static_cast<unsigned>(extents->size()));
+        for (size_t i = 0; i < extents->size(); ++i) {
+          out[i].setOffsetBytes((*extents)[i].offset_bytes);
+          out[i].setLengthBytes((*extents)[i].length_bytes);
+        }
+        EncodeError(absl::OkStatus(), results.initError());
+      });
     });
   }
 

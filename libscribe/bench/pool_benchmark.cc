@@ -1,9 +1,14 @@
 // Measures the Pool on real files (O_DIRECT + libaio) beside the raw device in the same
 // run, and prints the figures docs/BENCHMARKS.md records:
 //   bazel run -c opt //libscribe/bench:pool_benchmark -- [--dir=/var/tmp] [--gib=1]
-//       [--only=throughput|striping|snapshots|delete|diff|metadata]
-//   --only=metadata maps --gib of data on files that keep only metadata (TiB scale).
+//       [--only=throughput|striping|snapshots|delete|diff|metadata|cache]
+//   --only=metadata maps --gib of data on files that keep only metadata (TiB scale);
+//   --cache-mib=N sets its leaf cache.
+//   --only=cache: 4 KiB random I/O on a --gib VSD with the map cached whole, then with
+//   a leaf cache of 1/8 of its leaves (the cost of a miss; checkpoints every 1/4 of the
+//   cache in changed leaves, the defaults' ratio).
 // Snapshot and clone latency include the durable metadata commit (fdatasync).
+#include <malloc.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -122,17 +127,30 @@ std::unique_ptr<Pool> MakePool(RealLoop* loop, Random* random, Files* f, int per
   });
 }
 
-// Resident memory of this process, from /proc/self/status.
-uint64_t RssBytes() {
+// Resident memory of this process (VmRSS; VmHWM: the peak), from /proc/self/status,
+// after handing freed heap back to the system.
+uint64_t StatusKiB(const char* field) {
   FILE* f = std::fopen("/proc/self/status", "r");
   if (f == nullptr) return 0;
   char line[256];
   uint64_t kib = 0;
+  const std::string fmt = std::string(field) + ": %lu kB";
   while (std::fgets(line, sizeof(line), f)) {
-    if (std::sscanf(line, "VmRSS: %lu kB", &kib) == 1) break;
+    if (std::sscanf(line, fmt.c_str(), &kib) == 1) break;
   }
   std::fclose(f);
-  return kib << 10;
+  return kib;
+}
+uint64_t RssBytes() {
+  malloc_trim(0);
+  return StatusKiB("VmRSS") << 10;
+}
+uint64_t PeakRssBytes() { return StatusKiB("VmHWM") << 10; }
+// Heap bytes in use (what the structures hold, without the allocator's free memory
+// that fragmentation keeps resident).
+uint64_t HeapInUseBytes() {
+  const struct mallinfo2 m = mallinfo2();
+  return m.uordblks + m.hblkhd;
 }
 
 // A file device that keeps only metadata: the superblock and journal region, and writes
@@ -177,10 +195,13 @@ class MetadataOnlyDevice : public BlockDevice {
 // Metadata at scale: maps `gib` GiB (1 MiB writes: full leaves) on metadata-only files,
 // then reports resident memory, the pages the checkpoints wrote, open time, and the
 // pages a commit writes for scattered 4 KiB overwrites against the nodes they dirtied.
-void MetadataScale(RealLoop* loop, Random* random, const std::string& dir, uint64_t gib) {
+void MetadataScale(RealLoop* loop, Random* random, const std::string& dir, uint64_t gib,
+                   uint64_t cache_mib) {
   const uint64_t rss0 = RssBytes();
+  const uint64_t heap0 = HeapInUseBytes();
   const uint64_t data = gib << 30;
   PoolOptions options = BenchPoolOptions();
+  if (cache_mib != 0) options.metadata_cache_bytes = cache_mib << 20;
   const uint64_t prefix = 4096 + options.metadata_bytes;
   std::vector<std::string> paths;
   std::vector<std::unique_ptr<MetadataOnlyDevice>> devs;
@@ -209,12 +230,17 @@ void MetadataScale(RealLoop* loop, Random* random, const std::string& dir, uint6
   largest = std::max(largest, pool->Stats().last_checkpoint_pages);
   const double map_s = Seconds(loop, t0);
   const PoolStats mapped = pool->Stats();
+  loop->RunUntil([] { return false; }, 100'000'000);  // the posted eviction runs
   const uint64_t rss_mapped = RssBytes();
+  const uint64_t heap_mapped = HeapInUseBytes();
   pool.reset();
   const int64_t t1 = loop->NowNanos();
   pool = Must<std::unique_ptr<Pool>>(loop, [&](auto done) { Pool::Open(loop, random, options, specs, done); });
   const double open_s = Seconds(loop, t1);
+  loop->RunUntil([] { return false; }, 100'000'000);  // the posted eviction runs
+  const uint64_t peak_open = PeakRssBytes();
   const uint64_t rss_open = RssBytes();
+  const uint64_t heap_open = HeapInUseBytes();
   const PoolStats opened = pool->Stats();
   // Scattered 4 KiB overwrites: the pages checkpoints write for them, against the
   // distinct nodes they dirtied (leaves, their parents, the levels above).
@@ -233,9 +259,13 @@ void MetadataScale(RealLoop* loop, Random* random, const std::string& dir, uint6
   const uint64_t dirtied = leaves.size() + parents.size() + 2;
   std::printf("metadata at %lu GiB mapped (1 MiB writes, full leaves; data not stored): mapped in %.1f s\n",
               static_cast<unsigned long>(gib), map_s);
-  std::printf("  resident: +%.0f MiB after mapping, +%.0f MiB after reopening (%.1f MiB per GiB mapped)\n",
+  std::printf("  memory (leaf cache %lu MiB): heap in use +%.0f MiB after mapping, +%.0f MiB after reopening (%.2f MiB per GiB mapped); %lu leaves in memory\n",
+              static_cast<unsigned long>(options.metadata_cache_bytes >> 20),
+              (heap_mapped - heap0) / 1048576.0, (heap_open - heap0) / 1048576.0,
+              (heap_open - heap0) / 1048576.0 / gib, static_cast<unsigned long>(opened.map_leaves_in_memory));
+  std::printf("  resident (RSS, includes free heap kept by fragmentation): +%.0f MiB after mapping, +%.0f MiB after reopening; peak +%.0f MiB (the open loads every leaf, then evicts)\n",
               (rss_mapped - rss0) / 1048576.0, (rss_open - rss0) / 1048576.0,
-              (rss_open - rss0) / 1048576.0 / gib);
+              (peak_open - rss0) / 1048576.0);
   std::printf("  metadata chunks %lu (MiB of pages per copy); mapping took %lu checkpoints writing %lu pages, the largest %lu; root %lu bytes\n",
               static_cast<unsigned long>(mapped.metadata_chunks), static_cast<unsigned long>(mapped.checkpoints),
               static_cast<unsigned long>(mapped.checkpoint_pages_written), static_cast<unsigned long>(largest),
@@ -250,14 +280,63 @@ void MetadataScale(RealLoop* loop, Random* random, const std::string& dir, uint6
   for (auto& p : paths) unlink(p.c_str());
 }
 
+// 4 KiB random reads and writes (QD 8) over a `gib` GiB VSD written sequentially, with
+// every leaf of its map in memory and then with a cache of 1/8 of them: what a miss
+// (reading the leaf's page back) costs.
+void LeafCache(RealLoop* loop, Random* random, const std::string& dir, uint64_t gib) {
+  const uint64_t data = gib << 30;
+  const uint64_t leaves = data >> 20;
+  std::printf("leaf cache: %lu GiB VSD (%lu leaves), 3 nodes RF 2, 4 KiB random I/O QD 8\n",
+              static_cast<unsigned long>(gib), static_cast<unsigned long>(leaves));
+  for (uint64_t cache_leaves : {leaves * 2, leaves / 8}) {
+    Files f;
+    OpenFiles(loop, &f, dir, 3, data + (512 << 20), "cache");
+    PoolOptions o = BenchPoolOptions();
+    o.metadata_cache_bytes = cache_leaves * 4096;
+    // Changed leaves stay until a checkpoint writes them; keep them to a quarter of the
+    // cache, as the defaults do (16,384 of 65,536).
+    o.checkpoint_dirty_pages_max = std::min<uint64_t>(o.checkpoint_dirty_pages_max, cache_leaves / 4);
+    auto pool = Must<std::unique_ptr<Pool>>(loop, [&](auto done) { Pool::Create(loop, random, o, Specs(&f, 1), done); });
+    VsdId v = Must<VsdId>(loop, [&](auto done) { pool->CreateVsd(VsdOptions{"c", data, 2}, done); });
+    AlignedBuffer big(1 << 20), small(4096);
+    RunQueue(loop, static_cast<int>(leaves), 8, [&](int i, auto done) {
+      pool->Write(v, static_cast<uint64_t>(i) << 20, 1 << 20, big.data(), false, done);
+    });
+    MustOk(loop, [&](auto d) { pool->Flush(d); });
+    loop->RunUntil([] { return false; }, 100'000'000);
+    const int ops = 40000;
+    for (const bool write : {false, true}) {
+      const PoolStats before = pool->Stats();
+      const double t = RunQueue(loop, ops, 8, [&](int, auto done) {
+        const uint64_t off = random->Uniform(data / 4096) * 4096;
+        if (write) {
+          pool->Write(v, off, 4096, small.data(), false, done);
+        } else {
+          pool->Read(v, off, 4096, small.data(), done);
+        }
+      });
+      const PoolStats after = pool->Stats();
+      const uint64_t waits = after.map_leaf_waits - before.map_leaf_waits;
+      std::printf("  cache %5lu leaves (%s): random %s %7.0f IOPS; leaves read back %lu (%.0f%% of I/Os), a waiting I/O waited %.0f us on average\n",
+                  static_cast<unsigned long>(cache_leaves), cache_leaves >= leaves ? "all" : "1/8",
+                  write ? "write" : "read ", ops / t,
+                  static_cast<unsigned long>(after.map_leaves_read - before.map_leaves_read),
+                  100.0 * waits / ops,
+                  waits ? (after.map_leaf_wait_ns - before.map_leaf_wait_ns) / 1e3 / waits : 0.0);
+    }
+  }
+}
+
 int Main(int argc, char** argv) {
   std::string dir = "/var/tmp";
   uint64_t gib = 1;
+  uint64_t cache_mib = 0;  // --only=metadata: PoolOptions::metadata_cache_bytes (0: default)
   std::string only;  // one section, or all when empty
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a.rfind("--dir=", 0) == 0) dir = a.substr(6);
     if (a.rfind("--gib=", 0) == 0) gib = std::stoull(a.substr(6));
+    if (a.rfind("--cache-mib=", 0) == 0) cache_mib = std::stoull(a.substr(12));
     if (a.rfind("--only=", 0) == 0) only = a.substr(7);
   }
   auto run = [&](const char* section) { return only.empty() || only == section; };
@@ -392,7 +471,8 @@ int Main(int argc, char** argv) {
     const double clone_big = Seconds(loop.get(), start) * 1e3;
     std::printf("clone (durable): 1 GiB VSD %.3f ms, 64 GiB VSD with 1000 snapshots %.3f ms\n", clone_small, clone_big);
   }
-  if (run("metadata")) MetadataScale(loop.get(), &random, dir, gib);
+  if (run("metadata")) MetadataScale(loop.get(), &random, dir, gib, cache_mib);
+  if (run("cache")) LeafCache(loop.get(), &random, dir, gib);
 
   // ---- Deleting a snapshot that holds `gib` GiB of unique data under QD1 4 KiB writes:
   // the longest write before, during and after (the tree is freed in the background).
@@ -478,11 +558,12 @@ int Main(int argc, char** argv) {
       std::vector<double> ms;
       for (int r = 0; r < reps; ++r) {
         const int64_t start = loop->NowNanos();
-        auto d = pool->Diff(a, b);
+        // Until the answer has arrived: the pool posts it on the loop.
+        const std::vector<Extent> d =
+            Must<std::vector<Extent>>(loop.get(), [&](auto done) { pool->Diff(a, b, done); });
         ms.push_back(Seconds(loop.get(), start) * 1e3);
-        SCRIBE_CHECK(d.ok());
         *bytes = 0;
-        for (auto& e : *d) *bytes += e.length_bytes;
+        for (auto& e : d) *bytes += e.length_bytes;
       }
       *how = pool->Stats().diffs_from_change_logs > from_logs ? "change logs" : "walk";
       std::nth_element(ms.begin(), ms.begin() + reps / 2, ms.end());

@@ -1,6 +1,7 @@
 #include "libscribe/cluster/meta_pages.h"
 
 #include <cstring>
+#include <functional>
 
 #include "absl/strings/str_format.h"
 #include "libscribe/chunk/crc32c.h"
@@ -93,7 +94,7 @@ uint32_t EncodeNodePage(const BlockMap::Node& n, uint64_t pool_uuid, uint8_t* pa
   for (uint32_t i = 0; i < BlockMap::kFanout; ++i) {
     MapEntry e;
     if (n.level == 0) {
-      e = n.entries[i];
+      e = (*n.entries)[i];
     } else if (n.children[i]) {
       e = n.children[i]->page;
       SCRIBE_CHECK(e.mapped());  // children are written before their parent
@@ -107,14 +108,16 @@ uint32_t EncodeNodePage(const BlockMap::Node& n, uint64_t pool_uuid, uint8_t* pa
                   pool_uuid);
 }
 
-absl::Status DecodeNodePage(const uint8_t* page, const MapEntry& pointer, uint64_t pool_uuid,
-                            BlockMap::Node* n, std::vector<std::pair<uint32_t, MapEntry>>* children) {
-  const PageType type = n->level == 0 ? PageType::kMapLeaf : PageType::kMapInterior;
+namespace {
+// Checks a node page and calls fn(index, pointer) for each entry it holds.
+absl::Status DecodeEntries(const uint8_t* page, const MapEntry& pointer, uint64_t pool_uuid,
+                           int level, const std::function<void(uint32_t, const MapEntry&)>& fn) {
+  const PageType type = level == 0 ? PageType::kMapLeaf : PageType::kMapInterior;
   absl::StatusOr<uint32_t> count = CheckPage(page, pointer, type, pool_uuid);
   if (!count.ok()) return count.status();
-  if (page[9] != n->level) {
+  if (page[9] != level) {
     return absl::DataLossError(absl::StrFormat("%s: level %d where %d was expected",
-                                               DescribePointer(pointer), page[9], n->level));
+                                               DescribePointer(pointer), page[9], level));
   }
   const uint8_t* body = page + kPageHeaderBytes;
   uint32_t seen = 0;
@@ -122,17 +125,34 @@ absl::Status DecodeNodePage(const uint8_t* page, const MapEntry& pointer, uint64
     const MapEntry e = GetPointer(body + i * kPageEntryBytes);
     if (!e.mapped()) continue;
     ++seen;
-    if (n->level == 0) {
-      n->entries[i] = e;
-    } else {
-      children->push_back({i, e});
-    }
+    fn(i, e);
   }
   if (seen != *count) {
     return absl::DataLossError(absl::StrFormat("%s: %d entries, the header says %d",
                                                DescribePointer(pointer), seen, *count));
   }
-  if (n->level == 0) n->mapped = seen;
+  return absl::OkStatus();
+}
+}  // namespace
+
+absl::Status DecodeNodePage(const uint8_t* page, const MapEntry& pointer, uint64_t pool_uuid,
+                            BlockMap::Node* n, std::vector<std::pair<uint32_t, MapEntry>>* children) {
+  if (n->level == 0) {
+    SCRIBE_CHECK(n->entries != nullptr);
+    return DecodeLeafPage(page, pointer, pool_uuid, n->entries.get(), &n->mapped);
+  }
+  return DecodeEntries(page, pointer, pool_uuid, n->level,
+                       [&](uint32_t i, const MapEntry& e) { children->push_back({i, e}); });
+}
+
+absl::Status DecodeLeafPage(const uint8_t* page, const MapEntry& pointer, uint64_t pool_uuid,
+                            BlockMap::Entries* entries, uint32_t* mapped) {
+  uint32_t seen = 0;
+  RETURN_IF_ERROR(DecodeEntries(page, pointer, pool_uuid, 0, [&](uint32_t i, const MapEntry& e) {
+    (*entries)[i] = e;
+    ++seen;
+  }));
+  *mapped = seen;
   return absl::OkStatus();
 }
 

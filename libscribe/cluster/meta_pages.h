@@ -67,6 +67,9 @@ uint32_t EncodeNodePage(const BlockMap::Node& n, uint64_t pool_uuid, uint8_t* pa
 // block references.
 absl::Status DecodeNodePage(const uint8_t* page, const MapEntry& pointer, uint64_t pool_uuid,
                             BlockMap::Node* n, std::vector<std::pair<uint32_t, MapEntry>>* children);
+// A leaf page's entries (into `entries`, which must be all unmapped) and their count.
+absl::Status DecodeLeafPage(const uint8_t* page, const MapEntry& pointer, uint64_t pool_uuid,
+                            BlockMap::Entries* entries, uint32_t* mapped);
 
 // The chunk records of one group (ids in [group * kChunksPerGroup, +kChunksPerGroup)).
 struct ChunkRecord {

@@ -24,8 +24,8 @@ MapEntry At(uint64_t chunk, uint32_t block, uint32_t crc) { return MapEntry{chun
 
 TEST(MetaPages, LeafRoundTrips) {
   BlockMap::Node leaf(0, &no_refs);
-  leaf.entries[0] = At(7, 3, 0xdeadbeef);
-  leaf.entries[255] = At((1ull << 56) - 1, 255, 1);
+  (*leaf.entries)[0] = At(7, 3, 0xdeadbeef);
+  (*leaf.entries)[255] = At((1ull << 56) - 1, 255, 1);
   leaf.mapped = 2;
   std::vector<uint8_t> page(kPageBytes);
   const uint32_t crc = EncodeNodePage(leaf, kUuid, page.data());
@@ -36,12 +36,12 @@ TEST(MetaPages, LeafRoundTrips) {
   ASSERT_TRUE(DecodeNodePage(page.data(), At(9, 9, crc), kUuid, &out, &children).ok());
   EXPECT_TRUE(children.empty());
   EXPECT_EQ(out.mapped, 2u);
-  EXPECT_EQ(out.entries[0].chunk, 7u);
-  EXPECT_EQ(out.entries[0].block, 3u);
-  EXPECT_EQ(out.entries[0].crc, 0xdeadbeefu);
-  EXPECT_EQ(out.entries[255].chunk, (1ull << 56) - 1);
-  EXPECT_EQ(out.entries[255].block, 255u);
-  for (int i = 1; i < 255; ++i) EXPECT_FALSE(out.entries[i].mapped()) << i;
+  EXPECT_EQ((*out.entries)[0].chunk, 7u);
+  EXPECT_EQ((*out.entries)[0].block, 3u);
+  EXPECT_EQ((*out.entries)[0].crc, 0xdeadbeefu);
+  EXPECT_EQ((*out.entries)[255].chunk, (1ull << 56) - 1);
+  EXPECT_EQ((*out.entries)[255].block, 255u);
+  for (int i = 1; i < 255; ++i) EXPECT_FALSE((*out.entries)[i].mapped()) << i;
 }
 
 TEST(MetaPages, InteriorNamesItsChildrenPages) {
@@ -62,7 +62,7 @@ TEST(MetaPages, InteriorNamesItsChildrenPages) {
 
 TEST(MetaPages, RejectsAFlippedByteAWrongPoolAndAWrongLevel) {
   BlockMap::Node leaf(0, &no_refs);
-  leaf.entries[1] = At(3, 4, 5);
+  (*leaf.entries)[1] = At(3, 4, 5);
   leaf.mapped = 1;
   std::vector<uint8_t> page(kPageBytes);
   const uint32_t crc = EncodeNodePage(leaf, kUuid, page.data());

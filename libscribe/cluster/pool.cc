@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -105,6 +106,8 @@ class Refs : public BlockRefs {
   void Unref(const MapEntry& e) override;
   void PageDropped(const MapEntry& page) override;
   void NodeDirtied() override;
+  void EvictedLeafDropped(const MapEntry& page) override;
+  LeafCache* leaf_cache() override;
 
  private:
   PoolImpl* pool_;
@@ -112,6 +115,10 @@ class Refs : public BlockRefs {
 
 class PoolImpl : public Pool {
  public:
+  friend class Refs;
+  // A map, looked up again whenever it is used after a wait (null: gone).
+  using MapRef = std::function<const BlockMap*()>;
+
   PoolImpl(Loop* loop, Random* random, PoolOptions options)
       : loop_(loop), random_(random), options_(options), refs_(this) {
     half_bytes_ = options_.metadata_bytes / 2 / kBlockBytes * kBlockBytes;
@@ -825,6 +832,200 @@ class PoolImpl : public Pool {
     return ranges;
   }
 
+  // ---------------------------------------------------------------- leaf cache
+  // Block-map leaves not changed since the last checkpoint are evicted beyond
+  // PoolOptions::metadata_cache_bytes, least recently used first (their pages hold
+  // them); whatever maps, reads or diffs blocks reads the evicted leaves it needs back
+  // first. Interior nodes (1/256 of the nodes) always stay.
+
+  // Calls fn(OK, map) once every leaf of [b0, b1) in `ref`'s map is in memory: at once
+  // when they are, else when the evicted ones have been read back. They stay in memory
+  // until fn returns.
+  void WithLeaves(MapRef ref, uint64_t b0, uint64_t b1,
+                  std::function<void(absl::Status, const BlockMap*)> fn) {
+    const BlockMap* m = ref();
+    std::vector<std::shared_ptr<BlockMap::Node>> leaves;
+    if (m != nullptr && b0 < b1) {
+      const std::vector<BlockMap::Range> r{{b0, b1}};
+      m->CollectLeaves(&r, &leaves);
+    }
+    bool all = true;
+    for (const auto& n : leaves) all = all && n->entries != nullptr;
+    if (all) {
+      // Only the trees may hold nodes while they change: a node held twice is shared
+      // (a write would copy it).
+      leaves.clear();
+      return fn(absl::OkStatus(), m);
+    }
+    auto alive = alive_;
+    LoadLeaves(std::move(leaves), [this, alive, ref, b0, b1, fn](absl::Status st) {
+      if (!*alive) return;
+      if (!st.ok()) return fn(st, nullptr);
+      // The map may have moved on while they were read (a write shadowed a leaf, a
+      // revert replaced the tree): look again, with these still pinned.
+      WithLeaves(ref, b0, b1, fn);
+    });
+  }
+
+  // Reads the evicted ones of `leaves` back, then calls done (at once if none is
+  // evicted). None of `leaves` is evicted before done runs (evictions are posted, so
+  // none happens inside it either). Nodes are held only while reads are in flight: a
+  // node held besides its trees counts as shared (a write would copy it).
+  void LoadLeaves(std::vector<std::shared_ptr<BlockMap::Node>> leaves, StatusDone done) {
+    auto held = std::make_shared<std::vector<std::shared_ptr<BlockMap::Node>>>(std::move(leaves));
+    std::vector<std::shared_ptr<BlockMap::Node>> missing;
+    absl::flat_hash_set<const BlockMap::Node*> seen;
+    for (const auto& n : *held) {
+      ++n->pins;
+      if (!n->entries && seen.insert(n.get()).second) missing.push_back(n);
+    }
+    auto alive = alive_;
+    const int64_t start = loop_->NowNanos();
+    auto finish = [this, alive, held, start, waited = !missing.empty(), done](absl::Status st) {
+      if (!*alive) return;
+      if (waited) {
+        ++leaf_waits_;
+        leaf_wait_ns_ += loop_->NowNanos() - start;
+      }
+      for (const auto& n : *held) --n->pins;
+      held->clear();
+      done(st);
+      ScheduleTrim();
+    };
+    if (missing.empty()) return finish(absl::OkStatus());
+    auto g = MakeGather(static_cast<int>(missing.size()), finish);
+    std::vector<std::shared_ptr<BlockMap::Node>> to_read;
+    for (auto& n : missing) {
+      std::vector<StatusDone>& waiters = leaf_loads_[n.get()];
+      if (waiters.empty()) to_read.push_back(n);
+      waiters.push_back([g](absl::Status st) { g->Finish(st); });
+    }
+    if (!to_read.empty()) ReadLeaves(std::move(to_read));
+  }
+
+  void ReadLeaves(std::vector<std::shared_ptr<BlockMap::Node>> leaves) {
+    auto nodes = std::make_shared<std::vector<std::shared_ptr<BlockMap::Node>>>(std::move(leaves));
+    std::vector<MapEntry> pages;
+    for (const auto& n : *nodes) pages.push_back(n->page);
+    auto alive = alive_;
+    ReadPages(pages, [this, nodes](size_t i, const uint8_t* page) -> absl::Status {
+      BlockMap::Node* n = (*nodes)[i].get();
+      auto entries = std::make_unique<BlockMap::Entries>();
+      uint32_t mapped = 0;
+      RETURN_IF_ERROR(DecodeLeafPage(page, n->page, pool_uuid_, entries.get(), &mapped));
+      if (mapped != n->mapped) {
+        return absl::DataLossError(absl::StrFormat("%s: %d blocks mapped, the leaf had %d",
+                                                   DescribePointer(n->page), mapped, n->mapped));
+      }
+      n->Reload(std::move(entries));
+      ++leaves_read_;
+      return absl::OkStatus();
+    }, [this, alive, nodes](absl::Status st) {
+      if (!*alive) return;
+      std::vector<std::pair<absl::Status, std::vector<StatusDone>>> results;
+      for (const auto& n : *nodes) {
+        auto it = leaf_loads_.find(n.get());
+        absl::Status result = st;
+        if (n->entries) {
+          result = absl::OkStatus();
+        } else if (result.ok()) {
+          result = absl::DataLossError(absl::StrCat(DescribePointer(n->page), ": not read"));
+        }
+        results.push_back({result, std::move(it->second)});
+        leaf_loads_.erase(it);
+      }
+      nodes->clear();  // before the waiters run (see LoadLeaves)
+      for (auto& [result, waiters] : results) {
+        for (auto& w : waiters) w(result);
+      }
+    });
+  }
+
+  void ScheduleTrim() {
+    if (trim_scheduled_ || leaf_cache_.size() <= LeafCacheLimit()) return;
+    trim_scheduled_ = true;
+    auto alive = alive_;
+    loop_->Post([this, alive] {
+      if (!*alive) return;
+      trim_scheduled_ = false;
+      TrimLeaves();
+    });
+  }
+
+  size_t LeafCacheLimit() const { return options_.metadata_cache_bytes / kPageBytes; }
+
+  // Evicts clean, unpinned leaves, oldest first, down to the limit. Not while a
+  // checkpoint's pages are being written: a leaf's new page is not its own until they
+  // are (a failed write forgets it).
+  void TrimLeaves() {
+    if (checkpoint_pages_in_flight_) return;
+    const size_t limit = LeafCacheLimit();
+    size_t budget = leaf_cache_.size();  // each leaf is looked at once
+    const BlockMap::Node* n = leaf_cache_.oldest();
+    while (leaf_cache_.size() > limit && n != nullptr && budget-- > 0) {
+      const BlockMap::Node* next = LeafCache::newer(n);
+      if (n->evictable()) {
+        uint32_t unique = 0;
+        for (const MapEntry& e : *n->entries) unique += e.mapped() && RefCount(e) == 1;
+        const_cast<BlockMap::Node*>(n)->Evict(unique);
+        ++leaves_evicted_;
+      }
+      n = next;
+    }
+  }
+
+  // An evicted leaf left every tree: its blocks lose their references once its page is
+  // read, then the page goes. Until then its blocks stay referenced (kept, not lost).
+  void EvictedLeafDropped(const MapEntry& page) {
+    if (!*alive_) return;  // the pool is closing
+    dropped_leaves_.push_back(page);
+    DropEvictedLeaves();
+  }
+
+  static constexpr size_t kDroppedLeavesPerTurn = 16;
+
+  void DropEvictedLeaves() {
+    if (dropping_leaves_ || dropped_leaves_.empty()) return;
+    dropping_leaves_ = true;
+    const size_t n = std::min(dropped_leaves_.size(), kDroppedLeavesPerTurn);
+    auto pages = std::make_shared<std::vector<MapEntry>>(dropped_leaves_.begin(), dropped_leaves_.begin() + n);
+    dropped_leaves_.erase(dropped_leaves_.begin(), dropped_leaves_.begin() + n);
+    auto alive = alive_;
+    auto g = MakeGather(static_cast<int>(n), [this, alive](absl::Status) {
+      if (!*alive) return;
+      dropping_leaves_ = false;
+      DropEvictedLeaves();
+    });
+    for (const MapEntry& p : *pages) {
+      ReadPage(p, [this, alive, p, g](absl::StatusOr<std::shared_ptr<AlignedBuffer>> r) {
+        if (!*alive) return;
+        BlockMap::Entries entries{};
+        uint32_t mapped = 0;
+        absl::Status st = r.status();
+        if (st.ok()) st = DecodeLeafPage((*r)->data(), p, pool_uuid_, &entries, &mapped);
+        if (st.ok()) {
+          for (const MapEntry& e : entries) {
+            if (e.mapped()) UnrefBlock(e);
+          }
+        } else {
+          // Its blocks stay referenced (space lost until fsck finds them, never data).
+          ++dropped_leaves_unread_;
+        }
+        DropPage(p);
+        g->Finish(absl::OkStatus());
+      });
+    }
+  }
+
+  // Every leaf of every map and of every tree being deleted.
+  std::vector<std::shared_ptr<BlockMap::Node>> AllLeaves() const {
+    std::vector<std::shared_ptr<BlockMap::Node>> out;
+    for (const auto& [id, v] : vsds_) v->map.CollectLeaves(nullptr, &out);
+    for (const auto& [id, s] : snapshots_) s->map.CollectLeaves(nullptr, &out);
+    for (const auto& n : doomed_) BlockMap::CollectLeavesUnder(n, &out);
+    return out;
+  }
+
   // ---------------------------------------------------------------- refcounts
   void RefBlock(const MapEntry& e) {
     ChunkState* c = FindChunk(e.chunk);
@@ -1192,12 +1393,27 @@ class PoolImpl : public Pool {
     return absl::OkStatus();
   }
 
-  using Lookup = std::function<MapEntry(uint64_t lba)>;
+  MapRef VsdMap(VsdId vsd) {
+    return [this, vsd]() -> const BlockMap* {
+      VsdState* v = FindVsdState(vsd);
+      return v ? &v->map : nullptr;
+    };
+  }
 
-  // Reads logical blocks [b0, b1) through `lookup` into `out` ((b1-b0) * 4 KiB),
+  // Reads logical blocks [b0, b1) of the map `ref` names into `out` ((b1-b0) * 4 KiB),
   // verifying checksums, trying other copies and repairing bad ones.
-  void ReadBlocks(Lookup lookup, uint64_t b0, uint64_t b1, uint8_t* out, int attempt,
+  void ReadBlocks(MapRef ref, uint64_t b0, uint64_t b1, uint8_t* out, int attempt,
                   StatusDone done) {
+    auto alive = alive_;
+    WithLeaves(ref, b0, b1, [this, alive, ref, b0, b1, out, attempt, done](absl::Status st, const BlockMap* m) {
+      if (!*alive) return;
+      if (!st.ok()) return done(st);
+      ReadBlocksIn(m, ref, b0, b1, out, attempt, done);
+    });
+  }
+
+  void ReadBlocksIn(const BlockMap* m, MapRef ref, uint64_t b0, uint64_t b1, uint8_t* out,
+                    int attempt, StatusDone done) {
     struct Run {
       uint64_t lba;
       uint64_t chunk;
@@ -1207,7 +1423,7 @@ class PoolImpl : public Pool {
     };
     std::vector<Run> runs;
     for (uint64_t lba = b0; lba < b1; ++lba) {
-      const MapEntry e = lookup(lba);
+      const MapEntry e = m && lba < m->capacity_blocks() ? m->Get(lba) : MapEntry{};
       uint8_t* dst = out + (lba - b0) * kBlockBytes;
       if (!e.mapped()) {
         std::memset(dst, 0, kBlockBytes);
@@ -1225,12 +1441,12 @@ class PoolImpl : public Pool {
     if (runs.empty()) return loop_->Post([done] { done(absl::OkStatus()); });
     auto alive = alive_;
     auto g = MakeGather(static_cast<int>(runs.size()),
-                        [this, alive, lookup, b0, b1, out, attempt, done](absl::Status st) {
+                        [this, alive, ref, b0, b1, out, attempt, done](absl::Status st) {
                           if (!*alive) return;
                           if (st.code() == absl::StatusCode::kDataLoss &&
                               attempt < options_.read_retries_max) {
                             // The map may have moved on while we read: look again.
-                            return ReadBlocks(lookup, b0, b1, out, attempt + 1, done);
+                            return ReadBlocks(ref, b0, b1, out, attempt + 1, done);
                           }
                           done(st);
                         });
@@ -1494,12 +1710,7 @@ class PoolImpl : public Pool {
     if (!v) return PostError(done, NotFound(vsd));
     absl::Status st = CheckIo(v, offset_bytes, length_bytes);
     if (!st.ok()) return PostError(done, st);
-    ReadMapped(
-        [this, vsd](uint64_t lba) {
-          VsdState* v = FindVsdState(vsd);
-          return v && lba < v->map.capacity_blocks() ? v->map.Get(lba) : MapEntry{};
-        },
-        offset_bytes, length_bytes, buf, std::move(done));
+    ReadMapped(VsdMap(vsd), offset_bytes, length_bytes, buf, std::move(done));
   }
 
   void ReadSnapshot(SnapshotId snapshot, uint64_t offset_bytes, size_t length_bytes, void* buf,
@@ -1511,19 +1722,19 @@ class PoolImpl : public Pool {
       return PostError(done, absl::OutOfRangeError("snapshot read out of range or unaligned"));
     }
     ReadMapped(
-        [this, snapshot](uint64_t lba) {
+        [this, snapshot]() -> const BlockMap* {
           SnapshotState* s = FindSnapshot(snapshot);
-          return s && lba < s->map.capacity_blocks() ? s->map.Get(lba) : MapEntry{};
+          return s ? &s->map : nullptr;
         },
         offset_bytes, length_bytes, buf, std::move(done));
   }
 
-  void ReadMapped(Lookup lookup, uint64_t offset, size_t length, void* buf, StatusDone done) {
+  void ReadMapped(MapRef ref, uint64_t offset, size_t length, void* buf, StatusDone done) {
     if (length == 0) return PostError(done, absl::OkStatus());
     const uint64_t b0 = offset / kBlockBytes;
     const uint64_t b1 = RoundUp(offset + length, kBlockBytes) / kBlockBytes;
     auto tmp = std::make_shared<AlignedBuffer>((b1 - b0) * kBlockBytes);
-    ReadBlocks(std::move(lookup), b0, b1, tmp->data(), 0,
+    ReadBlocks(std::move(ref), b0, b1, tmp->data(), 0,
                [tmp, offset, length, buf, b0, done](absl::Status st) {
                  if (st.ok()) std::memcpy(buf, tmp->data() + (offset - b0 * kBlockBytes), length);
                  done(st);
@@ -1628,10 +1839,7 @@ class PoolImpl : public Pool {
       const bool partial_tail = end != (b1 - b0) * kBlockBytes;
       if (!partial_head && !partial_tail) return fill(absl::OkStatus());
       // Read-modify-write of the partial edge blocks.
-      Lookup lookup = [this, vsd](uint64_t lba) {
-        VsdState* v = FindVsdState(vsd);
-        return v && lba < v->map.capacity_blocks() ? v->map.Get(lba) : MapEntry{};
-      };
+      MapRef lookup = VsdMap(vsd);
       const int parts = (partial_head ? 1 : 0) + ((partial_tail && (b1 - 1 != b0 || !partial_head)) ? 1 : 0);
       auto g = MakeGather(parts, fill);
       if (partial_head) {
@@ -1679,37 +1887,51 @@ class PoolImpl : public Pool {
         for (const MapEntry& e : *entries) Unreserve(e);
         return done(absl::UnavailableError("write failed on every copy of a chunk"));
       }
-      VsdState* v = FindVsdState(vsd);
-      for (const MapEntry& e : *entries) {
-        ChunkState* c = FindChunk(e.chunk);
-        // The map is about to reference it: no longer merely reserved.
-        c->busy[e.block] = false;
-        --c->used;
-        NoteMaybeReusable(c);
-      }
-      if (!v) {
-        for (const MapEntry& e : *entries) MaybeFreeChunk(FindChunk(e.chunk));
-      }
-      // One record per run of consecutive blocks in one chunk.
-      for (size_t i = 0; v && i < entries->size();) {
-        size_t j = i + 1;
-        while (j < entries->size() && (*entries)[j].chunk == (*entries)[i].chunk &&
-               (*entries)[j].block == (*entries)[j - 1].block + 1) {
-          ++j;
-        }
-        Encoder rec;
-        rec.U8(kRecMap);
-        rec.U64(vsd.value);
-        rec.U64(b0 + i);
-        rec.U64((*entries)[i].chunk);
-        rec.U32((*entries)[i].block);
-        rec.U32(static_cast<uint32_t>(j - i));
-        for (size_t k = i; k < j; ++k) rec.U32((*entries)[k].crc);
-        Mutate(rec.out());
-        i = j;
-      }
-      done(v ? absl::OkStatus() : NotFound(vsd));
+      // The map's leaves for the blocks must be in memory to point them at the new ones.
+      WithLeaves(VsdMap(vsd), b0, b0 + entries->size(),
+                 [this, alive, vsd, b0, entries, done](absl::Status st, const BlockMap*) {
+                   if (!*alive) return;
+                   if (!st.ok()) {
+                     for (const MapEntry& e : *entries) Unreserve(e);
+                     return done(st);
+                   }
+                   MapWritten(vsd, b0, *entries, done);
+                 });
     });
+  }
+
+  // Points the map at blocks just written (their leaves are in memory).
+  void MapWritten(VsdId vsd, uint64_t b0, const std::vector<MapEntry>& entries, StatusDone done) {
+    VsdState* v = FindVsdState(vsd);
+    for (const MapEntry& e : entries) {
+      ChunkState* c = FindChunk(e.chunk);
+      // The map is about to reference it: no longer merely reserved.
+      c->busy[e.block] = false;
+      --c->used;
+      NoteMaybeReusable(c);
+    }
+    if (!v) {
+      for (const MapEntry& e : entries) MaybeFreeChunk(FindChunk(e.chunk));
+    }
+    // One record per run of consecutive blocks in one chunk.
+    for (size_t i = 0; v && i < entries.size();) {
+      size_t j = i + 1;
+      while (j < entries.size() && entries[j].chunk == entries[i].chunk &&
+             entries[j].block == entries[j - 1].block + 1) {
+        ++j;
+      }
+      Encoder rec;
+      rec.U8(kRecMap);
+      rec.U64(vsd.value);
+      rec.U64(b0 + i);
+      rec.U64(entries[i].chunk);
+      rec.U32(entries[i].block);
+      rec.U32(static_cast<uint32_t>(j - i));
+      for (size_t k = i; k < j; ++k) rec.U32(entries[k].crc);
+      Mutate(rec.out());
+      i = j;
+    }
+    done(v ? absl::OkStatus() : NotFound(vsd));
   }
 
   void Discard(VsdId vsd, uint64_t offset_bytes, uint64_t length_bytes, StatusDone done) override {
@@ -1721,14 +1943,6 @@ class PoolImpl : public Pool {
     const uint64_t end = offset_bytes + length_bytes;
     const uint64_t full0 = RoundUp(offset_bytes, kBlockBytes) / kBlockBytes;
     const uint64_t full1 = end / kBlockBytes;
-    if (full1 > full0) {
-      Encoder rec;
-      rec.U8(kRecUnmap);
-      rec.U64(vsd.value);
-      rec.U64(full0);
-      rec.U64(full1 - full0);
-      Mutate(rec.out());
-    }
     // Partial blocks at the edges are written with zeros.
     std::vector<std::pair<uint64_t, uint64_t>> parts;
     if (full1 <= full0) {
@@ -1737,8 +1951,25 @@ class PoolImpl : public Pool {
       if (offset_bytes < full0 * kBlockBytes) parts.push_back({offset_bytes, full0 * kBlockBytes - offset_bytes});
       if (end > full1 * kBlockBytes) parts.push_back({full1 * kBlockBytes, end - full1 * kBlockBytes});
     }
-    if (parts.empty() || length_bytes == 0) return PostError(done, absl::OkStatus());
-    auto g = MakeGather(static_cast<int>(parts.size()), done);
+    if (length_bytes == 0 || (parts.empty() && full1 <= full0)) {
+      return PostError(done, absl::OkStatus());
+    }
+    auto g = MakeGather(static_cast<int>(parts.size()) + (full1 > full0 ? 1 : 0), done);
+    if (full1 > full0) {
+      auto alive = alive_;
+      WithLeaves(VsdMap(vsd), full0, full1, [this, alive, vsd, full0, full1, g](absl::Status st, const BlockMap*) {
+        if (!*alive) return;
+        if (st.ok() && FindVsdState(vsd)) {
+          Encoder rec;
+          rec.U8(kRecUnmap);
+          rec.U64(vsd.value);
+          rec.U64(full0);
+          rec.U64(full1 - full0);
+          Mutate(rec.out());
+        }
+        g->Finish(st);
+      });
+    }
     for (auto [off, len] : parts) {
       WriteBytes(vsd, off, std::make_shared<std::string>(len, '\0'), false,
                  [g](absl::Status st) { g->Finish(st); });
@@ -1854,7 +2085,28 @@ class PoolImpl : public Pool {
     Commit(done);
   }
 
-  absl::StatusOr<std::vector<Extent>> Diff(SnapshotId from, SnapshotId to) const override {
+  void Diff(SnapshotId from, SnapshotId to, Done<std::vector<Extent>> done) override {
+    // The leaves the comparison reaches: where the logs say blocks changed, or all.
+    std::vector<std::shared_ptr<BlockMap::Node>> leaves;
+    const SnapshotState* a = from.valid() ? FindSnapshot(from) : nullptr;
+    const SnapshotState* b = FindSnapshot(to);
+    if (b != nullptr && (a != nullptr || !from.valid())) {
+      std::optional<std::vector<BlockMap::Range>> ranges;
+      if (a != nullptr) ranges = ChangedRanges(*a, *b);
+      const std::vector<BlockMap::Range>* r = ranges ? &*ranges : nullptr;
+      if (a != nullptr) a->map.CollectLeaves(r, &leaves);
+      b->map.CollectLeaves(r, &leaves);
+    }
+    auto alive = alive_;
+    // Snapshots' maps never change, so these are the leaves DiffNow reaches.
+    LoadLeaves(std::move(leaves), [this, alive, from, to, done](absl::Status st) {
+      if (!*alive) return;
+      absl::StatusOr<std::vector<Extent>> r = st.ok() ? DiffNow(from, to) : st;
+      loop_->Post([done, r = std::move(r)]() mutable { done(std::move(r)); });
+    });
+  }
+
+  absl::StatusOr<std::vector<Extent>> DiffNow(SnapshotId from, SnapshotId to) const {
     auto it_to = snapshots_.find(to);
     if (it_to == snapshots_.end()) return NotFound(to);
     static const BlockMap kEmpty;
@@ -2047,6 +2299,11 @@ class PoolImpl : public Pool {
     s.delete_nodes_freed = delete_nodes_freed_;
     s.delete_bytes_freed = delete_bytes_freed_;
     s.delete_step_max_ns = static_cast<uint64_t>(delete_step_max_ns_);
+    s.map_leaves_in_memory = leaf_cache_.size();
+    s.map_leaves_read = leaves_read_;
+    s.map_leaves_evicted = leaves_evicted_;
+    s.map_leaf_waits = leaf_waits_;
+    s.map_leaf_wait_ns = static_cast<uint64_t>(leaf_wait_ns_);
     s.diffs_from_change_logs = diffs_from_change_logs_;
     s.diffs_walked = diffs_walked_;
     s.fenced = fenced_;
@@ -2362,7 +2619,32 @@ class PoolImpl : public Pool {
   }
 
   // ---------------------------------------------------------------- fsck
-  FsckReport Fsck() const override {
+  void Fsck(Done<FsckReport> done) override {
+    ++fsck_running_;  // background deletes pause: the trees stay as counted
+    FsckWhenLoaded(std::move(done));
+  }
+
+  // Checks once every leaf is in memory and no evicted leaf that left the trees still
+  // holds references (their pages are being read).
+  void FsckWhenLoaded(Done<FsckReport> done) {
+    auto alive = alive_;
+    if (dropping_leaves_ || !dropped_leaves_.empty()) {
+      loop_->RunAfter(1'000'000, [this, alive, done] {
+        if (*alive) FsckWhenLoaded(done);
+      });
+      return;
+    }
+    LoadLeaves(AllLeaves(), [this, alive, done](absl::Status st) {
+      if (!*alive) return;
+      if (st.ok() && (dropping_leaves_ || !dropped_leaves_.empty())) return FsckWhenLoaded(done);
+      absl::StatusOr<FsckReport> r = st.ok() ? absl::StatusOr<FsckReport>(FsckNow()) : st;
+      --fsck_running_;
+      ScheduleReap();
+      loop_->Post([done, r = std::move(r)]() mutable { done(std::move(r)); });
+    });
+  }
+
+  FsckReport FsckNow() const {
     FsckReport report;
     std::map<std::pair<uint64_t, uint32_t>, uint32_t> expected;
     std::set<const BlockMap::Node*> seen;
@@ -2381,7 +2663,8 @@ class PoolImpl : public Pool {
       if (n->page.mapped()) expect_page(n->page, "tree node");
       if (n->level == 0) {
         uint32_t mapped = 0;
-        for (const MapEntry& e : n->entries) {
+        SCRIBE_CHECK(n->entries != nullptr);
+        for (const MapEntry& e : *n->entries) {
           if (!e.mapped()) continue;
           ++mapped;
           expected[{e.chunk, e.block}]++;
@@ -2604,12 +2887,15 @@ class PoolImpl : public Pool {
       }
     };
     if (!ckpt) return flush_data();
+    checkpoint_pages_in_flight_ = true;
     WritePages(ckpt, [this, alive, ckpt, fail, flush_data](absl::Status st) {
       if (!*alive) return;
+      checkpoint_pages_in_flight_ = false;
       if (!st.ok()) {
         UndoCheckpoint(*ckpt);
         return fail(st);
       }
+      ScheduleTrim();  // the leaves it wrote may go now
       flush_data();
     });
   }
@@ -2825,13 +3111,14 @@ class PoolImpl : public Pool {
   }
 
   void ScheduleReap() {
-    if (reap_scheduled_ || doomed_.empty()) return;
+    if (reap_scheduled_ || doomed_.empty() || fsck_running_ > 0) return;
     reap_scheduled_ = true;
     auto alive = alive_;
     // A timer, not Post: posted callbacks run before the loop polls for I/O.
     loop_->RunAfter(options_.background_delete_pause_ns, [this, alive] {
       if (!*alive) return;
       reap_scheduled_ = false;
+      if (fsck_running_ > 0) return;  // fsck schedules it again
       const int64_t start = loop_->NowNanos();
       ReapSome(kReapNodesPerTurn);
       delete_step_max_ns_ = std::max(delete_step_max_ns_, loop_->NowNanos() - start);
@@ -3359,7 +3646,9 @@ class PoolImpl : public Pool {
     }
     auto buf = std::make_shared<AlignedBuffer>(kPageBytes);
     auto why = std::make_shared<std::vector<std::string>>();
+    // Up-to-date copies first; a stale one may still hold the page (its checksum says).
     auto copies = std::make_shared<std::vector<Replica>>(c->replicas);
+    std::stable_partition(copies->begin(), copies->end(), [](const Replica& r) { return !r.stale; });
     auto alive = alive_;
     auto attempt = std::make_shared<std::function<void(size_t)>>();
     *attempt = [this, alive, p, buf, why, copies, attempt, done](size_t i) {
@@ -3372,8 +3661,11 @@ class PoolImpl : public Pool {
       }
       const Replica r = (*copies)[i];
       const DiskState* d = FindDisk(r.disk);
-      if (d == nullptr || d->dev == nullptr) {
-        why->push_back(absl::StrFormat("disk %d: absent", r.disk.value));
+      if (d == nullptr || !DiskUsable(*d)) {
+        why->push_back(absl::StrFormat("disk %d: %s", r.disk.value,
+                                       d == nullptr || d->dev == nullptr ? "absent"
+                                       : d->failed                      ? "failed"
+                                                                        : "node offline"));
         return (*attempt)(i + 1);
       }
       d->dev->Read(ReplicaOffset(r, p.block), kPageBytes, buf->data(),
@@ -3486,8 +3778,7 @@ class PoolImpl : public Pool {
     const Replica* from = nullptr;
     if (c != nullptr && c->meta && first.block + run.size() <= kBlocksPerChunk) {
       for (const Replica& r : c->replicas) {
-        const DiskState* d = FindDisk(r.disk);
-        if (d != nullptr && d->dev != nullptr && !d->failed) {
+        if (ReplicaWritable(r)) {
           from = &r;
           break;
         }
@@ -3560,7 +3851,7 @@ class PoolImpl : public Pool {
           // A failed open: the loaded nodes reference nothing (their blocks and pages were
           // never counted), so destroying them with the pool must not unreference.
           for (auto& [key, n] : *nodes) {
-            n->entries = {};
+            if (n->entries) n->entries->fill(MapEntry{});
             n->mapped = 0;
             n->page = MapEntry{};
           }
@@ -3646,7 +3937,7 @@ class PoolImpl : public Pool {
     for (const auto& [key, n] : nodes) {
       RETURN_IF_ERROR(ClaimPage(n->page));
       if (n->level != 0) continue;
-      for (const MapEntry& e : n->entries) {
+      for (const MapEntry& e : *n->entries) {
         if (!e.mapped()) continue;
         ChunkState* c = FindChunk(e.chunk);
         if (c == nullptr || c->meta || e.block >= kBlocksPerChunk) {
@@ -3811,6 +4102,19 @@ class PoolImpl : public Pool {
   // loop for milliseconds).
   BlockFrees pending_frees_;
   bool committing_ = false;
+  LeafCache leaf_cache_;
+  // Evicted leaves being read back, and who waits for each.
+  absl::flat_hash_map<const BlockMap::Node*, std::vector<StatusDone>> leaf_loads_;
+  bool trim_scheduled_ = false;
+  bool checkpoint_pages_in_flight_ = false;
+  std::deque<MapEntry> dropped_leaves_;  // pages of evicted leaves that left every tree
+  bool dropping_leaves_ = false;
+  uint64_t leaves_read_ = 0;
+  uint64_t leaves_evicted_ = 0;
+  uint64_t leaf_waits_ = 0;     // operations that waited for leaves to be read
+  int64_t leaf_wait_ns_ = 0;    // and how long, in total
+  uint64_t dropped_leaves_unread_ = 0;
+  int fsck_running_ = 0;
   std::vector<StatusDone> commit_waiters_;
 
   bool replaying_ = false;  // applying journal records at recovery
@@ -3830,6 +4134,8 @@ void Refs::Ref(const MapEntry& e) { pool_->RefFromMap(e); }
 void Refs::Unref(const MapEntry& e) { pool_->UnrefFromMap(e); }
 void Refs::PageDropped(const MapEntry& page) { pool_->DropPage(page); }
 void Refs::NodeDirtied() { pool_->NoteNodeDirtied(); }
+void Refs::EvictedLeafDropped(const MapEntry& page) { pool_->EvictedLeafDropped(page); }
+LeafCache* Refs::leaf_cache() { return &pool_->leaf_cache_; }
 
 }  // namespace
 

@@ -37,6 +37,22 @@ absl::Status WaitStatus(Loop* loop, std::function<void(Pool::StatusDone)> op) {
   return result ? *result : absl::DeadlineExceededError("no completion");
 }
 
+// Fsck, run until it answers. A failed Fsck (its metadata pages could not be read) fails
+// the test and comes back as a report holding that error, so that the caller's
+// `EXPECT_TRUE(report.ok())` fails too.
+FsckReport FsckOf(Loop* loop, Pool* pool) {
+  auto report = Wait<FsckReport>(loop, [&](auto done) { pool->Fsck(done); });
+  if (report.ok()) return std::move(*report);
+  ADD_FAILURE() << "Fsck failed: " << report.status();
+  FsckReport failed;
+  failed.errors.push_back("Fsck failed: " + report.status().ToString());
+  return failed;
+}
+
+absl::StatusOr<std::vector<Extent>> DiffOf(Loop* loop, Pool* pool, SnapshotId from, SnapshotId to) {
+  return Wait<std::vector<Extent>>(loop, [&](auto done) { pool->Diff(from, to, done); });
+}
+
 PoolOptions TestPoolOptions(uint64_t metadata_bytes = 4ull << 20) {
   PoolOptions options;
   options.metadata_bytes = metadata_bytes;
@@ -119,10 +135,14 @@ class SimPool {
   absl::StatusOr<VsdId> CloneLive(VsdId v, const std::string& name) {
     return Wait<VsdId>(&loop_, [&](auto done) { pool_->CloneVsd(v, name, done); });
   }
+  FsckReport Fsck() { return FsckOf(&loop_, pool_.get()); }
+  absl::StatusOr<std::vector<Extent>> Diff(SnapshotId from, SnapshotId to) {
+    return DiffOf(&loop_, pool_.get(), from, to);
+  }
   // Diff, and whether the change logs answered it.
   std::pair<std::vector<Extent>, bool> DiffAndPath(SnapshotId from, SnapshotId to) {
     const uint64_t before = pool_->Stats().diffs_from_change_logs;
-    auto d = pool_->Diff(from, to);
+    auto d = Diff(from, to);
     SCRIBE_CHECK(d.ok());
     return {*d, pool_->Stats().diffs_from_change_logs > before};
   }
@@ -153,7 +173,7 @@ TEST(Pool, WriteReadAnyAlignmentAndZerosElsewhere) {
   EXPECT_EQ(*p.Read(v, 4096 * 3 + 1024, 10240), Pattern('b', 10240));
   EXPECT_EQ(*p.Read(v, 1 << 20, 1 << 20), Pattern('c', 1 << 20));
   EXPECT_EQ(*p.Read(v, 4 << 20, 4096), std::string(4096, '\0'));
-  EXPECT_TRUE(p.pool_->Fsck().ok());
+  EXPECT_TRUE(p.Fsck().ok());
 }
 
 TEST(Pool, BadRequestsGetClearErrorsAndChangeNothing) {
@@ -196,7 +216,7 @@ TEST(PoolMetadata, MoreMetadataThanTheJournalRegionOpensAfterEveryCrash) {
     const PoolStats st = p.pool_->Stats();
     EXPECT_GT(st.metadata_chunks, 0u);
     EXPECT_LT(st.last_checkpoint_root_bytes, 96u << 10);
-    FsckReport fsck = p.pool_->Fsck();
+    FsckReport fsck = p.Fsck();
     ASSERT_TRUE(fsck.ok()) << fsck.errors[0];
   }
   EXPECT_GT(model.size(), 12000u);
@@ -210,6 +230,74 @@ TEST(PoolMetadata, MoreMetadataThanTheJournalRegionOpensAfterEveryCrash) {
       ASSERT_EQ(*p.ReadSnap(snap, it->first * 4096, 4096), Pattern(it->second, 4096));
     }
   }
+}
+
+// With a leaf cache far smaller than the maps, leaves are evicted once written and read
+// back by whatever needs them (reads, writes, diff, fsck), and deleting a snapshot whose
+// leaves are evicted drops exactly their references.
+TEST(PoolMetadata, ASmallLeafCacheReadsLeavesBackAndLosesNothing) {
+  PoolOptions options = TestPoolOptions();
+  options.metadata_cache_bytes = 4 * 4096;  // 4 leaves for 128 (128 MiB, 4 KiB scattered)
+  options.checkpoint_dirty_pages_max = 32;
+  SimPool p(3, 1, 256ull << 20, options);
+  VsdId v = p.Create("d", 128 << 20);
+  std::mt19937_64 rng(9);
+  std::map<uint64_t, char> model;
+  auto write_some = [&](int n, std::set<uint64_t>* written) {
+    for (int i = 0; i < n; ++i) {
+      const uint64_t block = rng() % 32768;
+      const char seed = static_cast<char>(rng());
+      ASSERT_TRUE(p.Write(v, block * 4096, Pattern(seed, 4096)).ok());
+      model[block] = seed;
+      if (written) written->insert(block);
+    }
+  };
+  write_some(3000, nullptr);
+  const SnapshotId s1 = p.Snap(v, "s1");
+  const std::map<uint64_t, char> at_s1 = model;
+  std::set<uint64_t> changed;
+  write_some(500, &changed);
+  const SnapshotId s2 = p.Snap(v, "s2");
+  ASSERT_TRUE(p.Flush().ok());
+  p.loop_.RunUntil([] { return false; }, 10'000'000);
+  PoolStats st = p.pool_->Stats();
+  EXPECT_GT(st.map_leaves_evicted, 100u);
+  EXPECT_GT(st.map_leaves_read, 100u);  // the writes read evicted leaves back
+  EXPECT_LE(st.map_leaves_in_memory, 4u + 32u) << "the limit plus the dirty ones";
+  for (const auto& [block, seed] : model) {
+    ASSERT_EQ(*p.Read(v, block * 4096, 4096), Pattern(seed, 4096)) << "block " << block;
+  }
+  for (int i = 0; i < 300; ++i) {
+    auto it = std::next(at_s1.begin(), static_cast<long>(rng() % at_s1.size()));
+    ASSERT_EQ(*p.ReadSnap(s1, it->first * 4096, 4096), Pattern(it->second, 4096));
+  }
+  // Diff reads the leaves it compares.
+  auto d = p.Diff(s1, s2);
+  ASSERT_TRUE(d.ok()) << d.status();
+  std::set<uint64_t> reported;
+  for (const Extent& e : *d) {
+    for (uint64_t b = e.offset_bytes / 4096; b < (e.offset_bytes + e.length_bytes) / 4096; ++b) reported.insert(b);
+  }
+  EXPECT_EQ(reported, changed);
+  FsckReport fsck = p.Fsck();
+  ASSERT_TRUE(fsck.ok()) << fsck.errors[0];
+  // The leaves s1 alone holds are evicted: deleting it reads their pages to drop their
+  // blocks' references; fsck proves every count exact afterwards.
+  ASSERT_TRUE(p.DeleteSnap(s1).ok());
+  ASSERT_TRUE(p.Flush().ok());
+  p.loop_.RunUntil([&] { return p.pool_->Stats().delete_subtrees_pending == 0; }, 1'000'000'000);
+  fsck = p.Fsck();
+  ASSERT_TRUE(fsck.ok()) << fsck.errors[0];
+  p.Crash(PowerLossMode::kDropAll);
+  EXPECT_LE(p.pool_->Stats().map_leaves_in_memory, 128u + 2u);
+  write_some(200, nullptr);
+  ASSERT_TRUE(p.Flush().ok());
+  p.Crash(PowerLossMode::kDropAll);
+  for (const auto& [block, seed] : model) {
+    ASSERT_EQ(*p.Read(v, block * 4096, 4096), Pattern(seed, 4096)) << "block " << block;
+  }
+  fsck = p.Fsck();
+  ASSERT_TRUE(fsck.ok()) << fsck.errors[0];
 }
 
 // A checkpoint writes what changed since the last one, not the whole state.
@@ -232,7 +320,7 @@ TEST(PoolMetadata, ACheckpointWritesOnlyThePagesThatChanged) {
   p.Crash(PowerLossMode::kDropAll);
   EXPECT_EQ(*p.Read(v, 5000 * 4096, 4096), Pattern('b', 4096));
   EXPECT_EQ(*p.Read(v, 4096 * 4096, 4096), Pattern('a', 4096));
-  EXPECT_TRUE(p.pool_->Fsck().ok());
+  EXPECT_TRUE(p.Fsck().ok());
 }
 
 // Checkpoints come often enough that none writes much more than the dirty-node limit.
@@ -322,7 +410,7 @@ TEST(PoolDelete, ASnapshotIsFreedInTheBackgroundInSteps) {
     const uint64_t freed = p.pool_->Stats().delete_nodes_freed;
     if (freed != last) seen.insert(freed);
     last = freed;
-    EXPECT_TRUE(p.pool_->Fsck().ok()) << "while deleting";
+    EXPECT_TRUE(p.Fsck().ok()) << "while deleting";
   }
   const PoolStats after = p.pool_->Stats();
   EXPECT_EQ(after.delete_subtrees_pending, 0u);
@@ -334,7 +422,7 @@ TEST(PoolDelete, ASnapshotIsFreedInTheBackgroundInSteps) {
   ASSERT_TRUE(p.Flush().ok());
   EXPECT_LT(p.pool_->Stats().used_bytes[1], before.used_bytes[1]);
   EXPECT_EQ(*p.Read(v, 0, 128 << 20), Pattern('b', 128 << 20));
-  FsckReport fsck = p.pool_->Fsck();
+  FsckReport fsck = p.Fsck();
   EXPECT_TRUE(fsck.ok()) << fsck.errors[0];
 }
 
@@ -357,7 +445,7 @@ TEST(PoolDelete, ACrashHalfWayThroughABackgroundDeleteLosesNothing) {
   EXPECT_EQ(*p.Read(v, 0, kSize), Pattern('c', kSize));
   EXPECT_EQ(*p.ReadSnap(keep, 0, kSize), Pattern('a', kSize));
   EXPECT_EQ(p.pool_->ListSnapshots(v).size(), 1u);
-  FsckReport fsck = p.pool_->Fsck();
+  FsckReport fsck = p.Fsck();
   EXPECT_TRUE(fsck.ok()) << fsck.errors[0];
 }
 
@@ -471,7 +559,7 @@ TEST(PoolMetadata, APowerCutAtEveryStepOfACheckpointLosesNothingAcknowledged) {
       ASSERT_TRUE(WaitStatus(&loop, [&](auto done) { p->ReadSnapshot(*snap, mib << 20, 1 << 20, got.data(), done); }).ok());
       ASSERT_EQ(got, Pattern('a', 1 << 20)) << "snapshot, MiB " << mib;
     }
-    FsckReport fsck = p->Fsck();
+    FsckReport fsck = FsckOf(&loop, p);
     ASSERT_TRUE(fsck.ok()) << fsck.errors[0];
     if (steps > 0) break;  // the open finished before operation k: every step was cut
     ASSERT_LT(k, 500) << "the open did not finish within 500 operations";
@@ -492,7 +580,7 @@ TEST(Pool, FullPoolIsResourceExhaustedAndKeepsData) {
   }
   EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
   EXPECT_EQ(*p.Read(v, 0, 1 << 20), Pattern('k', 1 << 20));
-  EXPECT_TRUE(p.pool_->Fsck().ok());
+  EXPECT_TRUE(p.Fsck().ok());
   // The metadata reserve: a full pool still commits, snapshots, checkpoints at open
   // (writing every changed page), deletes and frees.
   ASSERT_TRUE(p.Flush().ok());
@@ -507,7 +595,7 @@ TEST(Pool, FullPoolIsResourceExhaustedAndKeepsData) {
   ASSERT_TRUE(p.Flush().ok());
   EXPECT_TRUE(p.Write(v, 8 << 20, Pattern('y', 1 << 20)).ok()) << "space did not come back";
   EXPECT_EQ(*p.Read(v, 0, 1 << 20), Pattern('k', 1 << 20));
-  FsckReport fsck = p.pool_->Fsck();
+  FsckReport fsck = p.Fsck();
   EXPECT_TRUE(fsck.ok()) << fsck.errors[0];
 }
 
@@ -562,7 +650,7 @@ TEST(Pool, OverwritesWithoutFlushNeverFillTheSpaceTheyFree) {
   for (uint64_t b = 0; b < kBlocks; b += 97) {
     EXPECT_EQ(*p.Read(v, b * 4096, 4096), block(b, version[b])) << b;
   }
-  EXPECT_TRUE(p.pool_->Fsck().ok());
+  EXPECT_TRUE(p.Fsck().ok());
   // The pool is still bounded: a second VSD filling it gets a clear error.
   VsdId w = p.Create("more", 64 << 20);
   absl::Status st;
@@ -577,7 +665,7 @@ TEST(Pool, CopiesLandOnDistinctNodes) {
   SimPool p(3, 2);
   VsdId v = p.Create("d", 16 << 20, 3);
   ASSERT_TRUE(p.Write(v, 0, Pattern('q', 8 << 20)).ok());
-  auto report = p.pool_->Fsck();
+  auto report = p.Fsck();
   EXPECT_TRUE(report.ok()) << report.errors.front();
   uint64_t used = 0;
   for (const DiskInfo& d : p.pool_->ListDisks()) used += d.chunks;
@@ -598,7 +686,7 @@ TEST(Pool, SnapshotsAreFrozenClonesAreIndependent) {
   ASSERT_TRUE(WaitStatus(&p.loop_, [&](auto d) { p.pool_->DeleteVsd(v, d); }).ok());
   EXPECT_EQ(*p.Read(*clone, 0, 4096), Pattern('1', 8192).substr(0, 4096));
   EXPECT_EQ(*p.Read(*clone, 4096, 4096), Pattern('3', 4096));
-  auto report = p.pool_->Fsck();
+  auto report = p.Fsck();
   EXPECT_TRUE(report.ok()) << report.errors.front();
   auto info = p.pool_->GetVsdInfo(*clone);
   EXPECT_EQ(info->allocated_bytes, 8192u);
@@ -613,11 +701,11 @@ TEST(Pool, DiffReportsOnlyChangedExtents) {
   ASSERT_TRUE(p.Write(v, 8192, Pattern('b', 4096)).ok());
   ASSERT_TRUE(p.Write(v, 10 << 20, Pattern('c', 512)).ok());
   SnapshotId s2 = p.Snap(v, "s2");
-  auto diff = p.pool_->Diff(s1, s2);
+  auto diff = p.Diff(s1, s2);
   ASSERT_TRUE(diff.ok());
   std::vector<Extent> want = {{8192, 4096}, {10 << 20, 4096}};
   EXPECT_EQ(*diff, want);
-  auto all = p.pool_->Diff(SnapshotId{}, s1);
+  auto all = p.Diff(SnapshotId{}, s1);
   ASSERT_TRUE(all.ok());
   ASSERT_EQ(all->size(), 1u);
   EXPECT_EQ((*all)[0], (Extent{0, 4 << 20}));
@@ -710,7 +798,7 @@ TEST(PoolDiff, NearbySnapshotsAreAnsweredFromChangeLogs) {
   const PoolStats stats = p.pool_->Stats();  // counted since the last Open
   EXPECT_EQ(stats.diffs_from_change_logs, 2u);
   EXPECT_EQ(stats.diffs_walked, 0u);
-  EXPECT_TRUE(p.pool_->Fsck().ok());
+  EXPECT_TRUE(p.Fsck().ok());
 }
 
 // Deleting a VSD rebases clones made from its snapshots onto the first snapshot below
@@ -757,7 +845,7 @@ TEST(PoolDiff, DeletingAVsdRebasesClonesOfItsSnapshots) {
   auto [dy1, logs_y1] = p.DiffAndPath(SnapshotId{}, y1);
   EXPECT_FALSE(logs_y1);
   EXPECT_EQ(dy1, (std::vector<Extent>{{3 * 4096, 4096}}));
-  EXPECT_TRUE(p.pool_->Fsck().ok());
+  EXPECT_TRUE(p.Fsck().ok());
 }
 
 // A log past its limit is dropped: the diff walks the maps and is still exact.
@@ -989,7 +1077,7 @@ TEST(PoolDiff, ChangeLogDiffsEqualTreeWalksOnRandomWorkloads) {
     }
     compare_all("end");
     EXPECT_GT(from_logs, checked / 4) << "seed " << seed;
-    FsckReport fsck = a.pool_->Fsck();
+    FsckReport fsck = a.Fsck();
     EXPECT_TRUE(fsck.ok()) << (fsck.errors.empty() ? "" : fsck.errors[0]);
   }
 }
@@ -1011,7 +1099,7 @@ TEST(Pool, FlushedWritesSurvivePowerLossUnflushedNeverTear) {
         << "block " << b << " is torn";
   }
   EXPECT_EQ(*p.Read(v, 1 << 20, 4096), Pattern('h', 4096));
-  EXPECT_TRUE(p.pool_->Fsck().ok());
+  EXPECT_TRUE(p.Fsck().ok());
 }
 
 TEST(Pool, CorruptCopyIsDetectedAndRepaired) {
@@ -1043,7 +1131,8 @@ TEST(Pool, FailedDiskIsReMirroredAndIoContinues) {
   ASSERT_TRUE(p.WaitRedundant());
   EXPECT_GT(p.pool_->Stats().chunks_rebuilt, 0u);
   EXPECT_EQ(p.pool_->ListDisks()[0].used_bytes, 0u);
-  EXPECT_TRUE(p.pool_->Fsck().ok()) << p.pool_->Fsck().errors.front();
+  const FsckReport fsck = p.Fsck();
+  EXPECT_TRUE(fsck.ok()) << fsck.errors.front();
   p.Crash(PowerLossMode::kDropAll);
   EXPECT_EQ(*p.Read(v, 0, 8 << 20), Pattern('r', 8 << 20));
 }
@@ -1057,7 +1146,7 @@ TEST(Pool, NodeOutageThenRejoinCatchesUp) {
   EXPECT_EQ(*p.Read(v, 4096, 4096), Pattern('p', 4096));
   p.pool_->SetNodeOnline(NodeId{2}, true);
   ASSERT_TRUE(p.WaitRedundant());
-  EXPECT_TRUE(p.pool_->Fsck().ok());
+  EXPECT_TRUE(p.Fsck().ok());
   // Every copy is now good: fail each other node in turn and read.
   EXPECT_EQ(*p.Read(v, 0, 8192), Pattern('o', 2 << 20).substr(0, 4096) + Pattern('p', 4096));
 }
@@ -1096,7 +1185,7 @@ TEST(Pool, DiskThatStopsAnsweringTimesOutInsteadOfHanging) {
   ASSERT_TRUE(p.Flush().ok());
   EXPECT_EQ(*p.Read(v, 0, 8192), Pattern('t', 8192));
   ASSERT_TRUE(p.WaitRedundant());
-  EXPECT_TRUE(p.pool_->Fsck().ok());
+  EXPECT_TRUE(p.Fsck().ok());
 }
 
 TEST(Pool, EvictedNodeReturnsWithItsStaleCopiesFreed) {
@@ -1107,7 +1196,7 @@ TEST(Pool, EvictedNodeReturnsWithItsStaleCopiesFreed) {
   ASSERT_TRUE(WaitStatus(&p.loop_, [&](auto d) { p.pool_->EvictNode(NodeId{1}, d); }).ok());
   p.pool_->SetNodeOnline(NodeId{1}, true);
   ASSERT_TRUE(p.WaitRedundant());
-  auto fsck = p.pool_->Fsck();
+  auto fsck = p.Fsck();
   EXPECT_TRUE(fsck.ok()) << fsck.errors.front();
   EXPECT_EQ(*p.Read(v, 0, 4 << 20), Pattern('e', 4 << 20));
   for (const DiskInfo& d : p.pool_->ListDisks()) EXPECT_FALSE(d.failed);
@@ -1145,7 +1234,7 @@ TEST(Pool, NodeDownAtOpenIsOfflineThenAttachedAndCaughtUp) {
   ASSERT_TRUE(attached.ok()) << attached.status();
   p.pool_->SetNodeOnline(NodeId{3}, true);
   ASSERT_TRUE(p.WaitRedundant());
-  EXPECT_TRUE(p.pool_->Fsck().ok());
+  EXPECT_TRUE(p.Fsck().ok());
   // Node 3's copies hold the writes made while it was away: read with node 1 away.
   p.pool_->SetNodeOnline(NodeId{1}, false);
   std::string want = Pattern('a', 2 << 20);
@@ -1179,7 +1268,7 @@ TEST(Pool, ErrorsFromAnOfflineNodeDoNotFailItsDisks) {
   ASSERT_TRUE(p.Write(v, 0, data).ok());
   ASSERT_TRUE(p.WaitRedundant());
   EXPECT_EQ(*p.Read(v, 0, 1 << 20), data);
-  EXPECT_TRUE(p.pool_->Fsck().ok());
+  EXPECT_TRUE(p.Fsck().ok());
 }
 
 TEST(Pool, ReadsRealFilesThroughLibaio) {

@@ -731,7 +731,9 @@ TEST(RemotePool, PoolOverRemoteDisksSurvivesAnOwnerChange) {
                   p->ReadSnapshot(*snap, 512, old.size(), old.data(), d);
                 }).ok());
     EXPECT_EQ(old, first);
-    EXPECT_TRUE(p->Fsck().ok());
+    auto fsck = Wait<FsckReport>(loop.get(), [&](auto done) { p->Fsck(done); });
+    ASSERT_TRUE(fsck.ok()) << fsck.status();
+    EXPECT_TRUE(fsck->ok());
   };
   check(pool->get());
 

@@ -201,10 +201,17 @@ const char* ModeName(PowerLossMode mode) {
 class PoolSim {
  public:
   explicit PoolSim(const PoolSimConfig& config)
-      : config_(config),
+      : config_(WithSeedOptions(config)),
         workload_(config.seed),
         env_random_(Mix(config.seed) ^ 0xd15c),
         pool_random_(Mix(config.seed) ^ 0x9001) {}
+
+  static PoolSimConfig WithSeedOptions(PoolSimConfig config) {
+    if (config.vary_leaf_cache && config.seed % 3 == 0) {
+      config.pool_options.metadata_cache_bytes = 4096 * (1 + Mix(config.seed) % 8);
+    }
+    return config;
+  }
 
   ~PoolSim() {
     // The pool first (it holds callbacks into the disks and the loop), then the disks.
@@ -224,6 +231,9 @@ class PoolSim {
       }
       if (!stopped_) Finish();
     }
+    CountPoolStats();
+    pool_.reset();
+    result_.small_leaf_cache = config_.pool_options.metadata_cache_bytes < (1ull << 20);
     return result_;
   }
 
@@ -367,6 +377,11 @@ class PoolSim {
     pool_ = config_.wrap_pool ? config_.wrap_pool(std::move(pool)) : std::move(pool);
   }
 
+  // Adds the counters of the pool instance about to go to the result.
+  void CountPoolStats() {
+    if (pool_ != nullptr) result_.map_leaves_read += pool_->Stats().map_leaves_read;
+  }
+
   // ---------------------------------------------------------------------------------
   // Setup and teardown
 
@@ -380,6 +395,9 @@ class PoolSim {
         const Tier tier = (d == 0 && config_.disks_per_node > 1) ? Tier::kSsd : Tier::kHdd;
         AddSimDisk(NodeId{static_cast<uint64_t>(n)}, tier);
       }
+    }
+    if (config_.pool_options.metadata_cache_bytes < (1ull << 20)) {
+      Log(absl::StrFormat("leaf cache: %d leaves", config_.pool_options.metadata_cache_bytes / 4096));
     }
     Log(absl::StrFormat("create pool: %d nodes x %d disks of %d MiB", config_.nodes,
                         config_.disks_per_node, config_.disk_bytes / kMiB));
@@ -610,8 +628,13 @@ class PoolSim {
     return !stopped_;
   }
 
+  // Runs Fsck to completion (the loop runs meanwhile, as for every awaited call); a Fsck
+  // that fails (metadata pages unreadable) is a violation like one that finds errors.
   bool CheckFsck(const std::string& when) {
-    const FsckReport report = pool_->Fsck();
+    auto result =
+        AwaitValue<FsckReport>([&](Pool::Done<FsckReport> done) { pool_->Fsck(done); });
+    if (!result.ok()) return ExpectOk(result.status(), absl::StrCat("Fsck ", when));
+    const FsckReport& report = *result;
     if (report.ok()) return true;
     std::vector<std::string> first(
         report.errors.begin(), report.errors.begin() + std::min<size_t>(report.errors.size(), 8));
@@ -1392,7 +1415,8 @@ class PoolSim {
     const SnapshotId from_id = from ? from->id : SnapshotId{};
     Log(absl::StrFormat("Diff %d -> %d", from_id.value, to->id.value));
     const uint64_t from_logs_before = pool_->Stats().diffs_from_change_logs;
-    auto extents = pool_->Diff(from_id, to->id);
+    auto extents = AwaitValue<std::vector<Extent>>(
+        [&](Pool::Done<std::vector<Extent>> done) { pool_->Diff(from_id, to->id, done); });
     const bool from_logs = pool_->Stats().diffs_from_change_logs > from_logs_before;
     if (!extents.ok()) {
       ExpectOk(extents.status(), absl::StrFormat("Diff(%d, %d)", from_id.value, to->id.value));
@@ -1950,6 +1974,7 @@ class PoolSim {
   bool Restart(PowerLossMode mode, const std::string& why) {
     Log(absl::StrFormat("%s (%s)", why, ModeName(mode)));
     for (auto& d : disks_) d.disk->PowerCut(mode);
+    CountPoolStats();
     pool_.reset();
     auto pool = AwaitValue<std::unique_ptr<Pool>>(
         [&](Pool::Done<std::unique_ptr<Pool>> done) {

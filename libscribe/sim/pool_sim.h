@@ -52,6 +52,10 @@ struct PoolSimConfig {
   PoolOptions pool_options = PoolSimDefaultPoolOptions();
   // Injects faults between operations; false runs the workload on a healthy pool.
   bool faults = true;
+  // One seed in three runs with a block-map leaf cache of 1 to 8 leaves
+  // (PoolOptions::metadata_cache_bytes), far smaller than its maps: leaves are evicted
+  // as soon as a checkpoint has written them and read back by every I/O that needs them.
+  bool vary_leaf_cache = true;
   // Prints every operation-log line to stderr as it happens, so a run the engine
   // aborts (a failed SCRIBE_CHECK) still shows what led up to it.
   bool trace = false;
@@ -73,6 +77,8 @@ struct PoolSimResult {
   uint64_t diffs_checked = 0;  // Diff results compared to the model
   // Of those, answered from the pool's change logs (PoolStats::diffs_from_change_logs).
   uint64_t diffs_from_change_logs = 0;
+  bool small_leaf_cache = false;  // this seed ran with a leaf cache of a few leaves
+  uint64_t map_leaves_read = 0;   // evicted leaves read back (PoolStats::map_leaves_read)
   uint64_t violations = 0;
   // One message per violation, naming seed, operation and details, the first followed
   // by the recent-operation log. A run stops at its first violation (the model can no

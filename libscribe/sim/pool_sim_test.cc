@@ -204,6 +204,23 @@ class TestCluster {
     return Await([&](Pool::StatusDone done) { pool_->Flush(done); });
   }
 
+  // Fsck, run until it answers. A failed Fsck (its metadata pages could not be read)
+  // fails the test and comes back as a report holding that error, so that the caller's
+  // `EXPECT_TRUE(report.ok())` fails too.
+  FsckReport Fsck() {
+    auto report = AwaitValue<FsckReport>([&](Pool::Done<FsckReport> done) { pool_->Fsck(done); });
+    if (report.ok()) return std::move(report).value();
+    ADD_FAILURE() << "Fsck failed: " << report.status();
+    FsckReport failed;
+    failed.errors.push_back("Fsck failed: " + report.status().ToString());
+    return failed;
+  }
+
+  absl::StatusOr<std::vector<Extent>> Diff(SnapshotId from, SnapshotId to) {
+    return AwaitValue<std::vector<Extent>>(
+        [&](Pool::Done<std::vector<Extent>> done) { pool_->Diff(from, to, done); });
+  }
+
   // Every disk loses power at once; the pool is rebuilt from what survived.
   absl::Status PowerCutAndOpen(PowerLossMode mode) {
     for (auto& d : disks_) d->PowerCut(mode);
@@ -262,7 +279,7 @@ TEST(PoolScenario, PowerCutRightAfterFuaWriteKeepsIt) {
   auto head = c.Read(*vsd, 0, 512);
   ASSERT_TRUE(head.ok());
   EXPECT_TRUE(std::equal(head->begin(), head->end(), old_data.begin()));
-  EXPECT_TRUE(c.pool()->Fsck().ok());
+  EXPECT_TRUE(c.Fsck().ok());
 }
 
 TEST(PoolScenario, UnflushedWriteIsAllOldOrAllNewPerBlockAfterPowerCut) {
@@ -282,7 +299,7 @@ TEST(PoolScenario, UnflushedWriteIsAllOldOrAllNewPerBlockAfterPowerCut) {
     const bool is_new = std::equal(got->begin() + b, got->begin() + b + 4096, new_data.begin() + b);
     EXPECT_TRUE(is_old || is_new) << "block at " << b << " is torn";
   }
-  EXPECT_TRUE(c.pool()->Fsck().ok());
+  EXPECT_TRUE(c.Fsck().ok());
 }
 
 TEST(PoolScenario, SnapshotOfUnflushedWritesSurvivesPowerCutExactly) {
@@ -298,7 +315,7 @@ TEST(PoolScenario, SnapshotOfUnflushedWritesSurvivesPowerCutExactly) {
   auto got = c.ReadSnapshot(*snap, 8192, data.size());
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_TRUE(*got == data) << "a completed snapshot lost writes that completed before it";
-  EXPECT_TRUE(c.pool()->Fsck().ok());
+  EXPECT_TRUE(c.Fsck().ok());
 }
 
 TEST(PoolScenario, CorruptOneCopyThenReadReturnsGoodDataAndScrubRepairs) {
@@ -336,7 +353,7 @@ TEST(PoolScenario, CorruptOneCopyThenReadReturnsGoodDataAndScrubRepairs) {
   got = c.Read(*vsd, 0, data.size());
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_TRUE(*got == data) << "the repaired copy is wrong";
-  EXPECT_TRUE(c.pool()->Fsck().ok());
+  EXPECT_TRUE(c.Fsck().ok());
 }
 
 // A repair sits in the disk's volatile cache like any write: unless the scrub flushes
@@ -407,7 +424,7 @@ TEST(PoolScenario, FailedDiskIsRebuiltSoASecondFailureLosesNothing) {
   auto got = c.Read(*vsd, 0, data.size());
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_TRUE(*got == data);
-  EXPECT_TRUE(c.pool()->Fsck().ok());
+  EXPECT_TRUE(c.Fsck().ok());
 }
 
 TEST(PoolScenario, WritesDuringNodeOutageAreCaughtUpOnRejoin) {
@@ -426,7 +443,7 @@ TEST(PoolScenario, WritesDuringNodeOutageAreCaughtUpOnRejoin) {
   auto got = c.Read(*vsd, 0, data.size());
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_TRUE(*got == data) << "the rejoined node serves stale data";
-  EXPECT_TRUE(c.pool()->Fsck().ok());
+  EXPECT_TRUE(c.Fsck().ok());
 }
 
 TEST(PoolScenario, DiffCoversChangesAcrossACloneBoundary) {
@@ -444,7 +461,7 @@ TEST(PoolScenario, DiffCoversChangesAcrossACloneBoundary) {
   auto later = c.AwaitValue<SnapshotId>(
       [&](Pool::Done<SnapshotId> done) { c.pool()->CreateSnapshot(*clone, "later", done); });
   ASSERT_TRUE(later.ok()) << later.status();
-  auto diff = c.pool()->Diff(*base, *later);
+  auto diff = c.Diff(*base, *later);
   ASSERT_TRUE(diff.ok()) << diff.status();
   bool covered = false;
   for (const Extent& e : *diff) {
@@ -515,13 +532,13 @@ class ForwardingPool : public Pool {
   void RevertToSnapshot(VsdId vsd, SnapshotId snapshot, StatusDone done) override {
     inner_->RevertToSnapshot(vsd, snapshot, done);
   }
-  absl::StatusOr<std::vector<Extent>> Diff(SnapshotId from, SnapshotId to) const override {
-    return inner_->Diff(from, to);
+  void Diff(SnapshotId from, SnapshotId to, Done<std::vector<Extent>> done) override {
+    inner_->Diff(from, to, std::move(done));
   }
   std::vector<DiskInfo> ListDisks() const override { return inner_->ListDisks(); }
   PoolStats Stats() const override { return inner_->Stats(); }
   void Scrub(Done<ScrubReport> done) override { inner_->Scrub(done); }
-  FsckReport Fsck() const override { return inner_->Fsck(); }
+  void Fsck(Done<FsckReport> done) override { inner_->Fsck(std::move(done)); }
   bool FullyRedundant() const override { return inner_->FullyRedundant(); }
 
  protected:
@@ -549,10 +566,11 @@ class LosesWrites : public ForwardingPool {
 class ShortDiff : public ForwardingPool {
  public:
   using ForwardingPool::ForwardingPool;
-  absl::StatusOr<std::vector<Extent>> Diff(SnapshotId from, SnapshotId to) const override {
-    auto extents = ForwardingPool::Diff(from, to);
-    if (extents.ok() && !extents->empty()) extents->pop_back();
-    return extents;
+  void Diff(SnapshotId from, SnapshotId to, Done<std::vector<Extent>> done) override {
+    ForwardingPool::Diff(from, to, [done](absl::StatusOr<std::vector<Extent>> extents) {
+      if (extents.ok() && !extents->empty()) extents->pop_back();
+      done(std::move(extents));
+    });
   }
 };
 
@@ -561,12 +579,17 @@ class ShortDiff : public ForwardingPool {
 class DiffAddsAllOfTo : public ForwardingPool {
  public:
   using ForwardingPool::ForwardingPool;
-  absl::StatusOr<std::vector<Extent>> Diff(SnapshotId from, SnapshotId to) const override {
-    auto extents = ForwardingPool::Diff(from, to);
-    auto all = ForwardingPool::Diff(SnapshotId{}, to);
-    if (!extents.ok() || !all.ok()) return extents;
-    extents->insert(extents->end(), all->begin(), all->end());
-    return extents;
+  void Diff(SnapshotId from, SnapshotId to, Done<std::vector<Extent>> done) override {
+    ForwardingPool::Diff(from, to, [this, to, done](absl::StatusOr<std::vector<Extent>> extents) {
+      if (!extents.ok()) return done(std::move(extents));
+      ForwardingPool::Diff(SnapshotId{}, to,
+                           [extents = std::move(*extents), done](
+                               absl::StatusOr<std::vector<Extent>> all) mutable {
+                             if (!all.ok()) return done(std::move(extents));
+                             extents.insert(extents.end(), all->begin(), all->end());
+                             done(std::move(extents));
+                           });
+    });
   }
 };
 
@@ -582,14 +605,18 @@ class DiffReportsDiscardedBlocks : public ForwardingPool {
     if (begin < end) discarded_.push_back(Extent{begin, end - begin});
     ForwardingPool::Discard(vsd, offset_bytes, length_bytes, done);
   }
-  absl::StatusOr<std::vector<Extent>> Diff(SnapshotId from, SnapshotId to) const override {
-    auto extents = ForwardingPool::Diff(from, to);
-    if (!extents.ok()) return extents;
-    extents->insert(extents->end(), discarded_.begin(), discarded_.end());
-    std::sort(extents->begin(), extents->end(), [](const Extent& a, const Extent& b) {
-      return a.offset_bytes < b.offset_bytes;
+  void Diff(SnapshotId from, SnapshotId to, Done<std::vector<Extent>> done) override {
+    // The blocks discarded by the time of the call.
+    ForwardingPool::Diff(from, to, [discarded = discarded_, done](
+                                       absl::StatusOr<std::vector<Extent>> extents) {
+      if (extents.ok()) {
+        extents->insert(extents->end(), discarded.begin(), discarded.end());
+        std::sort(extents->begin(), extents->end(), [](const Extent& a, const Extent& b) {
+          return a.offset_bytes < b.offset_bytes;
+        });
+      }
+      done(std::move(extents));
     });
-    return extents;
   }
 
  private:

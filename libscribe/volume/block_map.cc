@@ -8,29 +8,70 @@
 
 namespace scribe {
 
+namespace {
+LeafCache* CacheOf(BlockRefs* refs) { return refs ? refs->leaf_cache() : nullptr; }
+}  // namespace
+
 BlockMap::Node::Node(int level, BlockRefs* refs) : level(level), refs(refs) {
-  if (level != 0) children.resize(kFanout);
+  if (level != 0) {
+    children.resize(kFanout);
+  } else {
+    entries = std::make_unique<Entries>();
+    if (LeafCache* c = CacheOf(refs)) c->Add(this);
+  }
   if (refs) refs->NodeDirtied();
 }
 
 BlockMap::Node::Node(const Node& other)
-    : level(other.level),
-      refs(other.refs),
-      mapped(other.mapped),
-      entries(other.entries),
-      children(other.children) {
-  for (const MapEntry& e : entries) {
-    if (e.mapped()) refs->Ref(e);
+    : level(other.level), refs(other.refs), mapped(other.mapped), children(other.children) {
+  SCRIBE_CHECK(other.resident());
+  if (level == 0) {
+    entries = std::make_unique<Entries>(*other.entries);
+    for (const MapEntry& e : *entries) {
+      if (e.mapped()) refs->Ref(e);
+    }
+    if (LeafCache* c = CacheOf(refs)) c->Add(this);
   }
   refs->NodeDirtied();
 }
 
 BlockMap::Node::~Node() {
-  for (const MapEntry& e : entries) {
-    if (e.mapped()) refs->Unref(e);
+  if (level == 0 && !entries) {
+    // Evicted: the owner reads the page to drop the blocks' references, then the page.
+    if (refs) refs->EvictedLeafDropped(page);
+    return;
   }
-  if (page.mapped()) refs->PageDropped(page);
+  if (entries) {
+    if (LeafCache* c = CacheOf(refs)) c->Remove(this);
+    for (const MapEntry& e : *entries) {
+      if (e.mapped()) refs->Unref(e);
+    }
+  }
+  if (page.mapped() && refs) refs->PageDropped(page);
 }
+
+void BlockMap::Node::Evict(uint32_t unique) {
+  SCRIBE_CHECK(evictable());
+  if (LeafCache* c = CacheOf(refs)) c->Remove(this);
+  entries.reset();
+  unique_when_evicted = unique;
+}
+
+void BlockMap::Node::Reload(std::unique_ptr<Entries> e) {
+  SCRIBE_CHECK(level == 0 && !entries && e);
+  entries = std::move(e);
+  if (LeafCache* c = CacheOf(refs)) c->Add(this);
+}
+
+namespace {
+// A leaf an operation reaches: it must be in memory (the owner reads evicted leaves
+// back before it maps, reads or diffs their blocks).
+const BlockMap::Entries& EntriesOf(const BlockMap::Node* n) {
+  SCRIBE_CHECK(n->entries != nullptr);
+  if (LeafCache* c = CacheOf(n->refs)) c->Touch(n);
+  return *n->entries;
+}
+}  // namespace
 
 int BlockMap::LevelsFor(uint64_t capacity_blocks) {
   int levels = 1;
@@ -60,7 +101,7 @@ MapEntry BlockMap::Get(uint64_t lba) const {
   const Node* n = root_.get();
   while (n != nullptr) {
     const uint64_t idx = (lba >> (n->level * kFanoutBits)) & (kFanout - 1);
-    if (n->level == 0) return n->entries[idx];
+    if (n->level == 0) return EntriesOf(n)[idx];
     n = n->children[idx].get();
   }
   return MapEntry{};
@@ -85,7 +126,7 @@ void BlockMap::Set(uint64_t lba, const MapEntry& entry) {
     }
     const uint64_t idx = (lba >> (level * kFanoutBits)) & (kFanout - 1);
     if (level == 0) {
-      MapEntry& e = n->entries[idx];
+      MapEntry& e = const_cast<BlockMap::Entries&>(EntriesOf(n))[idx];
       if (entry.mapped()) refs_->Ref(entry);
       if (e.mapped()) {
         refs_->Unref(e);
@@ -119,8 +160,9 @@ void Walk(const BlockMap::Node* n, uint64_t base,
           const std::function<void(uint64_t, const MapEntry&)>& fn) {
   if (n == nullptr) return;
   if (n->level == 0) {
+    const BlockMap::Entries& entries = EntriesOf(n);
     for (uint64_t i = 0; i < BlockMap::kFanout; ++i) {
-      if (n->entries[i].mapped()) fn(base + i, n->entries[i]);
+      if (entries[i].mapped()) fn(base + i, entries[i]);
     }
     return;
   }
@@ -138,9 +180,11 @@ void DiffNodes(const BlockMap::Node* a, const BlockMap::Node* b, int level, uint
     return;
   }
   if (level == 0) {
+    const BlockMap::Entries& ea = EntriesOf(a);
+    const BlockMap::Entries& eb = EntriesOf(b);
     for (uint64_t i = 0; i < BlockMap::kFanout; ++i) {
-      const MapEntry& x = a->entries[i];
-      const MapEntry& y = b->entries[i];
+      const MapEntry& x = ea[i];
+      const MapEntry& y = eb[i];
       if (x.mapped() != y.mapped() || (x.mapped() && !x.SameBlock(y))) fn(base + i);
     }
     return;
@@ -180,7 +224,7 @@ void DiffNodesIn(const BlockMap::Node* a, const BlockMap::Node* b, int level, ui
 // Compares the leaves under `a` and `b` (nodes at level 1 covering [base, base +
 // kFanout^2)) over the ranges [r, r_end). Ranges are often single scattered blocks, one
 // per leaf, so the cost is memory latency: first every leaf entry the ranges start at
-// is prefetched (its address needs no load: entries are inline), then the leaves are
+// is prefetched (its address needs one load), then the leaves are
 // compared, so the loads of different leaves overlap instead of following one another.
 void DiffLeavesIn(const BlockMap::Node* a, const BlockMap::Node* b, uint64_t base,
                   const BlockMap::Range* r, const BlockMap::Range* r_end,
@@ -209,8 +253,8 @@ void DiffLeavesIn(const BlockMap::Node* a, const BlockMap::Node* b, uint64_t bas
     if (la != lb) {
       leaves[n++] = Leaf{la, lb, child_base, r, q};
       const uint64_t first = std::max(r->first, child_base) - child_base;
-      if (la) __builtin_prefetch(&la->entries[first]);
-      if (lb) __builtin_prefetch(&lb->entries[first]);
+      if (la) __builtin_prefetch(&EntriesOf(la)[first]);
+      if (lb) __builtin_prefetch(&EntriesOf(lb)[first]);
     }
     r = (q - 1)->second > child_end ? q - 1 : q;
     ++child;
@@ -227,13 +271,15 @@ void DiffNodesIn(const BlockMap::Node* a, const BlockMap::Node* b, int level, ui
                  const std::function<void(uint64_t)>& fn) {
   if (a == b) return;  // the same subtree (or both empty)
   if (level == 0) {
-    static const MapEntry kUnmapped;
+    static const BlockMap::Entries kUnmapped{};
+    const BlockMap::Entries& ea = a ? EntriesOf(a) : kUnmapped;
+    const BlockMap::Entries& eb = b ? EntriesOf(b) : kUnmapped;
     for (; r != r_end; ++r) {
       const uint64_t lo = std::max(r->first, base);
       const uint64_t hi = std::min(r->second, base + BlockMap::kFanout);
       for (uint64_t lba = lo; lba < hi; ++lba) {
-        const MapEntry& x = a ? a->entries[lba - base] : kUnmapped;
-        const MapEntry& y = b ? b->entries[lba - base] : kUnmapped;
+        const MapEntry& x = ea[lba - base];
+        const MapEntry& y = eb[lba - base];
         if (x.mapped() != y.mapped() || (x.mapped() && !x.SameBlock(y))) fn(lba);
       }
     }
@@ -303,8 +349,13 @@ BlockMap::Usage BlockMap::ComputeUsage(
       [&](const std::shared_ptr<Node>& n, bool shared) {
         if (!n) return;
         shared = shared || n.use_count() > 1;
+        if (n->level == 0 && !n->entries) {  // evicted: as of its eviction
+          usage.mapped += n->mapped;
+          if (!shared) usage.unique += n->unique_when_evicted;
+          return;
+        }
         if (n->level == 0) {
-          for (const MapEntry& e : n->entries) {
+          for (const MapEntry& e : *n->entries) {
             if (!e.mapped()) continue;
             ++usage.mapped;
             if (!shared && refcount(e) == 1) ++usage.unique;
@@ -315,6 +366,75 @@ BlockMap::Usage BlockMap::ComputeUsage(
       };
   visit(root_, false);
   return usage;
+}
+
+void BlockMap::CollectLeaves(const std::vector<Range>* ranges,
+                             std::vector<std::shared_ptr<Node>>* out) const {
+  // Descends only into children that some range reaches.
+  std::function<void(const std::shared_ptr<Node>&, uint64_t, size_t)> visit =
+      [&](const std::shared_ptr<Node>& n, uint64_t base, size_t r) {
+        if (!n) return;
+        if (n->level == 0) {
+          out->push_back(n);
+          return;
+        }
+        const int shift = n->level * kFanoutBits;
+        for (uint64_t i = 0; i < kFanout; ++i) {
+          if (!n->children[i]) continue;
+          const uint64_t lo = base + (i << shift);
+          const uint64_t hi = lo + (1ull << shift);
+          if (ranges != nullptr) {
+            while (r < ranges->size() && (*ranges)[r].second <= lo) ++r;
+            if (r == ranges->size()) return;
+            if ((*ranges)[r].first >= hi) continue;
+          }
+          visit(n->children[i], lo, r);
+        }
+      };
+  visit(root_, 0, 0);
+}
+
+void BlockMap::CollectLeavesUnder(const std::shared_ptr<Node>& n,
+                                  std::vector<std::shared_ptr<Node>>* out) {
+  if (!n) return;
+  if (n->level == 0) {
+    out->push_back(n);
+    return;
+  }
+  for (const auto& c : n->children) CollectLeavesUnder(c, out);
+}
+
+void LeafCache::Add(const Node* n) {
+  n->lru_prev = tail_;
+  n->lru_next = nullptr;
+  if (tail_) {
+    tail_->lru_next = n;
+  } else {
+    head_ = n;
+  }
+  tail_ = n;
+  ++size_;
+}
+
+void LeafCache::Remove(const Node* n) {
+  if (n->lru_prev) {
+    n->lru_prev->lru_next = n->lru_next;
+  } else {
+    head_ = n->lru_next;
+  }
+  if (n->lru_next) {
+    n->lru_next->lru_prev = n->lru_prev;
+  } else {
+    tail_ = n->lru_prev;
+  }
+  n->lru_prev = n->lru_next = nullptr;
+  --size_;
+}
+
+void LeafCache::Touch(const Node* n) {
+  if (tail_ == n) return;
+  Remove(n);
+  Add(n);
 }
 
 }  // namespace scribe

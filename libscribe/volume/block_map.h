@@ -11,6 +11,10 @@
 // DiffRanges does the same for given block ranges only (the pool's change logs say
 // which).
 //
+// Leaves can be evicted (their entries dropped, kept on their page) and read back by the
+// owner: Get, Set and the diffs need the leaves they reach in memory (the owner reads
+// them first; see CollectLeaves), ComputeUsage does not.
+//
 // Not thread-safe; the owner (the pool) serialises all access.
 #ifndef SCRIBE_VOLUME_BLOCK_MAP_H_
 #define SCRIBE_VOLUME_BLOCK_MAP_H_
@@ -32,6 +36,8 @@ struct MapEntry {
   bool SameBlock(const MapEntry& o) const { return chunk == o.chunk && block == o.block; }
 };
 
+class LeafCache;
+
 // Reference counting of data blocks, implemented by the pool. It also hears of nodes
 // whose on-disk page (see Node::page) stops describing them, and of new nodes: the
 // pool writes changed nodes to new pages at its next checkpoint.
@@ -45,12 +51,18 @@ class BlockRefs {
   virtual void PageDropped(const MapEntry& page) { (void)page; }
   // A node was created or changed since it was last written (it needs a page).
   virtual void NodeDirtied() {}
+  // An evicted leaf (see Node::entries) was destroyed: the blocks named on `page` lose
+  // a reference each, and then the page is dropped, once the owner has read it.
+  virtual void EvictedLeafDropped(const MapEntry& page) { (void)page; }
+  // The list of leaves in memory, if the owner evicts leaves.
+  virtual LeafCache* leaf_cache() { return nullptr; }
 };
 
 class BlockMap {
  public:
   static constexpr int kFanoutBits = 8;
   static constexpr uint64_t kFanout = 1ull << kFanoutBits;
+  using Entries = std::array<MapEntry, kFanout>;
 
   struct Node {
     explicit Node(int level, BlockRefs* refs);
@@ -63,12 +75,27 @@ class BlockMap {
     // node through Set() unsets the page of every node on the path (each parent's page
     // names its children's pages).
     MapEntry page;
-    uint32_t mapped = 0;  // leaf: entries mapped
-    // Leaf entries are held inline (unused in interior nodes, which are 1/256 of all
-    // nodes): a leaf is one allocation, and finding an entry from its parent is one
-    // dependent load, which is what a lookup of scattered blocks costs.
-    std::array<MapEntry, kFanout> entries{};      // leaf
+    uint32_t mapped = 0;  // leaf: entries mapped (kept while evicted)
+    // An evicted leaf: how many of its blocks had a single reference when it was
+    // evicted (ComputeUsage reports evicted leaves as of then).
+    uint32_t unique_when_evicted = 0;
+    // Operations in flight that need the entries: the leaf is not evicted meanwhile.
+    uint32_t pins = 0;
+    // A leaf's entries, one allocation (unused in interior nodes, which are 1/256 of
+    // all nodes). Null while the leaf is evicted: its page (always set then) holds them,
+    // and Get/Set/Diff must not reach it until the owner reads them back (Reload).
+    std::unique_ptr<Entries> entries;
     std::vector<std::shared_ptr<Node>> children;  // interior
+    // The LeafCache's list, while the leaf's entries are in memory.
+    mutable const Node* lru_prev = nullptr;
+    mutable const Node* lru_next = nullptr;
+
+    bool resident() const { return level != 0 || entries != nullptr; }
+    bool evictable() const { return level == 0 && entries && pins == 0 && page.mapped(); }
+    // Drops a clean, unpinned leaf's entries (the page keeps them).
+    void Evict(uint32_t unique);
+    // Gives an evicted leaf its entries back, as read from its page.
+    void Reload(std::unique_ptr<Entries> e);
   };
 
   BlockMap() = default;
@@ -103,6 +130,12 @@ class BlockMap {
   };
   Usage ComputeUsage(const std::function<uint32_t(const MapEntry&)>& refcount) const;
 
+  // Appends the leaves (in memory or evicted) that hold blocks of `ranges` ([begin, end)
+  // pairs, ascending), or of the whole map when `ranges` is null.
+  void CollectLeaves(const std::vector<Range>* ranges, std::vector<std::shared_ptr<Node>>* out) const;
+  // Appends every leaf of the subtree under `n`.
+  static void CollectLeavesUnder(const std::shared_ptr<Node>& n, std::vector<std::shared_ptr<Node>>* out);
+
   const std::shared_ptr<Node>& root() const { return root_; }
   // Hands the tree to the caller (to destroy it a little at a time); the map is empty.
   std::shared_ptr<Node> ReleaseRoot() { return std::move(root_); }
@@ -116,6 +149,24 @@ class BlockMap {
   uint64_t capacity_blocks_ = 0;
   int levels_ = 1;  // a tree of `levels_` levels addresses kFanout^levels_ blocks
   std::shared_ptr<Node> root_;
+};
+
+// The leaves whose entries are in memory, least recently used first (an intrusive
+// list: nodes link themselves in and out).
+class LeafCache {
+ public:
+  using Node = BlockMap::Node;
+  size_t size() const { return size_; }
+  void Add(const Node* n);
+  void Remove(const Node* n);
+  void Touch(const Node* n);  // now the most recently used
+  const Node* oldest() const { return head_; }
+  static const Node* newer(const Node* n) { return n->lru_next; }
+
+ private:
+  const Node* head_ = nullptr;
+  const Node* tail_ = nullptr;
+  size_t size_ = 0;
 };
 
 }  // namespace scribe

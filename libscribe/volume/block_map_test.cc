@@ -124,5 +124,65 @@ TEST(BlockMap, DiffRangesEqualsDiffRestrictedToTheRanges) {
   EXPECT_TRUE(same.empty());
 }
 
+// A cache owner: evicts leaves (as the pool does, once they have a page), reads them
+// back, and reads the pages of evicted leaves that were destroyed.
+class CachingRefs : public CountingRefs {
+ public:
+  void EvictedLeafDropped(const MapEntry& page) override { dropped.push_back(page); }
+  LeafCache* leaf_cache() override { return &cache; }
+  LeafCache cache;
+  std::vector<MapEntry> dropped;
+};
+
+TEST(BlockMap, EvictedLeavesKeepTheirCountsAndComeBackWhole) {
+  CachingRefs refs;
+  BlockMap m(&refs, 1 << 16);
+  for (uint64_t i = 0; i < 1024; ++i) m.Set(i, E(1 + i / 256, i % 256));  // 4 leaves
+  EXPECT_EQ(refs.cache.size(), 4u);
+  std::vector<BlockMap::Node*> leaves;
+  {
+    std::vector<std::shared_ptr<BlockMap::Node>> all, some;
+    m.CollectLeaves(nullptr, &all);
+    ASSERT_EQ(all.size(), 4u);
+    std::vector<BlockMap::Range> one{{300, 301}};
+    m.CollectLeaves(&one, &some);
+    ASSERT_EQ(some.size(), 1u);
+    EXPECT_EQ(some[0], all[1]);
+    for (const auto& n : all) leaves.push_back(n.get());  // held by the map alone again
+  }
+  // Only a written (paged), unpinned leaf can go.
+  EXPECT_FALSE(leaves[0]->evictable());
+  leaves[0]->page = MapEntry{99, 1, 7};
+  leaves[0]->pins = 1;
+  EXPECT_FALSE(leaves[0]->evictable());
+  leaves[0]->pins = 0;
+  BlockMap::Entries saved = *leaves[0]->entries;
+  leaves[0]->Evict(200);
+  EXPECT_EQ(refs.cache.size(), 3u);
+  EXPECT_FALSE(leaves[0]->resident());
+  // The blocks keep their references while evicted; usage counts it as of eviction.
+  EXPECT_EQ((refs.refs[{1, 5}]), 1);
+  BlockMap::Usage u = m.ComputeUsage([&](const MapEntry& e) { return refs.refs[{e.chunk, e.block}]; });
+  EXPECT_EQ(u.mapped, 1024u);
+  EXPECT_EQ(u.unique, 200u + 768u);
+  EXPECT_DEATH(m.Get(5), "");  // reaching an evicted leaf is a bug, not a zero
+  leaves[0]->Reload(std::make_unique<BlockMap::Entries>(saved));
+  EXPECT_EQ(refs.cache.size(), 4u);
+  EXPECT_TRUE(m.Get(5).SameBlock(E(1, 5)));
+  // The least recently used leaf is first in line.
+  EXPECT_EQ(refs.cache.oldest(), leaves[1]);
+  m.Get(300);
+  EXPECT_EQ(refs.cache.oldest(), leaves[2]);
+  // An evicted leaf destroyed: its page goes to the owner (which drops the blocks'
+  // references once it has read it); a resident one drops them itself.
+  leaves[3]->page = MapEntry{99, 2, 8};
+  leaves[3]->Evict(0);
+  m = BlockMap();
+  ASSERT_EQ(refs.dropped.size(), 1u);
+  EXPECT_EQ(refs.dropped[0].block, 2u);
+  EXPECT_EQ(refs.refs.size(), 256u);  // the evicted leaf's blocks, until the owner reads it
+  EXPECT_EQ(refs.cache.size(), 0u);
+}
+
 }  // namespace
 }  // namespace scribe

@@ -65,6 +65,12 @@ struct PoolOptions {
   // Deleted snapshots and VSDs are freed in the background: 16 tree nodes (up to 4,096
   // block references) per step, with this pause between steps for the I/O in flight.
   int64_t background_delete_pause_ns = 100'000;
+  // Memory for block-map leaves (4 KiB each, mapping 256 blocks) that have not changed
+  // since the last checkpoint; leaves beyond it are dropped, least recently used first,
+  // and read back from their pages when an I/O, a diff or fsck needs them. The default
+  // keeps the maps of 64 GiB of sequentially written data. Changed leaves stay until
+  // the next checkpoint (checkpoint_dirty_pages_max bounds them).
+  uint64_t metadata_cache_bytes = 256ull << 20;
   // Times a read retries when every copy of a block fails its checksum (the block may
   // have been rewritten and reused underneath it).
   int read_retries_max = 4;
@@ -161,6 +167,14 @@ struct PoolStats {
   uint64_t delete_nodes_freed = 0;
   uint64_t delete_bytes_freed = 0;
   uint64_t delete_step_max_ns = 0;  // the longest step: how long the loop was held
+  // Block-map leaves (see PoolOptions::metadata_cache_bytes): in memory now, and since
+  // this instance was created or opened: read back from their pages, evicted, and the
+  // operations that waited for a read-back with their total wait.
+  uint64_t map_leaves_in_memory = 0;
+  uint64_t map_leaves_read = 0;
+  uint64_t map_leaves_evicted = 0;
+  uint64_t map_leaf_waits = 0;
+  uint64_t map_leaf_wait_ns = 0;
   // Diffs since this instance was created or opened: answered from the change logs of
   // the snapshot intervals between the two snapshots, or by walking both block maps.
   uint64_t diffs_from_change_logs = 0;
@@ -273,7 +287,8 @@ class Pool {
   // clone boundary: the snapshots may belong to a clone and its source. Snapshots a few
   // intervals apart in one lineage (the same VSD, or a clone made from a snapshot) are
   // answered from the logs of the blocks written in between; others walk both maps.
-  virtual absl::StatusOr<std::vector<Extent>> Diff(SnapshotId from, SnapshotId to) const = 0;
+  // Map pages not in memory are read first (see PoolOptions::metadata_cache_bytes).
+  virtual void Diff(SnapshotId from, SnapshotId to, Done<std::vector<Extent>> done) = 0;
 
   // --- Health and accounting ---
   virtual std::vector<DiskInfo> ListDisks() const = 0;
@@ -281,8 +296,9 @@ class Pool {
   // Reads every copy of every used block, verifies checksums, repairs bad copies.
   virtual void Scrub(Done<ScrubReport> done) = 0;
   // Checks metadata invariants: reference counts exact, no leaks, no double references,
-  // every chunk's copies on distinct nodes.
-  virtual FsckReport Fsck() const = 0;
+  // every chunk's copies on distinct nodes. Reads the map pages not in memory; pauses
+  // background deletes while it runs.
+  virtual void Fsck(Done<FsckReport> done) = 0;
   // True when no chunk is degraded and no rebuild is running.
   virtual bool FullyRedundant() const = 0;
 };
