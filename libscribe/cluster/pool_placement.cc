@@ -1,0 +1,184 @@
+// Placement: which disks take a chunk's copies, which chunk a write goes to.
+#include "libscribe/cluster/pool_impl.h"
+
+namespace scribe {
+
+bool PoolImpl::DiskUsable(const DiskState& d) const {
+  return d.dev != nullptr && !d.failed && NodeOnline(d.node);
+}
+
+bool PoolImpl::NodeOnline(NodeId n) const {
+  auto it = nodes_online_.find(n);
+  return it == nodes_online_.end() || it->second;
+}
+
+bool PoolImpl::ReplicaWritable(const Replica& r) const {
+  auto it = disks_.find(r.disk);
+  return it != disks_.end() && DiskUsable(it->second) && !r.stale;
+}
+
+std::vector<std::pair<DiskId, uint64_t>> PoolImpl::PlaceSlots(int count, const std::set<NodeId>& exclude) {
+  std::map<NodeId, const DiskState*> best;
+  for (const auto& [id, d] : disks_) {
+    if (!DiskUsable(d) || exclude.count(d.node) || d.used_slots >= d.slots) continue;
+    const DiskState*& b = best[d.node];
+    if (b == nullptr || d.slots - d.used_slots > b->slots - b->used_slots) b = &d;
+  }
+  std::vector<const DiskState*> order;
+  for (auto& [node, d] : best) order.push_back(d);
+  std::stable_sort(order.begin(), order.end(), [](const DiskState* a, const DiskState* b) {
+    return a->slots - a->used_slots > b->slots - b->used_slots;
+  });
+  std::vector<std::pair<DiskId, uint64_t>> out;
+  for (const DiskState* d : order) {
+    if (static_cast<int>(out.size()) == count) break;
+    // First free slot: a linear scan bounded by the disk's slot count.
+    for (uint64_t s = 0; s < d->slots; ++s) {
+      if (d->slot_owner[s] == 0) {
+        out.push_back({d->id, s});
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+int PoolImpl::TargetCopies(const ChunkState& c) const {
+  return c.meta ? std::min(c.replication, MetaReplication()) : c.replication;
+}
+
+size_t PoolImpl::UsableNodes() const {
+  std::set<NodeId> nodes;
+  for (const auto& [id, d] : disks_) {
+    if (DiskUsable(d) && d.used_slots < d.slots) nodes.insert(d.node);
+  }
+  return nodes.size();
+}
+
+void PoolImpl::CloseOpenChunk(VsdState* v) {
+  if (v->open_chunk == 0) return;
+  if (ChunkState* c = FindChunk(v->open_chunk)) {
+    c->open = false;
+    NoteMaybeReusable(c);
+    MaybeFreeChunk(c);
+  }
+  v->open_chunk = 0;
+}
+
+bool PoolImpl::ChunkAcceptsWrites(const ChunkState& c) const {
+  if (c.rebuilding) return false;
+  for (const Replica& r : c.replicas) {
+    if (!ReplicaWritable(r)) return false;
+  }
+  // Counting usable nodes scans every disk: only needed for a chunk short of copies.
+  if (static_cast<int>(c.replicas.size()) >= TargetCopies(c)) return true;
+  return static_cast<int>(c.replicas.size()) >= std::min<int>(c.replication, static_cast<int>(UsableNodes()));
+}
+
+ChunkState* PoolImpl::ReusableChunk(int replication) {
+  ChunkState* best = nullptr;
+  for (auto it = reuse_candidates_.begin(); it != reuse_candidates_.end();) {
+    ChunkState* c = FindChunk(*it);
+    if (c == nullptr || c->used > kBlocksPerChunk / 2) {
+      it = reuse_candidates_.erase(it);  // gone, or filled up: back when it drains
+      continue;
+    }
+    ++it;
+    if (c->open || c->meta || c->replication != replication || !ChunkAcceptsWrites(*c)) continue;
+    if (best == nullptr || c->used < best->used) best = c;
+  }
+  return best;
+}
+
+void PoolImpl::NoteMaybeReusable(const ChunkState* c) {
+  if (c->used <= kBlocksPerChunk / 2) reuse_candidates_.insert(c->id);
+}
+
+ChunkState* PoolImpl::AnyChunkWithRoom(int replication) {
+  ChunkState* best = nullptr;
+  for (auto& [id, c] : chunks_) {
+    if (c.open || c.meta || c.used >= kBlocksPerChunk || c.replication != replication ||
+        !ChunkAcceptsWrites(c)) {
+      continue;
+    }
+    if (best == nullptr || c.used < best->used) best = &c;
+  }
+  return best;
+}
+
+absl::StatusOr<std::vector<MapEntry>> PoolImpl::AllocateBlocks(VsdState* v, uint64_t n) {
+  std::vector<MapEntry> out;
+  while (out.size() < n) {
+    ChunkState* c = v->open_chunk ? FindChunk(v->open_chunk) : nullptr;
+    if (c == nullptr || c->used == kBlocksPerChunk || !ChunkAcceptsWrites(*c)) {
+      CloseOpenChunk(v);
+      c = ReusableChunk(v->replication);
+      if (c == nullptr) {
+        absl::StatusOr<ChunkState*> fresh = NewChunk(v->replication);
+        if (fresh.ok()) {
+          c = *fresh;
+        } else if ((c = AnyChunkWithRoom(v->replication)) == nullptr) {
+          for (const MapEntry& e : out) Unreserve(e);
+          return fresh.status();
+        }
+      }
+      c->open = true;
+      v->open_chunk = c->id;
+    }
+    for (uint32_t b = 0; b < kBlocksPerChunk && out.size() < n; ++b) {
+      if (c->refs[b] == 0 && !c->busy[b]) {
+        c->busy[b] = true;
+        ++c->used;
+        out.push_back(MapEntry{c->id, b, 0});
+      }
+    }
+  }
+  return out;
+}
+
+void PoolImpl::Unreserve(const MapEntry& e) {
+  ChunkState* c = FindChunk(e.chunk);
+  if (!c || !c->busy[e.block]) return;
+  c->busy[e.block] = false;
+  if (c->refs[e.block] == 0) --c->used;
+  NoteMaybeReusable(c);
+  MaybeFreeChunk(c);
+}
+
+absl::StatusOr<ChunkState*> PoolImpl::NewChunk(int replication, bool meta) {
+  const size_t nodes = UsableNodes();
+  if (nodes == 0) {
+    return absl::ResourceExhaustedError("pool is full: no healthy disk has a free chunk");
+  }
+  // With fewer usable nodes than copies, the chunk starts degraded and the healer
+  // adds copies when nodes return; never two copies on one node.
+  const int copies = std::min<int>(replication, static_cast<int>(nodes));
+  if (!meta && FreeSlots() < MetadataReserveSlots() + copies) {
+    return absl::ResourceExhaustedError(
+        "pool is full: the free chunks left are reserved for metadata (commits, deletes, healing)");
+  }
+  auto slots = PlaceSlots(copies, {});
+  if (static_cast<int>(slots.size()) < copies) {
+    return absl::ResourceExhaustedError("pool is full: not enough free chunks on distinct nodes");
+  }
+  const uint64_t id = next_chunk_++;
+  std::vector<Replica> replicas;
+  for (auto [disk, slot] : slots) replicas.push_back(Replica{disk, slot, false});
+  Encoder e;
+  EncodeAddChunk(e, id, replication, meta, replicas);
+  if (meta) {
+    Decoder d(e.out().data(), e.out().size());
+    Apply(d);
+  } else {
+    Mutate(e.out());
+  }
+  if (copies < replication) Heal();
+  return FindChunk(id);
+}
+
+uint64_t PoolImpl::ReplicaOffset(const Replica& r, uint32_t block) const {
+  const DiskState& d = disks_.at(r.disk);
+  return d.data_start + r.slot * kChunkBytes + static_cast<uint64_t>(block) * kBlockBytes;
+}
+
+}  // namespace scribe
