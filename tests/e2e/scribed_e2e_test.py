@@ -93,6 +93,14 @@ def test_fio_verifies_while_a_non_local_node_is_killed_and_restarted(cluster):
     # fully redundant before the restarted node is back (no copy of it went stale): wait.
     wait_for_log(owner, "node %d is back" % victim.id)
     cluster.wait_redundant()
+    # Every copy of every used block, the caught-up ones included, matches its checksum:
+    # a copy that missed writes while its node was down and was not caught up would be
+    # a bad copy here.
+    scrub = cluster.scribe_json("scrub")
+    assert scrub["bad_copies"] == 0 and scrub["unrecoverable"] == 0, scrub
+    # fio covered its 24 MiB and the 8 MiB written while the node was down (every copy
+    # of each block is read; a block counts once).
+    assert scrub["blocks_checked"] >= (32 * MiB // 4096) * 9 // 10, scrub
     # The restarted node's copies were caught up: with the third node's disk failed,
     # reads of every chunk it shared with the restarted node come from the latter
     # (checksums are verified on every read) and the pattern is intact.
@@ -168,6 +176,14 @@ def test_fio_verifies_while_a_node_is_partitioned_and_rejoins(cluster):
           % (victim.id, time.time() - start["t"]))
     wait_for_log(owner, "node %d is back" % victim.id)
     cluster.wait_redundant()
+    # Every copy of every used block, the caught-up ones included, matches its checksum:
+    # a copy that missed writes while its node was down and was not caught up would be
+    # a bad copy here.
+    scrub = cluster.scribe_json("scrub")
+    assert scrub["bad_copies"] == 0 and scrub["unrecoverable"] == 0, scrub
+    # fio covered its 24 MiB and the 8 MiB written while the node was down (every copy
+    # of each block is read; a block counts once).
+    assert scrub["blocks_checked"] >= (32 * MiB // 4096) * 9 // 10, scrub
     assert cluster.status()["pool"]["fully_redundant"]
 
 
@@ -242,6 +258,13 @@ def test_partitioned_node_past_the_grace_is_evicted_and_its_stale_copies_freed()
         c.fio(owner.uri("vol"), "--rw=read", "--bs=64k", "--size=32m")
         disks = c.scribe_json("disk", "list")["disks"]
         assert not any(d["failed"] for d in disks), disks
+        # The returned node's disk is used again: new chunks go to the emptiest disks.
+        c.scribe("vsd", "create", "after", "64M")
+        c.fio(owner.uri("after"), "--rw=write", "--bs=1m", "--size=48m")
+        c.wait_redundant()
+        disks = c.scribe_json("disk", "list")["disks"]
+        back = [d for d in disks if d["node"] == victim.id]
+        assert back and all(d["chunks"] > 0 for d in back), disks
 
 
 def test_a_partitioned_old_owner_cannot_change_data_after_takeover():
