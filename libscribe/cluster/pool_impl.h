@@ -324,6 +324,9 @@ class PoolImpl : public Pool {
 
   size_t UsableNodes() const;
 
+  // Nodes online with at least one healthy disk (full or not).
+  size_t AliveNodes() const;
+
   void CloseOpenChunk(VsdState* v);
 
   // A chunk takes new blocks while every copy is writable and it has as many copies as

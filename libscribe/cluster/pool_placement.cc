@@ -47,6 +47,14 @@ int PoolImpl::TargetCopies(const ChunkState& c) const {
   return c.meta ? std::min(c.replication, MetaReplication()) : c.replication;
 }
 
+size_t PoolImpl::AliveNodes() const {
+  std::set<NodeId> nodes;
+  for (const auto& [id, d] : disks_) {
+    if (DiskUsable(d)) nodes.insert(d.node);
+  }
+  return nodes.size();
+}
+
 size_t PoolImpl::UsableNodes() const {
   std::set<NodeId> nodes;
   for (const auto& [id, d] : disks_) {
@@ -70,9 +78,11 @@ bool PoolImpl::ChunkAcceptsWrites(const ChunkState& c) const {
   for (const Replica& r : c.replicas) {
     if (!ReplicaWritable(r)) return false;
   }
-  // Counting usable nodes scans every disk: only needed for a chunk short of copies.
+  // Counting nodes scans every disk: only needed for a chunk short of copies, which
+  // takes writes while the nodes it lacks are down (a data chunk) or full (metadata).
   if (static_cast<int>(c.replicas.size()) >= TargetCopies(c)) return true;
-  return static_cast<int>(c.replicas.size()) >= std::min<int>(c.replication, static_cast<int>(UsableNodes()));
+  const size_t nodes = c.meta ? UsableNodes() : AliveNodes();
+  return static_cast<int>(c.replicas.size()) >= std::min<int>(c.replication, static_cast<int>(nodes));
 }
 
 ChunkState* PoolImpl::ReusableChunk(int replication) {
@@ -150,9 +160,18 @@ absl::StatusOr<ChunkState*> PoolImpl::NewChunk(int replication, bool meta) {
   if (nodes == 0) {
     return absl::ResourceExhaustedError("pool is full: no healthy disk has a free chunk");
   }
-  // With fewer usable nodes than copies, the chunk starts degraded and the healer
-  // adds copies when nodes return; never two copies on one node.
-  const int copies = std::min<int>(replication, static_cast<int>(nodes));
+  // A data chunk starts short of copies only while nodes are down or their disks failed
+  // (the healer adds copies when they return); never two copies on one node. Healthy
+  // nodes that are full make the pool full for this replication: acknowledging a write
+  // with fewer copies than asked while every node is up would be a silent loss of
+  // redundancy that nothing can heal. Metadata chunks take what there is (a checkpoint
+  // must always be able to land; they are healed like the rest).
+  const int copies = std::min<int>(replication, static_cast<int>(meta ? nodes : AliveNodes()));
+  if (static_cast<int>(nodes) < copies) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "pool is full: %d nodes have a free chunk, a replication-%d VSD needs %d", nodes, replication,
+        copies));
+  }
   if (!meta && FreeSlots() < MetadataReserveSlots() + copies) {
     return absl::ResourceExhaustedError(
         "pool is full: the free chunks left are reserved for metadata (commits, deletes, healing)");

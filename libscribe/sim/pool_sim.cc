@@ -10,6 +10,8 @@
 #include <set>
 #include <utility>
 
+#include "absl/container/btree_map.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -24,6 +26,7 @@ constexpr uint64_t kBlockBytes = 4096;
 constexpr uint64_t kSectorsPerBlock = kBlockBytes / kSectorBytes;
 constexpr uint64_t kKiB = 1ull << 10;
 constexpr uint64_t kMiB = 1ull << 20;
+constexpr uint64_t kChunkBytes = 1 * kMiB;  // a chunk slot (pool.h)
 constexpr int64_t kMillisecondNs = 1'000'000;
 constexpr int64_t kSecondNs = 1'000'000'000;
 
@@ -55,13 +58,41 @@ constexpr int kBurstIosMax = 8;
 constexpr int kBurstReadsMax = 2;
 constexpr int kIoErrorsMax = 4;
 // Above this fraction of healthy capacity in use the workload stops writing and frees
-// space, so a full pool (a legitimate RESOURCE_EXHAUSTED) never masks a bug.
+// space, so a full pool (a legitimate RESOURCE_EXHAUSTED) never masks a bug. Fill seeds
+// (below) have no such limit.
 constexpr double kUsedFractionWritesMax = 0.45;
+// One seed in kFillSeedEvery (seed % kFillSeedEvery == kFillSeedRemainder) is a fill
+// seed: disks of kFillDiskDataBytes past the metadata region, VSDs of up to
+// kVsdBytesMax, twice the writes of up to kFillWriteBytesMax, fewer deletes, and no
+// write limit: the pool fills until writes fail with
+// RESOURCE_EXHAUSTED, then the workload frees space for a few operations and fills again.
+constexpr uint64_t kFillSeedEvery = 7;
+constexpr uint64_t kFillSeedRemainder = 4;
+constexpr uint64_t kFillDiskDataBytes = 16 * kMiB;
+constexpr uint64_t kFillWriteBytesMax = 2 * kMiB;
+constexpr int kFillDrainOpsMin = 4;
+constexpr int kFillDrainOpsMax = 12;
+// RESOURCE_EXHAUSTED is accepted from a write (or a discard, whose partial blocks are
+// written with zeros) only on a fill seed and only while the request's new chunks would
+// leave at most this fraction of the chunk slots of the usable disks (not failed,
+// online) free, or fewer nodes than the VSD's replication have a free slot. pool.h does
+// not say how full "full" is; the engine keeps a few percent of the slots for metadata
+// (checkpoints, deletes, healing), and refuses a write whose chunks do not all fit.
+constexpr double kFullFreeFractionMax = 0.10;
+// After a refused write, everything acknowledged is read back (at most once per this
+// many operations).
+constexpr int kFullVerifyEveryOps = 50;
 // A redundancy-reducing fault is only injected if what is in use would still fit in
 // this fraction of the capacity left afterwards.
 constexpr double kUsedFractionAfterFaultMax = 0.6;
 constexpr double kFaultProbability = 0.07;  // per operation, when no fault is active
+// Fsck and the list checks run after every operation; the accounting and the
+// simulator's own count of every block's copies every this many.
 constexpr int kDeepCheckEveryOps = 10;
+// Violations the copy check lists in one message.
+constexpr size_t kCopyViolationsListed = 4;
+// Block contents whose fingerprints the copy check remembers (about 100 bytes each).
+constexpr size_t kFingerprintsMax = 1 << 20;
 
 constexpr uint64_t kGarbageToken = ~0ull;
 
@@ -94,22 +125,62 @@ void FillSector(uint64_t token, uint64_t sector, uint8_t* out) {
   std::memcpy(out, words, kSectorBytes);
 }
 
+bool IsZero(const uint8_t* in, size_t length) {
+  static const uint8_t kZeros[kBlockBytes] = {};
+  for (size_t off = 0; off < length; off += kBlockBytes) {
+    if (std::memcmp(in + off, kZeros, std::min<size_t>(kBlockBytes, length - off)) != 0) {
+      return false;
+    }
+  }
+  return true;
+}
+
 // The token whose contents `in` holds for `sector`, 0 for zeros, kGarbageToken for
 // anything no write produced.
 uint64_t DecodeSector(const uint8_t* in, uint64_t sector) {
   uint64_t token;
   std::memcpy(&token, in, sizeof(token));
-  if (token == 0) {
-    for (size_t i = 0; i < kSectorBytes; ++i) {
-      if (in[i] != 0) return kGarbageToken;
-    }
-    return 0;
-  }
+  if (token == 0) return IsZero(in, kSectorBytes) ? 0 : kGarbageToken;
   if (token == kGarbageToken) return kGarbageToken;
   uint8_t expected[kSectorBytes];
   FillSector(token, sector, expected);
   return std::memcmp(in, expected, kSectorBytes) == 0 ? token : kGarbageToken;
 }
+
+// A 64-bit fingerprint of a 4 KiB block's bytes, for comparing a copy on a disk with
+// what the model expects there without regenerating the expected bytes for every copy.
+// Four lanes of words (for speed); each step of a lane is a bijection of the lane's
+// value given the word, and the lanes are summed with odd (invertible) factors, so any
+// single changed word (a flipped byte) always changes the fingerprint; other collisions
+// are as likely as in any 64-bit hash (the contents are not adversarial).
+uint64_t BlockFingerprint(const uint8_t* block) {
+  constexpr uint64_t kOdd[4] = {0x9e3779b97f4a7c15ull, 0xbf58476d1ce4e5b9ull,
+                                0x94d049bb133111ebull, 0xd6e8feb86659fd93ull};
+  uint64_t h[4] = {0x243f6a8885a308d3ull, 0x13198a2e03707344ull, 0xa4093822299f31d0ull,
+                   0x082efa98ec4e6c89ull};
+  for (size_t i = 0; i < kBlockBytes / 8; i += 4) {
+    for (size_t j = 0; j < 4; ++j) {
+      uint64_t w;
+      std::memcpy(&w, block + (i + j) * 8, sizeof(w));
+      h[j] ^= w;
+      h[j] = (h[j] << 29) | (h[j] >> 35);
+      h[j] *= kOdd[j];
+    }
+  }
+  return h[0] + kOdd[1] * h[1] + kOdd[2] * h[2] + kOdd[3] * h[3];
+}
+
+// A 4 KiB block's contents as the model knows them: the VSD sector of its first sector
+// and the write token of each of its sectors (0: zeros).
+struct BlockContents {
+  uint64_t first_sector = 0;
+  std::array<uint64_t, kSectorsPerBlock> tokens{};
+  bool operator==(const BlockContents&) const = default;
+  template <typename H>
+  friend H AbslHashValue(H h, const BlockContents& b) {
+    return H::combine(std::move(h), b.first_sector, b.tokens);
+  }
+};
 
 // What the model knows of a 4 KiB block's mapping in the engine (whether it names a
 // data block), for checking that a Diff reports nothing that cannot have changed.
@@ -169,6 +240,7 @@ struct SnapshotModel {
   std::vector<uint64_t> data;  // token per sector, frozen
   std::vector<uint64_t> stamps;   // per 4 KiB block, as VsdModel's
   std::vector<Mapping> mapping;   // per 4 KiB block, as VsdModel's
+  int replication = 2;            // its VSD's
 };
 
 enum class FaultKind { kNone, kDiskFailure, kCorruption, kIoErrors, kNodeOutage };
@@ -180,8 +252,12 @@ struct Fault {
   size_t disk = 0;           // index into the simulator's disks
   bool disk_marked = false;  // FailDisk has been called (else the disk died silently)
   NodeId node;
+  // The node crashed rather than went away: its disks lost their unsynced writes
+  // (SimDisk::PowerCut of only its disks) while the rest of the pool kept running.
+  bool crash = false;
   bool evict = false;  // the outage ends with EvictNode, then a rejoin
   bool evicted = false;
+  bool rejoined = false;  // SetNodeOnline(true) was called: the outage is ending
   uint64_t offline_io_baseline = 0;
   int io_errors = 0;
 };
@@ -198,17 +274,119 @@ const char* ModeName(PowerLossMode mode) {
   return "?";
 }
 
+// The BlockDevice the pool gets for each simulated disk: it forwards everything to the
+// SimDisk and keeps its own copy of what a read of the disk returns now (the write cache
+// over the durable contents), updated as each write or discard completes. The simulator
+// reads this copy to count a block's copies on the disks at one instant, without asking
+// the engine and without running the loop (a scan through SimDisk::Read takes virtual
+// time, during which the pool's background work, a rebuild say, goes on).
+//
+// It follows the disk exactly through everything but a power cut (which keeps or drops
+// each unsynced sector as the disk's own random choice says) and SimDisk::Corrupt (which
+// flips a random byte): only the pages written since the disk's last completed flush,
+// or the corrupted range, can differ then, and the simulator reads them back (`Resync`).
+class ShadowDisk : public BlockDevice {
+ public:
+  static constexpr uint64_t kPageBytes = 4096;
+  using Page = std::array<uint8_t, kPageBytes>;
+
+  explicit ShadowDisk(SimDisk* disk) : disk_(disk) {}
+  ~ShadowDisk() override { *alive_ = false; }
+
+  uint64_t size_bytes() const override { return disk_->size_bytes(); }
+  void Read(uint64_t offset_bytes, size_t length_bytes, void* buf, Callback done) override {
+    disk_->Read(offset_bytes, length_bytes, buf, std::move(done));
+  }
+  void Write(uint64_t offset_bytes, size_t length_bytes, const void* buf,
+             Callback done) override {
+    // SimDisk reads `buf` as the write completes, just before calling back: it is still
+    // the caller's (the pool frees it in `done`).
+    disk_->Write(offset_bytes, length_bytes, buf,
+                 [this, alive = alive_, offset_bytes, length_bytes, buf,
+                  done = std::move(done)](absl::Status st) {
+                   if (st.ok() && *alive) {
+                     Apply(offset_bytes, length_bytes, static_cast<const uint8_t*>(buf));
+                   }
+                   done(st);
+                 });
+  }
+  void Flush(Callback done) override {
+    // A completed flush makes the whole cache durable, writes completed after it was
+    // issued included (SimDisk::Flush).
+    disk_->Flush([this, alive = alive_, done = std::move(done)](absl::Status st) {
+      if (st.ok() && *alive) unsynced_pages_.clear();
+      done(st);
+    });
+  }
+  void Discard(uint64_t offset_bytes, size_t length_bytes, Callback done) override {
+    disk_->Discard(offset_bytes, length_bytes,
+                   [this, alive = alive_, offset_bytes, length_bytes,
+                    done = std::move(done)](absl::Status st) {
+                     if (st.ok() && *alive) Apply(offset_bytes, length_bytes, nullptr);
+                     done(st);
+                   });
+  }
+
+  const absl::btree_map<uint64_t, std::unique_ptr<Page>>& pages() const { return pages_; }
+  // Pages that may have changed in a power cut, ascending; forgets them.
+  std::vector<uint64_t> TakeUnsyncedPages() {
+    std::vector<uint64_t> out(unsynced_pages_.begin(), unsynced_pages_.end());
+    unsynced_pages_.clear();
+    return out;
+  }
+  // What a read of page `page` returned (after a power cut or a corruption).
+  void SetPage(uint64_t page, const uint8_t* bytes) {
+    auto& slot = pages_[page];
+    if (!slot) slot = std::make_unique<Page>();
+    std::memcpy(slot->data(), bytes, kPageBytes);
+  }
+
+ private:
+  // `in` null: zeros.
+  void Apply(uint64_t offset_bytes, uint64_t length_bytes, const uint8_t* in) {
+    for (uint64_t pos = offset_bytes; pos < offset_bytes + length_bytes;) {
+      const uint64_t page = pos / kPageBytes;
+      const uint64_t in_page = pos % kPageBytes;
+      const uint64_t n = std::min(kPageBytes - in_page, offset_bytes + length_bytes - pos);
+      auto& slot = pages_[page];
+      if (!slot) slot = std::make_unique<Page>();
+      if (in != nullptr) {
+        std::memcpy(slot->data() + in_page, in + (pos - offset_bytes), n);
+      } else {
+        std::memset(slot->data() + in_page, 0, n);
+      }
+      unsynced_pages_.insert(page);
+      pos += n;
+    }
+  }
+
+  SimDisk* disk_;
+  absl::btree_map<uint64_t, std::unique_ptr<Page>> pages_;
+  std::set<uint64_t> unsynced_pages_;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+};
+
 class PoolSim {
  public:
   explicit PoolSim(const PoolSimConfig& config)
       : config_(WithSeedOptions(config)),
+        fill_(IsFillSeed(config)),
         workload_(config.seed),
         env_random_(Mix(config.seed) ^ 0xd15c),
         pool_random_(Mix(config.seed) ^ 0x9001) {}
 
+  static bool IsFillSeed(const PoolSimConfig& config) {
+    return config.vary_fill && config.seed % kFillSeedEvery == kFillSeedRemainder;
+  }
+
   static PoolSimConfig WithSeedOptions(PoolSimConfig config) {
     if (config.vary_leaf_cache && config.seed % 3 == 0) {
       config.pool_options.metadata_cache_bytes = 4096 * (1 + Mix(config.seed) % 8);
+    }
+    if (IsFillSeed(config)) {
+      // Small disks, so that the workload fills them within its operations. The 1 MiB on
+      // top covers the superblock before the metadata region.
+      config.disk_bytes = config.pool_options.metadata_bytes + 1 * kMiB + kFillDiskDataBytes;
     }
     return config;
   }
@@ -234,12 +412,14 @@ class PoolSim {
     CountPoolStats();
     pool_.reset();
     result_.small_leaf_cache = config_.pool_options.metadata_cache_bytes < (1ull << 20);
+    result_.fill_seed = fill_;
     return result_;
   }
 
  private:
   struct DiskSlot {
     std::unique_ptr<SimDisk> disk;
+    std::unique_ptr<ShadowDisk> shadow;  // what the pool is given (spec.device)
     DiskSpec spec;
     DiskId id;
   };
@@ -368,7 +548,8 @@ class PoolSim {
     options.size_bytes = config_.disk_bytes;
     DiskSlot slot;
     slot.disk = std::make_unique<SimDisk>(&loop_, &env_random_, options);
-    slot.spec = DiskSpec{node, tier, slot.disk.get()};
+    slot.shadow = std::make_unique<ShadowDisk>(slot.disk.get());
+    slot.spec = DiskSpec{node, tier, slot.shadow.get()};
     disks_.push_back(std::move(slot));
     return disks_.size() - 1;
   }
@@ -447,6 +628,8 @@ class PoolSim {
     // A clean stop: after the flush everything must come back exactly.
     if (!Restart(PowerLossMode::kDropAll, "clean restart after final flush")) return;
     if (!VerifyAllExact("after clean restart")) return;
+    // Every copy was flushed: the count of copies now sees only durable contents.
+    if (!WaitRedundant("after clean restart")) return;
     auto report =
         AwaitValue<ScrubReport>([&](Pool::Done<ScrubReport> done) { pool_->Scrub(done); });
     if (!report.ok()) {
@@ -565,14 +748,25 @@ class PoolSim {
     return nodes;
   }
 
-  // Whether what is in use would still fit comfortably without `skip_*`.
+  // Whether what is in use would still fit comfortably without `skip_*`: in total, and
+  // on each other node, which may have to take a new copy of every chunk the skipped
+  // disks held (a chunk of replication 3 on four nodes has one node left to go to).
   bool CapacityAllows(uint64_t skip_node, uint64_t skip_disk) const {
-    uint64_t used = 0, capacity = 0;
+    uint64_t used = 0, capacity = 0, lost = 0;
+    std::map<uint64_t, uint64_t> free_by_node;
     for (const DiskInfo& d : pool_->ListDisks()) {
       if (d.failed) continue;
       used += d.used_bytes;
-      if (!d.online || d.node.value == skip_node || d.id.value == skip_disk) continue;
+      if (d.node.value == skip_node || d.id.value == skip_disk) {
+        lost += d.used_bytes;
+        continue;
+      }
+      if (!d.online) continue;
       capacity += d.capacity_bytes;
+      free_by_node[d.node.value] += d.capacity_bytes - std::min(d.used_bytes, d.capacity_bytes);
+    }
+    for (const auto& [node, free] : free_by_node) {
+      if (free < lost) return false;
     }
     return static_cast<double>(used) <= kUsedFractionAfterFaultMax * capacity;
   }
@@ -625,7 +819,159 @@ class PoolSim {
     Log(absl::StrFormat("%s: fully redundant after %.3f s (chunks_rebuilt=%d)", why,
                         static_cast<double>(loop_.NowNanos() - start) / kSecondNs,
                         stats.chunks_rebuilt));
-    return !stopped_;
+    if (stopped_) return false;
+    // Not on the pool's word alone: count the copies on the disks.
+    return corruption_outstanding_ || CheckCopies(why);
+  }
+
+  // The fingerprint of the bytes a block with `contents` holds, remembered across checks
+  // (most blocks stay the same from one check to the next).
+  uint64_t ExpectedFingerprint(const BlockContents& contents) {
+    if (fingerprints_.size() > kFingerprintsMax) fingerprints_.clear();
+    auto [it, inserted] = fingerprints_.try_emplace(contents, 0);
+    if (!inserted) return it->second;
+    uint8_t block[kBlockBytes];
+    for (uint64_t k = 0; k < kSectorsPerBlock; ++k) {
+      FillSector(contents.tokens[k], contents.first_sector + k, block + k * kSectorBytes);
+    }
+    it->second = BlockFingerprint(block);
+    return it->second;
+  }
+
+  // Whether the simulator itself has taken `node` away (an outage or a crash not yet
+  // ended by a rejoin).
+  bool SimNodeDown(NodeId node) const {
+    return fault_.kind == FaultKind::kNodeOutage && fault_.node == node && !fault_.rejoined;
+  }
+
+  // The simulator's own count of every modelled block's copies, from what the disks hold
+  // (ShadowDisk) rather than from the engine: each 4 KiB block of a live VSD or snapshot
+  // that holds anything but zeros must be on the disks, with exactly the bytes the model
+  // says (every sector carries its write's token and its VSD sector, see FillSector; a
+  // disk block is found by its first non-zero sector's token and sector, then compared
+  // whole by fingerprint), on at least its VSD's replication of distinct nodes. Only disks the pool can read count:
+  // not failed (by the simulator, or by the pool on its own), not on a node the simulator
+  // took away or the pool lists offline. A block of zeros cannot be told from unused space
+  // and is not counted. A stale copy holding the same bytes (a copy left in a freed or
+  // reset slot) can only raise a count: the check may miss a lost copy, but never
+  // reports a present one lost.
+  //
+  // Called where the pool says it is fully redundant, unless a corruption is outstanding
+  // (a corrupted copy is a lost one that the pool cannot know of before reading it).
+  bool CheckCopies(const std::string& why) {
+    static constexpr uint32_t kNone = ~0u;
+    struct Expected {
+      BlockContents contents;
+      uint64_t fingerprint = 0;  // of its bytes (BlockFingerprint)
+      int replication = 0;
+      // The first holder, for the message.
+      bool snapshot = false;
+      uint64_t holder = 0;
+      uint64_t nodes = 0;  // bit n-1: node n holds a good copy
+      uint32_t next = kNone;  // the next with the same first non-zero sector
+    };
+    std::vector<Expected> expected;
+    // (token, VSD sector) of a block's first non-zero sector -> the first of the blocks
+    // in `expected` starting so (chained by `next`).
+    absl::flat_hash_map<std::pair<uint64_t, uint64_t>, uint32_t> by_first;
+    auto add = [&](const std::vector<uint64_t>& data, int replication, bool snapshot,
+                   uint64_t holder) {
+      for (uint64_t s0 = 0; s0 + kSectorsPerBlock <= data.size(); s0 += kSectorsPerBlock) {
+        Expected e;
+        int first = -1;
+        for (uint64_t i = 0; i < kSectorsPerBlock; ++i) {
+          e.contents.tokens[i] = data[s0 + i];
+          if (e.contents.tokens[i] != 0 && first < 0) first = static_cast<int>(i);
+        }
+        if (first < 0) continue;
+        e.contents.first_sector = s0;
+        e.replication = replication;
+        e.snapshot = snapshot;
+        e.holder = holder;
+        auto [head, inserted] =
+            by_first.try_emplace(std::make_pair(e.contents.tokens[first], s0 + first), kNone);
+        bool known = false;
+        for (uint32_t i = head->second; i != kNone; i = expected[i].next) {
+          if (expected[i].contents == e.contents) {
+            expected[i].replication = std::max(expected[i].replication, replication);
+            known = true;
+            break;
+          }
+        }
+        if (known) continue;
+        e.fingerprint = ExpectedFingerprint(e.contents);
+        e.next = head->second;
+        head->second = static_cast<uint32_t>(expected.size());
+        expected.push_back(e);
+      }
+    };
+    for (const auto& [id, v] : vsds_) add(v.current, v.replication, false, id);
+    for (const auto& [id, snap] : snaps_) add(snap.data, snap.replication, true, id);
+
+    uint64_t disks_scanned = 0;
+    for (const DiskSlot& d : disks_) {
+      if (d.disk->failed() || SimNodeDown(d.spec.node) || d.spec.node.value == 0 ||
+          d.spec.node.value > 64) {
+        continue;
+      }
+      const std::optional<DiskInfo> info = InfoOf(d.id);
+      if (!info || info->failed || !info->online) continue;
+      ++disks_scanned;
+      const uint64_t node_bit = 1ull << (d.spec.node.value - 1);
+      for (const auto& [page, bytes] : d.shadow->pages()) {
+        const uint8_t* p = bytes->data();
+        // The first non-zero sector names the block's candidates.
+        int first = -1;
+        uint64_t words[2] = {0, 0};
+        for (uint64_t i = 0; i < kSectorsPerBlock; ++i) {
+          std::memcpy(words, p + i * kSectorBytes, sizeof(words));
+          if (words[0] != 0) {
+            first = static_cast<int>(i);
+            break;
+          }
+          if (!IsZero(p + i * kSectorBytes, kSectorBytes)) break;  // no write's contents
+        }
+        if (first < 0 || words[1] % kSectorsPerBlock != static_cast<uint64_t>(first)) continue;
+        auto it = by_first.find(std::make_pair(words[0], words[1]));
+        if (it == by_first.end()) continue;
+        const uint64_t fingerprint = BlockFingerprint(p);
+        for (uint32_t i = it->second; i != kNone; i = expected[i].next) {
+          if (expected[i].fingerprint == fingerprint) expected[i].nodes |= node_bit;
+        }
+      }
+    }
+    ++result_.copy_checks;
+    result_.blocks_copy_checked += expected.size();
+    uint64_t short_blocks = 0;
+    std::vector<std::string> listed;
+    for (const Expected& e : expected) {
+      const int copies = __builtin_popcountll(e.nodes);
+      if (copies >= e.replication) continue;
+      ++short_blocks;
+      if (listed.size() >= kCopyViolationsListed) continue;
+      std::vector<uint64_t> nodes;
+      for (uint64_t n = 0; n < 64; ++n) {
+        if (e.nodes & (1ull << n)) nodes.push_back(n + 1);
+      }
+      listed.push_back(absl::StrFormat(
+          "%s %d block %d (byte %d; %s at its first sector): good copies on %d nodes {%s}, "
+          "replication %d",
+          e.snapshot ? "snapshot" : "vsd", e.holder, e.contents.first_sector / kSectorsPerBlock,
+          e.contents.first_sector * kSectorBytes, TokenName(e.contents.tokens[0]), copies,
+          absl::StrJoin(nodes, ","), e.replication));
+    }
+    if (short_blocks != 0) {
+      return Violation(absl::StrFormat(
+          "%s: the pool says it is fully redundant, but counting the copies on the %d "
+          "readable disks finds %d of %d non-zero 4 KiB blocks on fewer distinct nodes than "
+          "their replication: %s%s; disks: %s",
+          why, disks_scanned, short_blocks, expected.size(), absl::StrJoin(listed, "; "),
+          short_blocks > listed.size() ? "; ..." : "", DisksSummary()));
+    }
+    Log(absl::StrFormat("%s: copies counted on %d disks: %d non-zero blocks, each on enough "
+                        "nodes",
+                        why, disks_scanned, expected.size()));
+    return true;
   }
 
   // Runs Fsck to completion (the loop runs meanwhile, as for every awaited call); a Fsck
@@ -770,40 +1116,61 @@ class PoolSim {
     return true;
   }
 
-  // Accounting that pool.h defines exactly enough to check: a block holding anything
-  // but zeros is mapped, so allocated_bytes can never be below the model's count.
+  // Accounting, exactly where the model knows the answer. allocated_bytes is pool.h's
+  // "mapped 4 KiB blocks of the live VSD", and the model tracks each block's mapping
+  // (Issue): the engine maps a block on every write to it (redirect-on-write; zeros too:
+  // a partial discard writes zeros into its edge blocks, which maps them), unmaps it only
+  // on a discard covering it whole, and a revert or clone takes the snapshot's or source's
+  // mapping. Only a power cut leaves blocks in doubt (Mapping::kUnknown: writes or
+  // discards were in flight and the block reads as zeros, so it is either unmapped or a
+  // mapped block of zeros), so allocated_bytes must be exactly the mapped blocks, plus
+  // any number of the blocks in doubt. (The check was `allocated >= non-zero blocks`,
+  // which a pool over-reporting its allocation passed.) Also exact: unique + shared =
+  // allocated, the snapshot count, and per disk used_bytes = chunks x 1 MiB (pool.h:
+  // "1 MiB chunk slots", used_bytes "chunk slots in use") <= capacity_bytes.
   bool CheckAccounting(const std::string& when) {
     for (const auto& [id, v] : vsds_) {
       auto info = pool_->GetVsdInfo(v.id);
       if (!info.ok()) return ExpectOk(info.status(), absl::StrCat(when, ": GetVsdInfo"));
-      uint64_t nonzero_blocks = 0;
-      for (uint64_t s = 0; s < v.current.size(); s += kSectorsPerBlock) {
+      uint64_t mapped = 0, unknown = 0;
+      for (uint64_t b = 0; b < v.mapping.size(); ++b) {
         bool nonzero = false;
-        for (uint64_t i = s; i < std::min<uint64_t>(s + kSectorsPerBlock, v.current.size()); ++i) {
-          nonzero = nonzero || v.current[i] != 0;
+        for (uint64_t s = b * kSectorsPerBlock; s < (b + 1) * kSectorsPerBlock; ++s) {
+          nonzero = nonzero || v.current[s] != 0;
         }
-        nonzero_blocks += nonzero;
+        if (nonzero && v.mapping[b] != Mapping::kMapped) {
+          return Violation(absl::StrFormat(
+              "simulator bug: the model has vsd %d block %d non-zero but not mapped", id, b));
+        }
+        mapped += v.mapping[b] == Mapping::kMapped;
+        unknown += v.mapping[b] == Mapping::kUnknown;
       }
-      if (info->allocated_bytes < nonzero_blocks * kBlockBytes ||
+      if (info->allocated_bytes < mapped * kBlockBytes ||
+          info->allocated_bytes > (mapped + unknown) * kBlockBytes ||
+          info->allocated_bytes % kBlockBytes != 0 ||
           info->shared_bytes + info->unique_bytes != info->allocated_bytes ||
           info->snapshots != v.snapshots.size()) {
         return Violation(absl::StrFormat(
-            "%s: GetVsdInfo(%d) allocated=%d unique=%d shared=%d snapshots=%d; model has %d "
-            "non-zero 4 KiB blocks and %d snapshots",
+            "%s: GetVsdInfo(%d) allocated=%d unique=%d shared=%d snapshots=%d; the model has "
+            "%d mapped 4 KiB blocks (%d bytes) and %d in doubt after a power cut, and %d "
+            "snapshots",
             when, id, info->allocated_bytes, info->unique_bytes, info->shared_bytes,
-            info->snapshots, nonzero_blocks, v.snapshots.size()));
+            info->snapshots, mapped, mapped * kBlockBytes, unknown, v.snapshots.size()));
       }
     }
     for (const DiskInfo& d : pool_->ListDisks()) {
-      if (d.used_bytes > d.capacity_bytes) {
-        return Violation(absl::StrFormat("%s: disk %d uses %d of %d bytes", when, d.id.value,
-                                         d.used_bytes, d.capacity_bytes));
+      if (d.used_bytes > d.capacity_bytes || d.used_bytes != d.chunks * kChunkBytes) {
+        return Violation(absl::StrFormat("%s: disk %d uses %d of %d bytes with %d chunks", when,
+                                         d.id.value, d.used_bytes, d.capacity_bytes, d.chunks));
       }
     }
+    ++result_.accounting_checks;
     return true;
   }
 
   void CheckAfterOp() {
+    result_.peak_used_permille = std::max<uint64_t>(
+        result_.peak_used_permille, static_cast<uint64_t>(UsedFraction() * 1000));
     if (!CheckFsck("after operation")) return;
     if (!CheckListsMatchModel("after operation")) return;
     if (op_ % kDeepCheckEveryOps == 0 && !CheckAccounting("after operation")) return;
@@ -813,6 +1180,11 @@ class PoolSim {
           absl::StrFormat("pool not fully redundant with no fault outstanding (degraded_chunks=%d "
                           "rebuilds_in_flight=%d) disks: %s",
                           stats.degraded_chunks, stats.rebuilds_in_flight, DisksSummary()));
+      return;
+    }
+    if (op_ % kDeepCheckEveryOps == 0 && fault_.kind == FaultKind::kNone &&
+        !corruption_outstanding_) {
+      CheckCopies("after operation");
     }
   }
 
@@ -855,15 +1227,20 @@ class PoolSim {
       OpCreateVsd();
       return;
     }
-    const bool pressure = UsedFraction() > kUsedFractionWritesMax;
+    // A fill seed writes until the pool refuses, then frees space for a few operations.
+    const bool pressure = fill_ ? drain_ops_ > 0 : UsedFraction() > kUsedFractionWritesMax;
+    if (drain_ops_ > 0) --drain_ops_;
     struct Choice {
       double weight;
       void (PoolSim::*op)();
     };
+    // A fill seed writes twice as much and deletes less while it fills.
+    const double more = fill_ ? 2.0 : 1.0;
+    const double fewer = fill_ ? 0.3 : 1.0;
     const std::vector<Choice> choices = {
-        {pressure ? 0.0 : 26, &PoolSim::OpWrite},
+        {pressure ? 0.0 : 26 * more, &PoolSim::OpWrite},
         {pressure ? 0.0 : 5, &PoolSim::OpFuaWrite},
-        {pressure ? 0.0 : 8, &PoolSim::OpBurst},
+        {pressure ? 0.0 : 8 * more, &PoolSim::OpBurst},
         {16, &PoolSim::OpRead},
         {pressure ? 12.0 : 4, &PoolSim::OpDiscard},
         {5, &PoolSim::OpFlush},
@@ -873,8 +1250,8 @@ class PoolSim {
         {5, &PoolSim::OpReadSnapshot},
         {vsds_.size() < kVsdsMax && !pressure ? 3.0 : 0, &PoolSim::OpClone},
         {2, &PoolSim::OpRevert},
-        {pressure || snaps_.size() >= kSnapshotsMax ? 10.0 : 3, &PoolSim::OpDeleteSnapshot},
-        {pressure || vsds_.size() >= kVsdsMax ? 4.0 : 1.2, &PoolSim::OpDeleteVsd},
+        {pressure || snaps_.size() >= kSnapshotsMax ? 10.0 : 3 * fewer, &PoolSim::OpDeleteSnapshot},
+        {pressure || vsds_.size() >= kVsdsMax ? 4.0 : 1.2 * fewer, &PoolSim::OpDeleteVsd},
         {pressure ? 0.0 : 2, &PoolSim::OpResize},
         {4, &PoolSim::OpDiff},
         {1, &PoolSim::OpBadRequest},
@@ -895,9 +1272,9 @@ class PoolSim {
   void OpCreateVsd() {
     VsdOptions options;
     options.name = absl::StrCat("vsd-", ++names_);
+    const uint64_t create_max = fill_ ? kVsdBytesMax : kVsdBytesCreateMax;
     options.size_bytes =
-        kVsdBytesMin +
-        64 * kKiB * workload_.Uniform((kVsdBytesCreateMax - kVsdBytesMin) / (64 * kKiB) + 1);
+        kVsdBytesMin + 64 * kKiB * workload_.Uniform((create_max - kVsdBytesMin) / (64 * kKiB) + 1);
     // Sometimes a size that is not a multiple of 64 KiB (the engine wants 4 KiB).
     if (workload_.Bernoulli(0.15)) options.size_bytes += kBlockBytes * (1 + workload_.Uniform(15));
     const bool rf3_possible = config_.nodes >= 3 && HealthyNodes().size() >= 3;
@@ -932,6 +1309,144 @@ class PoolSim {
     CheckVsdInfo(it->second, "after CreateVsd");
   }
 
+  uint64_t WriteBytesMax() const { return fill_ ? kFillWriteBytesMax : kWriteBytesMax; }
+
+  // What a write or discard of sectors [begin, end) is about to change, so that a
+  // refusal (RESOURCE_EXHAUSTED) can put the model back.
+  struct Before {
+    uint64_t begin = 0, end = 0;          // sectors
+    std::vector<uint64_t> tokens;         // current[begin, end)
+    uint64_t first_block = 0;
+    std::vector<Mapping> mapping;         // of blocks first_block...
+    std::vector<uint64_t> stamps;
+  };
+
+  Before Capture(const VsdModel& v, uint64_t begin, uint64_t end) const {
+    Before b;
+    b.begin = begin;
+    b.end = end;
+    b.tokens.assign(v.current.begin() + begin, v.current.begin() + end);
+    b.first_block = begin / kSectorsPerBlock;
+    const uint64_t last_block = (end + kSectorsPerBlock - 1) / kSectorsPerBlock;
+    b.mapping.assign(v.mapping.begin() + b.first_block, v.mapping.begin() + last_block);
+    b.stamps.assign(v.stamps.begin() + b.first_block, v.stamps.begin() + last_block);
+    return b;
+  }
+
+  // Whether the pool may refuse a write or discard of `length` bytes to a VSD of
+  // `replication` copies as full now: only on a fill seed, and only when fewer than
+  // `replication` nodes have a free slot, or taking the request's new chunks (one per
+  // MiB, plus one for the block it starts in) would leave at most kFullFreeFractionMax
+  // of the chunk slots of the usable disks free. `state` describes the pool's fullness
+  // for the log or the violation.
+  bool MayBeFull(int replication, uint64_t length, std::string* state) const {
+    uint64_t slots = 0, free = 0;
+    std::set<uint64_t> nodes_with_free;
+    for (const DiskInfo& d : pool_->ListDisks()) {
+      if (d.failed || !d.online) continue;
+      slots += d.capacity_bytes / kChunkBytes;
+      free += (d.capacity_bytes - std::min(d.used_bytes, d.capacity_bytes)) / kChunkBytes;
+      if (d.used_bytes < d.capacity_bytes) nodes_with_free.insert(d.node.value);
+    }
+    const uint64_t needed = replication * ((length + kChunkBytes - 1) / kChunkBytes + 1);
+    *state = absl::StrFormat(
+        "%d of %d chunk slots of the usable disks free, on %d nodes; the request may need %d",
+        free, slots, nodes_with_free.size(), needed);
+    if (!fill_) return false;
+    return static_cast<int>(nodes_with_free.size()) < replication ||
+           static_cast<double>(free) <=
+               kFullFreeFractionMax * static_cast<double>(slots) + static_cast<double>(needed);
+  }
+
+  // A write (token != 0) or discard (token 0) of `b`'s sectors failed with `st`. A
+  // RESOURCE_EXHAUSTED the pool may give (MayBeFull) is accepted: each sector must then
+  // hold what it held before or what the request wrote (pool.h does not promise that a
+  // refused request changes nothing), and the model takes what it holds; the first
+  // refusal in a while also reads everything back (nothing acknowledged may be lost to a
+  // full pool). Any other failure is a violation. Refusals of concurrent requests sharing
+  // blocks are undone newest first (their `Before`s nest).
+  bool Refused(VsdModel& v, const Before& b, uint64_t token, const absl::Status& st,
+               const std::string& what) {
+    std::string state;
+    if (!absl::IsResourceExhausted(st) ||
+        !MayBeFull(v.replication, (b.end - b.begin) * kSectorBytes, &state)) {
+      if (absl::IsResourceExhausted(st)) {
+        return Violation(absl::StrFormat("%s refused as the pool is full (%s) while %s%s", what,
+                                         st.ToString(), state,
+                                         fill_ ? "" : " (not a fill seed: the workload keeps "
+                                                      "the pool below half full)"));
+      }
+      return ExpectOk(st, what);
+    }
+    ++result_.full_refusals;
+    const uint64_t offset = b.begin * kSectorBytes;
+    const uint64_t length = (b.end - b.begin) * kSectorBytes;
+    Log(absl::StrFormat("  %s refused: pool full (%s)", what, state));
+    size_t misalign;
+    auto buf = ReadRaw(v.id, SnapshotId{}, offset, length, &misalign);
+    if (!buf.ok()) return ExpectOk(buf.status(), absl::StrCat("reading back after a refused ", what));
+    const uint8_t* p = (*buf)->data() + misalign;
+    std::vector<bool> changed_block(b.mapping.size(), false);
+    for (uint64_t s = b.begin; s < b.end; ++s) {
+      const uint8_t* sector = p + (s - b.begin) * kSectorBytes;
+      const uint64_t old = b.tokens[s - b.begin];
+      const uint64_t got = DecodeSector(sector, s);
+      if (got != old && got != token) {
+        return Violation(absl::StrFormat(
+            "after %s was refused as the pool is full: sector %d (byte %d) holds %s; only %s "
+            "(before) or %s (the refused request) are legal",
+            what, s, s * kSectorBytes, Describe(sector, s), TokenName(old), TokenName(token)));
+      }
+      v.current[s] = got;
+      if (got != old) {
+        changed_block[s / kSectorsPerBlock - b.first_block] = true;
+        continue;
+      }
+      // Not applied: the request is no candidate after a power cut either.
+      auto it = v.pending.find(s);
+      if (it != v.pending.end()) {
+        auto pos = std::find(it->second.rbegin(), it->second.rend(), token);
+        if (pos != it->second.rend()) it->second.erase(std::next(pos).base());
+        if (it->second.empty()) v.pending.erase(it);
+      }
+    }
+    for (uint64_t i = 0; i < b.mapping.size(); ++i) {
+      const uint64_t blk = b.first_block + i;
+      const bool whole = b.begin <= blk * kSectorsPerBlock && (blk + 1) * kSectorsPerBlock <= b.end;
+      bool old_zero = true;  // the request's part of the block held zeros before
+      for (uint64_t s = std::max(b.begin, blk * kSectorsPerBlock);
+           s < std::min(b.end, (blk + 1) * kSectorsPerBlock); ++s) {
+        old_zero = old_zero && b.tokens[s - b.begin] == 0;
+      }
+      if (token != 0) {
+        // A write maps what it changed; unchanged, nothing happened to the block.
+        v.mapping[blk] = changed_block[i] ? Mapping::kMapped : b.mapping[i];
+        if (!changed_block[i]) v.stamps[blk] = b.stamps[i];
+      } else if (whole) {
+        // A whole block is unmapped by the discard or left alone; zeros before and after
+        // cannot tell which.
+        v.mapping[blk] = changed_block[i]                          ? Mapping::kUnmapped
+                         : !old_zero                               ? b.mapping[i]
+                         : b.mapping[i] == Mapping::kUnmapped      ? Mapping::kUnmapped
+                                                                   : Mapping::kUnknown;
+      } else {
+        // An edge block is written with zeros (mapped) or left alone.
+        v.mapping[blk] = changed_block[i]                      ? Mapping::kMapped
+                         : !old_zero                           ? b.mapping[i]
+                         : b.mapping[i] == Mapping::kMapped    ? Mapping::kMapped
+                                                               : Mapping::kUnknown;
+      }
+    }
+    drain_ops_ = kFillDrainOpsMin +
+                 static_cast<int>(workload_.Uniform(kFillDrainOpsMax - kFillDrainOpsMin + 1));
+    if (last_full_verify_op_ == 0 || op_ >= last_full_verify_op_ + kFullVerifyEveryOps) {
+      last_full_verify_op_ = op_;
+      ++result_.full_verifications;
+      return VerifyAllExact("after a request refused as the pool is full");
+    }
+    return true;
+  }
+
   bool DoWrite(VsdModel& v, uint64_t offset, uint64_t length, bool fua) {
     const uint64_t token = NewToken();
     const size_t misalign = workload_.Bernoulli(0.25) ? 1 + workload_.Uniform(7) : 0;
@@ -939,13 +1454,15 @@ class PoolSim {
     Log(absl::StrFormat("Write vsd %d [%d, +%d) w%d%s", v.id.value, offset, length, token,
                         fua ? " fua" : ""));
     const uint64_t begin = offset / kSectorBytes, end = (offset + length) / kSectorBytes;
+    const Before before = Capture(v, begin, end);
     Issue(v, begin, end, token);
     absl::Status st = AwaitStatus([&](Pool::StatusDone done) {
       pool_->Write(v.id, offset, length, buf->data() + misalign, fua,
                    [buf, done](absl::Status s) { done(std::move(s)); });
     });
-    if (!ExpectOk(st, absl::StrFormat("Write vsd %d [%d, +%d)", v.id.value, offset, length))) {
-      return false;
+    if (!st.ok()) {
+      return Refused(v, before, token, st,
+                     absl::StrFormat("Write vsd %d [%d, +%d)", v.id.value, offset, length));
     }
     Complete(v, begin, end, token, fua);
     return true;
@@ -953,13 +1470,13 @@ class PoolSim {
 
   void OpWrite() {
     VsdModel* v = PickVsd();
-    auto [offset, length] = RandomRange(*v, kWriteBytesMax);
+    auto [offset, length] = RandomRange(*v, WriteBytesMax());
     DoWrite(*v, offset, length, false);
   }
 
   void OpFuaWrite() {
     VsdModel* v = PickVsd();
-    auto [offset, length] = RandomRange(*v, kWriteBytesMax);
+    auto [offset, length] = RandomRange(*v, WriteBytesMax());
     DoWrite(*v, offset, length, true);
   }
 
@@ -983,10 +1500,14 @@ class PoolSim {
     auto [offset, length] = RandomRange(*v, kDiscardBytesMax);
     Log(absl::StrFormat("Discard vsd %d [%d, +%d)", v->id.value, offset, length));
     const uint64_t begin = offset / kSectorBytes, end = (offset + length) / kSectorBytes;
+    const Before before = Capture(*v, begin, end);
     Issue(*v, begin, end, 0);
     absl::Status st =
         AwaitStatus([&](Pool::StatusDone done) { pool_->Discard(v->id, offset, length, done); });
-    if (!ExpectOk(st, absl::StrFormat("Discard vsd %d [%d, +%d)", v->id.value, offset, length))) {
+    if (!st.ok()) {
+      // Its partial edge blocks are written with zeros, which takes space.
+      Refused(*v, before, 0, st,
+              absl::StrFormat("Discard vsd %d [%d, +%d)", v->id.value, offset, length));
       return;
     }
     Complete(*v, begin, end, 0, false);
@@ -1012,6 +1533,7 @@ class PoolSim {
       size_t misalign = 0;
       std::shared_ptr<std::vector<uint8_t>> buf;
       std::vector<uint64_t> expected;  // reads: tokens at issue
+      Before before;                   // writes: what a refusal puts back
       std::optional<absl::Status> status;
     };
     struct Burst {
@@ -1027,7 +1549,7 @@ class PoolSim {
     for (int i = 0; i < writes + reads; ++i) {
       for (int attempt = 0; attempt < 10; ++attempt) {
         VsdModel* v = PickVsd();
-        auto [offset, length] = RandomRange(*v, i < writes ? kWriteBytesMax : 64 * kKiB);
+        auto [offset, length] = RandomRange(*v, i < writes ? WriteBytesMax() : 64 * kKiB);
         SectorRange r{v->id.value, offset / kSectorBytes, (offset + length) / kSectorBytes};
         bool overlaps = false;
         for (const auto& o : ranges) overlaps = overlaps || o.Overlaps(r);
@@ -1069,6 +1591,7 @@ class PoolSim {
       const uint64_t begin = io.offset / kSectorBytes, end = (io.offset + io.length) / kSectorBytes;
       if (io.is_write) {
         write_ranges.push_back(SectorRange{io.vsd, begin, end});
+        io.before = Capture(v, begin, end);
         Issue(v, begin, end, io.token);
         pool_->Write(v.id, io.offset, io.length, io.buf->data() + io.misalign, io.fua,
                      [this, burst, i, begin, end](absl::Status st) {
@@ -1105,7 +1628,9 @@ class PoolSim {
       return !with_flush || burst->flush_status.has_value();
     };
 
-    // Sometimes the power goes while the burst is in flight.
+    // Sometimes the power goes while the burst is in flight: for every disk, for some
+    // disks only (a partial cut), or for one node that crashes while the pool carries on
+    // (the burst must then complete on the other nodes' copies).
     if (config_.faults && fault_.kind == FaultKind::kNone && workload_.Bernoulli(0.1)) {
       const int64_t delay_ns = static_cast<int64_t>(workload_.Uniform(3 * kMillisecondNs));
       absl::Status st = RunLoop(all_done, delay_ns);
@@ -1116,18 +1641,41 @@ class PoolSim {
       }
       int completed = 0;
       for (const Io& io : burst->ios) completed += io.status.has_value();
-      burst->abandoned = true;
-      Log(absl::StrFormat("  power cut %d us into the burst (%d of %d I/Os completed)",
-                          delay_ns / 1000, completed, burst->ios.size()));
-      for (const Io& io : burst->ios) {
-        if (io.status.has_value() && !io.status->ok()) {
-          ExpectOk(*io.status,
-                   absl::StrFormat("burst I/O on vsd %d [%d, +%d)", io.vsd, io.offset, io.length));
+      const uint64_t kind = workload_.Uniform(5);  // 0-2 all disks, 3 some, 4 one node
+      if (kind == 4 && !NodeOutageCandidates().empty()) {
+        Log(absl::StrFormat("  node crash %d us into the burst (%d of %d I/Os completed)",
+                            delay_ns / 1000, completed, burst->ios.size()));
+        StartNodeOutage(/*crash=*/true);
+        if (stopped_) {
+          burst->abandoned = true;
           return;
         }
+      } else {
+        burst->abandoned = true;
+        Log(absl::StrFormat("  %s %d us into the burst (%d of %d I/Os completed)",
+                            kind == 3 ? "partial power cut" : "power cut", delay_ns / 1000,
+                            completed, burst->ios.size()));
+        for (const Io& io : burst->ios) {
+          if (io.status.has_value() && !io.status->ok()) {
+            std::string state;
+            // A write refused as full stays a candidate in the model (weaker, not wrong).
+            if (io.is_write && absl::IsResourceExhausted(*io.status) &&
+                MayBeFull(vsds_.at(io.vsd).replication, io.length, &state)) {
+              ++result_.full_refusals;
+              continue;
+            }
+            ExpectOk(*io.status, absl::StrFormat("burst I/O on vsd %d [%d, +%d)", io.vsd,
+                                                 io.offset, io.length));
+            return;
+          }
+        }
+        if (kind == 3) {
+          PartialPowerCut("partial power cut during a burst");
+        } else {
+          PowerCut(RandomMode(), "power cut during a burst");
+        }
+        return;
       }
-      PowerCut(RandomMode(), "power cut during a burst");
-      return;
     }
 
     if (absl::Status st = RunLoop(all_done, kOpTimeoutNs); !st.ok()) {
@@ -1135,12 +1683,33 @@ class PoolSim {
       ExpectOk(st, "burst");
       return;
     }
-    for (const Io& io : burst->ios) {
-      if (!io.status->ok()) {
+    // Writes the pool refused as full: undone newest first (their `Before`s nest where
+    // they share blocks), then the blocks of the writes that landed are mapped again.
+    bool refused = false;
+    for (size_t i = burst->ios.size(); i-- > 0;) {
+      const Io& io = burst->ios[i];
+      if (io.status->ok()) continue;
+      if (!io.is_write || !absl::IsResourceExhausted(*io.status)) {
         ExpectOk(*io.status,
                  absl::StrFormat("burst %s vsd %d [%d, +%d)", io.is_write ? "Write" : "Read",
                                  io.vsd, io.offset, io.length));
         return;
+      }
+      refused = true;
+      if (!Refused(vsds_.at(io.vsd), io.before, io.token, *io.status,
+                   absl::StrFormat("burst Write vsd %d [%d, +%d)", io.vsd, io.offset,
+                                   io.length))) {
+        return;
+      }
+    }
+    if (refused) {
+      for (const Io& io : burst->ios) {
+        if (!io.is_write || !io.status->ok()) continue;
+        VsdModel& v = vsds_.at(io.vsd);
+        for (uint64_t b = io.before.first_block;
+             b < io.before.first_block + io.before.mapping.size(); ++b) {
+          v.mapping[b] = Mapping::kMapped;
+        }
       }
     }
     if (with_flush && !ExpectOk(*burst->flush_status, "burst Flush")) return;
@@ -1175,6 +1744,7 @@ class PoolSim {
     s.data = v.current;
     s.stamps = v.stamps;
     s.mapping = v.mapping;
+    s.replication = v.replication;
     snaps_.emplace(id.value, std::move(s));
     v.snapshots.push_back(id.value);
     return true;
@@ -1593,32 +2163,43 @@ class PoolSim {
         AdvanceFault();
       } else if (fault_.kind == FaultKind::kDiskFailure && fault_.disk_marked &&
                  workload_.Bernoulli(0.05)) {
-        // The rebuild is interrupted by a power cut.
-        PowerCut(RandomMode(), "power cut during a rebuild");
+        // The rebuild is interrupted by a power cut, of every disk or of some.
+        if (workload_.Bernoulli(0.7)) {
+          PowerCut(RandomMode(), "power cut during a rebuild");
+        } else {
+          PartialPowerCut("partial power cut during a rebuild");
+        }
       }
       return;
     }
     if (!workload_.Bernoulli(kFaultProbability)) return;
-    switch (workload_.Uniform(11)) {
+    switch (workload_.Uniform(13)) {
       case 0:
       case 1:
       case 2:
         PowerCut(RandomMode(), "power cut");
         break;
       case 3:
+        PartialPowerCut("partial power cut");
+        break;
       case 4:
+      case 5:
         StartDiskFailure();
         break;
-      case 5:
       case 6:
+      case 7:
         StartCorruption();
         break;
-      case 7:
       case 8:
+      case 9:
         StartIoErrors();
         break;
+      case 10:
+      case 11:
+        StartNodeOutage(/*crash=*/false);
+        break;
       default:
-        StartNodeOutage();
+        StartNodeOutage(/*crash=*/true);
         break;
     }
   }
@@ -1715,14 +2296,19 @@ class PoolSim {
     Log(absl::StrFormat("FAULT: corrupt disk %d (node %d) [%d, +%d) (%d live %s seen)",
                         disks_[i].id.value, disks_[i].spec.node.value, offset, page ? kBlockBytes : length,
                         targets.size(), page ? "metadata pages" : "blocks"));
+    // The copy is lost to the pool until it reads or scrubs it: the count of copies
+    // waits for a scrub that repairs everything.
+    corruption_outstanding_ = true;
     if (page) {
       disks_[i].disk->Corrupt(offset + 64, 16);
+      if (!ResyncShadow(i, offset, kBlockBytes)) return;
       // Reopen now and then: the page is read at open, from a good copy.
       if (workload_.Bernoulli(0.5)) PowerCut(PowerLossMode::kKeepAll, "after a metadata page corruption");
       if (!stopped_ && workload_.Bernoulli(0.5)) ScrubAndCheck("scrub after a metadata page corruption");
       return;
     }
     disks_[i].disk->Corrupt(offset, length);
+    if (!ResyncShadow(i, offset, length)) return;
     // Read one VSD through at once: the corrupted copy must be caught by its checksum.
     if (workload_.Bernoulli(0.5) && !vsds_.empty()) {
       VsdModel* v = PickVsd();
@@ -1760,24 +2346,56 @@ class PoolSim {
   }
 
   // Offsets of the 4 KiB blocks past `from` on disk `i` whose contents satisfy `match`,
-  // read straight from the simulated device.
+  // from what the simulated device holds (ShadowDisk; a block never written holds zeros
+  // and is not offered).
   std::vector<uint64_t> BlocksWhere(size_t i, uint64_t from,
                                     const std::function<bool(const uint8_t*)>& match) {
     std::vector<uint64_t> out;
-    SimDisk* disk = disks_[i].disk.get();
-    AlignedBuffer buf(kVerifyReadBytes);
-    from -= from % kBlockBytes;
-    for (uint64_t off = from; off < disk->size_bytes(); off += kVerifyReadBytes) {
-      const uint64_t length = std::min(kVerifyReadBytes, disk->size_bytes() - off);
-      absl::Status st = AwaitDevice([&](BlockDevice::Callback done) {
-        disk->Read(off, length, buf.data(), std::move(done));
-      });
-      if (!ExpectOk(st, "reading a simulated disk directly")) return {};
-      for (uint64_t b = 0; b + kBlockBytes <= length; b += kBlockBytes) {
-        if (match(buf.data() + b)) out.push_back(off + b);
-      }
+    const auto& pages = disks_[i].shadow->pages();
+    for (auto it = pages.lower_bound(from / kBlockBytes); it != pages.end(); ++it) {
+      if (match(it->second->data())) out.push_back(it->first * kBlockBytes);
     }
     return out;
+  }
+
+  // Reads [offset, +length) of disk `i` (4 KiB aligned) into its ShadowDisk's copy: after
+  // a corruption, or a power cut, changed what the disk holds behind the pool's back. Runs
+  // the loop; the pool's writes completing meanwhile are in either way (a read returns
+  // what the disk holds when it completes).
+  bool ResyncShadow(size_t i, uint64_t offset, uint64_t length) {
+    const uint64_t first = offset / kBlockBytes;
+    const uint64_t last = (offset + length + kBlockBytes - 1) / kBlockBytes;
+    std::vector<uint64_t> pages;
+    for (uint64_t p = first; p < last; ++p) pages.push_back(p);
+    return ResyncPages(i, pages);
+  }
+
+  // `pages` ascending.
+  bool ResyncPages(size_t i, const std::vector<uint64_t>& pages) {
+    SimDisk* disk = disks_[i].disk.get();
+    if (disk->failed()) return true;  // never read again
+    AlignedBuffer buf(kVerifyReadBytes);
+    for (size_t k = 0; k < pages.size();) {
+      size_t n = 1;  // a run of consecutive pages, up to kVerifyReadBytes
+      while (k + n < pages.size() && pages[k + n] == pages[k] + n &&
+             (n + 1) * kBlockBytes <= kVerifyReadBytes) {
+        ++n;
+      }
+      absl::Status st;
+      // Injected errors left over from a transient-EIO fault fail a few reads.
+      for (int attempt = 0; attempt <= kIoErrorsMax + 1; ++attempt) {
+        st = AwaitDevice([&](BlockDevice::Callback done) {
+          disk->Read(pages[k] * kBlockBytes, n * kBlockBytes, buf.data(), std::move(done));
+        });
+        if (st.ok()) break;
+      }
+      if (!ExpectOk(st, "reading a simulated disk directly")) return false;
+      for (size_t j = 0; j < n; ++j) {
+        disks_[i].shadow->SetPage(pages[k + j], buf.data() + j * kBlockBytes);
+      }
+      k += n;
+    }
+    return true;
   }
 
   // Offsets of the 4 KiB blocks past `from` on disk `i` that hold a metadata page (they
@@ -1800,6 +2418,7 @@ class PoolSim {
           why, report->bad_copies, report->repaired, report->unrecoverable));
     }
     scrub_bad_copies_ += report->bad_copies;
+    corruption_outstanding_ = false;  // every bad copy found was repaired
     return true;
   }
 
@@ -1827,28 +2446,58 @@ class PoolSim {
     disks_[i].disk->InjectIoErrors(0, disks_[i].disk->size_bytes(), fault_.io_errors);
   }
 
-  void StartNodeOutage() {
+  // Nodes whose loss the other nodes can absorb.
+  std::vector<uint64_t> NodeOutageCandidates() const {
     const size_t need = std::max<size_t>(MaxReplication(), 2);
     std::vector<uint64_t> candidates;
     for (uint64_t n : HealthyNodes()) {
       if (HealthyNodes(n).size() >= need) candidates.push_back(n);
     }
+    return candidates;
+  }
+
+  // A node goes away while the pool runs on; it comes back after a few operations
+  // (AdvanceFault), or is evicted first. With `crash` it went away because it crashed:
+  // its disks lose their unsynced writes (SimDisk::PowerCut of its disks alone, I/O in
+  // flight to them never completing), which the pool must not miss once the node is back
+  // (pool.h: chunks "written on it since its last flush remember that its copies are
+  // stale"); the simulator counts the copies when the pool says it is redundant again.
+  void StartNodeOutage(bool crash) {
+    std::vector<uint64_t> candidates = NodeOutageCandidates();
     if (candidates.empty()) return;
     fault_ = Fault{};
     fault_.kind = FaultKind::kNodeOutage;
     fault_.node = NodeId{candidates[workload_.Uniform(candidates.size())]};
+    fault_.crash = crash;
     fault_.evict = workload_.Bernoulli(0.35) && CapacityAllows(fault_.node.value, 0);
     fault_.ops_left = 3 + static_cast<int>(workload_.Uniform(10));
+    const PowerLossMode mode = crash ? RandomMode() : PowerLossMode::kKeepAll;
     ++result_.faults;
-    ++result_.node_outages;
-    Log(absl::StrFormat("FAULT: node %d goes offline%s", fault_.node.value,
+    ++(crash ? result_.node_crashes : result_.node_outages);
+    Log(absl::StrFormat("FAULT: node %d %s%s", fault_.node.value,
+                        crash ? absl::StrCat("crashes (its disks: ", ModeName(mode), ")")
+                              : std::string("goes offline"),
                         fault_.evict ? " (will be evicted)" : ""));
     pool_->SetNodeOnline(fault_.node, false);
+    if (crash) {
+      // In the same turn of the loop: nothing completes on its disks in between.
+      for (auto& d : disks_) {
+        if (d.spec.node == fault_.node) d.disk->PowerCut(mode);
+      }
+    }
     for (const DiskInfo& d : pool_->ListDisks()) {
       if (d.node == fault_.node && d.online) {
         Violation(absl::StrFormat("disk %d still online after SetNodeOnline(%d, false)", d.id.value,
                                   fault_.node.value));
         return;
+      }
+    }
+    if (crash) {
+      // The pool keeps away from the node's disks (checked below), so reading what the
+      // crash left on them races with nothing.
+      for (size_t i = 0; i < disks_.size(); ++i) {
+        if (disks_[i].spec.node != fault_.node) continue;
+        if (!ResyncPages(i, disks_[i].shadow->TakeUnsyncedPages())) return;
       }
     }
     // I/O already in flight may land; after that, nothing may reach the node's disks.
@@ -1943,6 +2592,7 @@ class PoolSim {
         Log(absl::StrFormat("node %d comes back online%s", fault_.node.value,
                             fault_.evicted ? " after eviction" : ""));
         pool_->SetNodeOnline(fault_.node, true);
+        fault_.rejoined = true;
         if (!WaitRedundant(absl::StrFormat("node %d rejoined", fault_.node.value))) return;
         break;
       }
@@ -1971,11 +2621,19 @@ class PoolSim {
     disks_[i].id = *id;
   }
 
-  bool Restart(PowerLossMode mode, const std::string& why) {
-    Log(absl::StrFormat("%s (%s)", why, ModeName(mode)));
-    for (auto& d : disks_) d.disk->PowerCut(mode);
+  // The pool stops at once and is opened again; disk i loses power with modes[i] meanwhile
+  // (kKeepAll: it kept power, and its write cache survives).
+  bool Restart(const std::vector<PowerLossMode>& modes, const std::string& why) {
+    Log(why);
+    for (size_t i = 0; i < disks_.size(); ++i) disks_[i].disk->PowerCut(modes[i]);
     CountPoolStats();
     pool_.reset();
+    // What the disks hold now, for the count of copies: only what was unsynced can have
+    // changed, and a disk that kept everything has nothing to read back.
+    for (size_t i = 0; i < disks_.size(); ++i) {
+      std::vector<uint64_t> pages = disks_[i].shadow->TakeUnsyncedPages();
+      if (modes[i] != PowerLossMode::kKeepAll && !ResyncPages(i, pages)) return false;
+    }
     auto pool = AwaitValue<std::unique_ptr<Pool>>(
         [&](Pool::Done<std::unique_ptr<Pool>> done) {
           Pool::Open(&loop_, &pool_random_, config_.pool_options, Specs(), done);
@@ -1998,12 +2656,53 @@ class PoolSim {
            CheckListsMatchModel(absl::StrCat("after Open (", why, ")"));
   }
 
+  bool Restart(PowerLossMode mode, const std::string& why) {
+    return Restart(std::vector<PowerLossMode>(disks_.size(), mode),
+                   absl::StrFormat("%s (%s)", why, ModeName(mode)));
+  }
+
   // Power cut of every disk, then Open, then: every sector one of its candidates, every
   // snapshot exact, and the model adopts what survived.
   void PowerCut(PowerLossMode mode, const std::string& why) {
     ++result_.faults;
     ++result_.power_cuts;
-    if (!Restart(mode, why)) return;
+    PowerCutAndCheck(std::vector<PowerLossMode>(disks_.size(), mode),
+                     absl::StrFormat("%s (%s)", why, ModeName(mode)));
+  }
+
+  // The pool restarts (its process crashed) while only some disks lose power: the disks of
+  // one node, or a random subset; the others keep their write caches. Copies of one
+  // chunk, and the journal's mirrors, then disagree about what was unsynced; the same
+  // guarantees hold as after a power cut of every disk.
+  void PartialPowerCut(const std::string& why) {
+    std::vector<PowerLossMode> modes(disks_.size(), PowerLossMode::kKeepAll);
+    const PowerLossMode mode =
+        workload_.Bernoulli(0.5) ? PowerLossMode::kDropAll : PowerLossMode::kTear;
+    std::vector<std::string> cut;
+    if (workload_.Bernoulli(0.5)) {
+      const NodeId node = disks_[workload_.Uniform(disks_.size())].spec.node;
+      for (size_t i = 0; i < disks_.size(); ++i) {
+        if (disks_[i].spec.node == node) modes[i] = mode;
+      }
+    } else {
+      for (size_t i = 0; i < disks_.size(); ++i) {
+        if (workload_.Bernoulli(0.5)) modes[i] = mode;
+      }
+      modes[workload_.Uniform(disks_.size())] = mode;  // at least one
+      modes[workload_.Uniform(disks_.size())] = PowerLossMode::kKeepAll;  // not every one
+    }
+    for (size_t i = 0; i < disks_.size(); ++i) {
+      if (modes[i] != PowerLossMode::kKeepAll) cut.push_back(absl::StrCat(disks_[i].id.value));
+    }
+    ++result_.faults;
+    ++result_.partial_power_cuts;
+    PowerCutAndCheck(modes, absl::StrFormat("%s: disks {%s} lose power (%s), the others keep "
+                                            "their caches",
+                                            why, absl::StrJoin(cut, ","), ModeName(mode)));
+  }
+
+  void PowerCutAndCheck(const std::vector<PowerLossMode>& modes, const std::string& why) {
+    if (!Restart(modes, why)) return;
     uint64_t rolled_back = 0;  // sectors that came back as an earlier candidate
     for (auto& [id, v] : vsds_) {
       if (!CheckVsdInfo(v, "after power cut")) return;
@@ -2022,9 +2721,9 @@ class PoolSim {
           const uint64_t got = DecodeSector(p + i * kSectorBytes, s);
           if (!IsCandidate(v, s, got)) {
             Violation(absl::StrFormat(
-                "after power cut (%s): vsd %d sector %d (byte %d) holds %s; the only legal "
+                "after %s: vsd %d sector %d (byte %d) holds %s; the only legal "
                 "contents are %s",
-                ModeName(mode), v.id.value, s, s * kSectorBytes, Describe(p + i * kSectorBytes, s),
+                why, v.id.value, s, s * kSectorBytes, Describe(p + i * kSectorBytes, s),
                 Candidates(v, s)));
             return;
           }
@@ -2062,6 +2761,7 @@ class PoolSim {
   }
 
   const PoolSimConfig config_;
+  const bool fill_;  // a fill seed (IsFillSeed)
   SeededRandom workload_;     // the workload's and the fault schedule's choices
   SeededRandom env_random_;   // disk latencies, torn writes, corruption bytes
   SeededRandom pool_random_;  // handed to the pool
@@ -2077,7 +2777,14 @@ class PoolSim {
   uint64_t next_stamp_ = 1;
   uint64_t names_ = 0;
   Fault fault_;
+  absl::flat_hash_map<BlockContents, uint64_t> fingerprints_;  // ExpectedFingerprint
+  // A copy was corrupted and no scrub has repaired everything since.
+  bool corruption_outstanding_ = false;
   uint64_t scrub_bad_copies_ = 0;
+  // Fill seeds: operations left in which the workload frees space after a refusal, and
+  // the operation of the last read-back of everything after one.
+  int drain_ops_ = 0;
+  uint64_t last_full_verify_op_ = 0;
 
   uint64_t op_ = 0;
   bool stopped_ = false;
@@ -2086,6 +2793,8 @@ class PoolSim {
 };
 
 }  // namespace
+
+bool IsFillSeed(const PoolSimConfig& config) { return PoolSim::IsFillSeed(config); }
 
 PoolSimResult RunPoolSim(const PoolSimConfig& config) {
   PoolSim sim(config);
