@@ -181,9 +181,8 @@ def test_fio_verifies_while_a_node_is_partitioned_and_rejoins(cluster):
     # a bad copy here.
     scrub = cluster.scribe_json("scrub")
     assert scrub["bad_copies"] == 0 and scrub["unrecoverable"] == 0, scrub
-    # fio covered its 24 MiB and the 8 MiB written while the node was down (every copy
-    # of each block is read; a block counts once).
-    assert scrub["blocks_checked"] >= (32 * MiB // 4096) * 9 // 10, scrub
+    # fio covered its 24 MiB (every copy of each block is read; a block counts once).
+    assert scrub["blocks_checked"] >= (24 * MiB // 4096) * 9 // 10, scrub
     assert cluster.status()["pool"]["fully_redundant"]
 
 
