@@ -25,6 +25,7 @@
 #include "daemons/scribed/admin_test_support.h"
 #include "libscribe/env/real_loop_internal.h"
 #include "scribe/status.h"
+#include "libscribe/sim/pool_testing.h"
 
 namespace scribe::daemon {
 namespace {
@@ -249,20 +250,7 @@ class AdminServiceTest : public ::testing::Test {
     return got;
   }
 
-  // The pool's Fsck, run until it answers. A failed Fsck (its metadata pages could not be
-  // read) fails the test and comes back as a report holding that error, so that the
-  // caller's `EXPECT_TRUE(report.ok())` fails too.
-  FsckReport PoolFsck() {
-    std::optional<absl::StatusOr<FsckReport>> r;
-    pool()->Fsck([&](absl::StatusOr<FsckReport> v) { r = std::move(v); });
-    loop_->RunUntil([&] { return r.has_value(); }, 60 * kSecondNs);
-    const absl::Status st = r ? r->status() : absl::DeadlineExceededError("Fsck did not complete");
-    if (st.ok()) return std::move(**r);
-    ADD_FAILURE() << "Fsck failed: " << st;
-    FsckReport failed;
-    failed.errors.push_back("Fsck failed: " + st.ToString());
-    return failed;
-  }
+  FsckReport PoolFsck() { return FsckOrFailure(loop_.get(), pool(), 60 * kSecondNs); }
 
   std::vector<std::pair<uint64_t, uint64_t>> Diff(const std::string& vsd, const std::string& from,
                                                   const std::string& to) {

@@ -17,6 +17,7 @@
 #include "scribe/real_env.h"
 #include "scribe/sim_env.h"
 #include "scribe/status.h"
+#include "libscribe/sim/pool_testing.h"
 
 namespace scribe {
 namespace {
@@ -37,17 +38,7 @@ absl::Status WaitStatus(Loop* loop, std::function<void(Pool::StatusDone)> op) {
   return result ? *result : absl::DeadlineExceededError("no completion");
 }
 
-// Fsck, run until it answers. A failed Fsck (its metadata pages could not be read) fails
-// the test and comes back as a report holding that error, so that the caller's
-// `EXPECT_TRUE(report.ok())` fails too.
-FsckReport FsckOf(Loop* loop, Pool* pool) {
-  auto report = Wait<FsckReport>(loop, [&](auto done) { pool->Fsck(done); });
-  if (report.ok()) return std::move(*report);
-  ADD_FAILURE() << "Fsck failed: " << report.status();
-  FsckReport failed;
-  failed.errors.push_back("Fsck failed: " + report.status().ToString());
-  return failed;
-}
+FsckReport FsckOf(Loop* loop, Pool* pool) { return FsckOrFailure(loop, pool); }
 
 absl::StatusOr<std::vector<Extent>> DiffOf(Loop* loop, Pool* pool, SnapshotId from, SnapshotId to) {
   return Wait<std::vector<Extent>>(loop, [&](auto done) { pool->Diff(from, to, done); });

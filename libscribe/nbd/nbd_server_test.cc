@@ -38,6 +38,7 @@
 #include "scribe/real_env.h"
 #include "scribe/sim_env.h"
 #include "scribe/status.h"
+#include "libscribe/sim/pool_testing.h"
 
 extern char** environ;
 
@@ -283,20 +284,7 @@ class NbdServerTest : public ::testing::Test {
     return out;
   }
 
-  // Fsck, run until it answers. A failed Fsck (its metadata pages could not be read)
-  // fails the test and comes back as a report holding that error, so that the caller's
-  // `EXPECT_TRUE(report.ok())` fails too.
-  FsckReport PoolFsck() {
-    std::optional<absl::StatusOr<FsckReport>> r;
-    pool_->Fsck([&](absl::StatusOr<FsckReport> v) { r = std::move(v); });
-    loop_->RunUntil([&] { return r.has_value(); }, 60 * kSecond);
-    const absl::Status st = r ? r->status() : absl::DeadlineExceededError("Fsck did not complete");
-    if (st.ok()) return std::move(**r);
-    ADD_FAILURE() << "Fsck failed: " << st;
-    FsckReport failed;
-    failed.errors.push_back("Fsck failed: " + st.ToString());
-    return failed;
-  }
+  FsckReport PoolFsck() { return FsckOrFailure(loop_.get(), pool_.get(), 60 * kSecond); }
 
   // Runs the loop until `done` (polled at least every 5 ms) or the timeout.
   bool Drive(const std::function<bool()>& done, int64_t timeout_ns) {
