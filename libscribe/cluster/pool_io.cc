@@ -295,7 +295,10 @@ void PoolImpl::FailDiskNow(DiskId disk, bool evicted) {
   for (auto& [id, v] : vsds_) {
     if (ChunkState* c = v->open_chunk ? FindChunk(v->open_chunk) : nullptr) {
       for (const Replica& r : c->replicas) {
-        if (r.disk == disk) CloseOpenChunk(v.get());
+        if (r.disk == disk) {
+          CloseOpenChunk(v.get());  // may free the chunk: stop reading its copies
+          break;
+        }
       }
     }
   }
