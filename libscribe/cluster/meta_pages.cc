@@ -30,6 +30,7 @@ const char* TypeName(PageType t) {
     case PageType::kMapInterior: return "map interior node";
     case PageType::kChunkGroup: return "chunk group";
     case PageType::kChangeLog: return "change log";
+    case PageType::kChunkState: return "chunk state";
   }
   return "unknown";
 }
@@ -162,14 +163,16 @@ absl::StatusOr<uint32_t> EncodeChunkGroupPage(const std::vector<ChunkRecord>& ch
   if (chunks.size() > kChunksPerGroup) return absl::InternalError("too many chunks for one group page");
   size_t pos = kPageHeaderBytes;
   for (const ChunkRecord& c : chunks) {
-    const size_t need = 8 + 2 + c.replicas.size() * 9;
+    const size_t need = 24 + c.replicas.size() * 9;
     if (pos + need > kPageBytes || c.replicas.size() > 255) {
       return absl::InternalError(absl::StrFormat("chunk %d's record does not fit its group page", c.id));
     }
     Put<uint64_t>(page + pos, c.id);
     page[pos + 8] = static_cast<uint8_t>(c.replication);
     page[pos + 9] = static_cast<uint8_t>(c.replicas.size());
-    pos += 10;
+    PutPointer(page + pos + 10, c.state);
+    Put<uint16_t>(page + pos + 22, static_cast<uint16_t>(c.used));
+    pos += 24;
     for (const Replica& r : c.replicas) {
       if (r.disk.value > UINT32_MAX || r.slot > UINT32_MAX) {
         return absl::InternalError("disk id or slot beyond the page format");
@@ -195,13 +198,15 @@ absl::StatusOr<std::vector<ChunkRecord>> DecodeChunkGroupPage(const uint8_t* pag
   };
   if (*count > kChunksPerGroup) return malformed();
   for (uint32_t i = 0; i < *count; ++i) {
-    if (pos + 10 > kPageBytes) return malformed();
+    if (pos + 24 > kPageBytes) return malformed();
     ChunkRecord c;
     c.id = Get<uint64_t>(page + pos);
     c.replication = page[pos + 8];
     const uint32_t n = page[pos + 9];
-    pos += 10;
-    if (pos + n * 9 > kPageBytes || c.id == 0) return malformed();
+    c.state = GetPointer(page + pos + 10);
+    c.used = Get<uint16_t>(page + pos + 22);
+    pos += 24;
+    if (pos + n * 9 > kPageBytes || c.id == 0 || c.used > kBlocksPerChunk) return malformed();
     for (uint32_t k = 0; k < n; ++k) {
       Replica r;
       r.disk.value = Get<uint32_t>(page + pos);
@@ -213,6 +218,41 @@ absl::StatusOr<std::vector<ChunkRecord>> DecodeChunkGroupPage(const uint8_t* pag
     out.push_back(std::move(c));
   }
   return out;
+}
+
+uint32_t EncodeChunkStatePage(uint64_t chunk, const ChunkBlocks& blocks, uint64_t pool_uuid,
+                              uint8_t* page) {
+  std::memset(page, 0, kPageBytes);
+  uint8_t* body = page + kPageHeaderBytes;
+  Put<uint64_t>(body, chunk);
+  uint32_t referenced = 0;
+  for (uint32_t b = 0; b < kBlocksPerChunk; ++b) {
+    Put<uint32_t>(body + 8 + 4 * b, blocks.refs[b]);
+    Put<uint32_t>(body + 8 + 4 * kBlocksPerChunk + 4 * b, blocks.refs[b] > 0 ? blocks.crc[b] : 0);
+    referenced += blocks.refs[b] > 0;
+  }
+  return SealPage(page, PageType::kChunkState, 0, referenced, pool_uuid);
+}
+
+absl::Status DecodeChunkStatePage(const uint8_t* page, const MapEntry& pointer, uint64_t pool_uuid,
+                                  uint64_t chunk, ChunkBlocks* blocks) {
+  absl::StatusOr<uint32_t> count = CheckPage(page, pointer, PageType::kChunkState, pool_uuid);
+  if (!count.ok()) return count.status();
+  const uint8_t* body = page + kPageHeaderBytes;
+  if (Get<uint64_t>(body) != chunk) {
+    return absl::DataLossError(absl::StrFormat("%s: the state of chunk %d where chunk %d's was expected",
+                                               DescribePointer(pointer), Get<uint64_t>(body), chunk));
+  }
+  uint32_t referenced = 0;
+  for (uint32_t b = 0; b < kBlocksPerChunk; ++b) {
+    blocks->refs[b] = Get<uint32_t>(body + 8 + 4 * b);
+    blocks->crc[b] = Get<uint32_t>(body + 8 + 4 * kBlocksPerChunk + 4 * b);
+    referenced += blocks->refs[b] > 0;
+  }
+  if (referenced != *count) {
+    return absl::DataLossError(absl::StrFormat("%s: malformed chunk state", DescribePointer(pointer)));
+  }
+  return absl::OkStatus();
 }
 
 uint32_t EncodeChangeLogPage(const std::vector<std::pair<uint64_t, uint64_t>>& extents,

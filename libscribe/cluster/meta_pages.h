@@ -14,7 +14,9 @@
 //
 //   map leaf      256 entries x 12 bytes: (chunk << 8 | block) u64, crc32c u32 (0 = unmapped)
 //   map interior  256 child pointers x 12 bytes, the same encoding
-//   chunk group   up to kChunksPerGroup chunk records (id, replication, copies)
+//   chunk group   up to kChunksPerGroup chunk records (id, replication, copies, the
+//                 pointer to the chunk's state page, blocks in use)
+//   chunk state   a data chunk's id, then 256 reference counts and 256 block crc32c
 //   change log    up to kExtentsPerLogPage [begin, end) extents of 16 bytes
 #ifndef SCRIBE_CLUSTER_META_PAGES_H_
 #define SCRIBE_CLUSTER_META_PAGES_H_
@@ -34,8 +36,9 @@ namespace scribe {
 constexpr uint32_t kPageBytes = 4096;
 constexpr uint32_t kPageHeaderBytes = 32;
 constexpr uint32_t kPageEntryBytes = 12;
-// Chunk ids are grouped by id / kChunksPerGroup into one page each.
-constexpr uint64_t kChunksPerGroup = 64;
+// Chunk ids are grouped by id / kChunksPerGroup into one page each (a record is
+// 24 + 9 bytes per copy: 32 records fit with up to 11 copies each).
+constexpr uint64_t kChunksPerGroup = 32;
 constexpr uint32_t kExtentsPerLogPage = (kPageBytes - kPageHeaderBytes) / 16;
 
 enum class PageType : uint8_t {
@@ -43,6 +46,7 @@ enum class PageType : uint8_t {
   kMapInterior = 2,
   kChunkGroup = 3,
   kChangeLog = 4,
+  kChunkState = 5,
 };
 
 // Fills in the header of `page` (kPageBytes, body already written) and returns the
@@ -76,12 +80,20 @@ struct ChunkRecord {
   uint64_t id = 0;
   int replication = 2;
   std::vector<Replica> replicas;
+  MapEntry state;     // the chunk's state page
+  uint32_t used = 0;  // blocks referenced
 };
 absl::StatusOr<uint32_t> EncodeChunkGroupPage(const std::vector<ChunkRecord>& chunks,
                                               uint64_t pool_uuid, uint8_t* page);
 absl::StatusOr<std::vector<ChunkRecord>> DecodeChunkGroupPage(const uint8_t* page,
                                                               const MapEntry& pointer,
                                                               uint64_t pool_uuid);
+
+// A data chunk's per-block reference counts and checksums.
+uint32_t EncodeChunkStatePage(uint64_t chunk, const ChunkBlocks& blocks, uint64_t pool_uuid,
+                              uint8_t* page);
+absl::Status DecodeChunkStatePage(const uint8_t* page, const MapEntry& pointer, uint64_t pool_uuid,
+                                  uint64_t chunk, ChunkBlocks* blocks);
 
 // One page of a change log's extents.
 uint32_t EncodeChangeLogPage(const std::vector<std::pair<uint64_t, uint64_t>>& extents,

@@ -94,6 +94,8 @@ TEST(MetaPages, ChunkGroupRoundTrips) {
     c.id = 64 + i;
     c.replication = 3;
     for (uint64_t k = 0; k < 4; ++k) c.replicas.push_back(Replica{DiskId{k + 1}, i * 10 + k, k == 2});
+    c.state = MapEntry{7, static_cast<uint32_t>(i), static_cast<uint32_t>(0xabc00000 + i)};
+    c.used = static_cast<uint32_t>(i * 8);
     records.push_back(c);
   }
   std::vector<uint8_t> page(kPageBytes);
@@ -105,6 +107,9 @@ TEST(MetaPages, ChunkGroupRoundTrips) {
   for (size_t i = 0; i < records.size(); ++i) {
     EXPECT_EQ((*out)[i].id, records[i].id);
     EXPECT_EQ((*out)[i].replication, 3);
+    EXPECT_TRUE((*out)[i].state.SameBlock(records[i].state));
+    EXPECT_EQ((*out)[i].state.crc, records[i].state.crc);
+    EXPECT_EQ((*out)[i].used, records[i].used);
     ASSERT_EQ((*out)[i].replicas.size(), 4u);
     for (size_t k = 0; k < 4; ++k) {
       EXPECT_EQ((*out)[i].replicas[k].disk, records[i].replicas[k].disk);
@@ -113,8 +118,33 @@ TEST(MetaPages, ChunkGroupRoundTrips) {
     }
   }
   // A group that cannot fit is refused, not truncated.
-  for (auto& r : records) r.replicas.resize(8, Replica{DiskId{1}, 1, false});
+  for (auto& r : records) r.replicas.resize(12, Replica{DiskId{1}, 1, false});
   EXPECT_FALSE(EncodeChunkGroupPage(records, kUuid, page.data()).ok());
+}
+
+TEST(MetaPages, ChunkStateRoundTripsAndIsRefusedForAnotherChunk) {
+  ChunkBlocks blocks;
+  for (uint32_t b = 0; b < kBlocksPerChunk; ++b) {
+    blocks.refs[b] = b % 3 == 0 ? 0 : b * 1000;
+    blocks.crc[b] = 0x9e3779b9u * (b + 1);
+  }
+  std::vector<uint8_t> page(kPageBytes);
+  const uint32_t crc = EncodeChunkStatePage(42, blocks, kUuid, page.data());
+  ChunkBlocks out;
+  ASSERT_TRUE(DecodeChunkStatePage(page.data(), At(3, 5, crc), kUuid, 42, &out).ok());
+  for (uint32_t b = 0; b < kBlocksPerChunk; ++b) {
+    EXPECT_EQ(out.refs[b], blocks.refs[b]) << b;
+    // A free block's checksum means nothing and is not kept.
+    EXPECT_EQ(out.crc[b], blocks.refs[b] > 0 ? blocks.crc[b] : 0u) << b;
+  }
+  // The page of another chunk (a misdirected pointer with a matching checksum).
+  absl::Status other = DecodeChunkStatePage(page.data(), At(3, 5, crc), kUuid, 43, &out);
+  EXPECT_EQ(other.code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(other.message().find("chunk 42"), std::string::npos) << other;
+  // Any flipped byte fails the pointer's checksum.
+  page[kPageHeaderBytes + 100] ^= 1;
+  EXPECT_EQ(DecodeChunkStatePage(page.data(), At(3, 5, crc), kUuid, 42, &out).code(),
+            absl::StatusCode::kDataLoss);
 }
 
 TEST(MetaPages, ChangeLogRoundTripsAndRefusesEmptyExtents) {

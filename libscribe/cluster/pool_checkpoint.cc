@@ -5,6 +5,9 @@
 namespace scribe {
 
 auto PoolImpl::PrepareCheckpoint() -> absl::StatusOr<std::shared_ptr<Checkpoint>> {
+  // Chunks with deltas are read back first (LoadDeltaChunks): the state pages written
+  // here must be exact.
+  SCRIBE_CHECK(delta_chunks_.empty());
   auto ck = std::make_shared<Checkpoint>();
   // Changed tree nodes, children before parents. A node with a page has no changed
   // node below it (changing a node unsets the pages of its whole path), and a shared
@@ -21,6 +24,9 @@ auto PoolImpl::PrepareCheckpoint() -> absl::StatusOr<std::shared_ptr<Checkpoint>
       };
   for (const auto& [id, v] : vsds_) collect(v->map.root());
   for (const auto& [id, s] : snapshots_) collect(s->map.root());
+  // Detached trees still hold references (the chunk states count them): the root names
+  // them until they are destroyed.
+  for (const auto& n : doomed_) collect(n);
   // Change logs whose contents changed since they were written.
   struct LogJob {
     Checkpoint::LogRef ref;
@@ -43,7 +49,16 @@ auto PoolImpl::PrepareCheckpoint() -> absl::StatusOr<std::shared_ptr<Checkpoint>
   for (auto& [id, s] : snapshots_) {
     consider_log(true, id.value, s->base, s->changes, &s->log_pages, &s->log_version_written);
   }
-  size_t need = nodes.size() + dirty_groups_.size();
+  // Chunk states that changed: a new page each, which changes their group's page too.
+  std::vector<uint64_t> chunk_ids;
+  for (uint64_t id : dirty_chunks_) {
+    ChunkState* c = FindChunk(id);
+    if (c == nullptr || c->meta) continue;
+    SCRIBE_CHECK(c->blocks != nullptr);
+    chunk_ids.push_back(id);
+    dirty_groups_.insert(id / kChunksPerGroup);
+  }
+  size_t need = nodes.size() + chunk_ids.size() + dirty_groups_.size();
   for (const LogJob& j : logs) need += j.count;
   absl::StatusOr<std::vector<MapEntry>> where = AllocatePages(need);
   if (!where.ok()) return where.status();
@@ -56,7 +71,7 @@ auto PoolImpl::PrepareCheckpoint() -> absl::StatusOr<std::shared_ptr<Checkpoint>
   };
   auto seal = [&](MapEntry* p, uint32_t crc) {
     p->crc = crc;
-    FindChunk(p->chunk)->crc[p->block] = crc;
+    FindChunk(p->chunk)->blocks->crc[p->block] = crc;
   };
   for (const auto& n : nodes) {
     auto [p, buf] = take();
@@ -80,6 +95,16 @@ auto PoolImpl::PrepareCheckpoint() -> absl::StatusOr<std::shared_ptr<Checkpoint>
     *j.written = j.log->version();
     ck->logs.push_back(j.ref);
   }
+  for (uint64_t id : chunk_ids) {
+    ChunkState* c = FindChunk(id);
+    if (c->page.mapped()) DropPage(c->page);
+    auto [p, buf] = take();
+    seal(p, EncodeChunkStatePage(id, *c->blocks, pool_uuid_, buf));
+    c->page = *p;
+    c->dirty = false;
+    ck->chunks.push_back(id);
+  }
+  dirty_chunks_.clear();
   absl::Status group_status;
   for (uint64_t g : dirty_groups_) {
     auto old = group_pages_.find(g);
@@ -91,8 +116,14 @@ auto PoolImpl::PrepareCheckpoint() -> absl::StatusOr<std::shared_ptr<Checkpoint>
     std::vector<ChunkRecord> records;
     for (auto it = chunks_.lower_bound(g * kChunksPerGroup);
          it != chunks_.end() && it->first < (g + 1) * kChunksPerGroup; ++it) {
-      if (it->second.meta) continue;
-      records.push_back(ChunkRecord{it->first, it->second.replication, it->second.replicas});
+      const ChunkState& c = it->second;
+      if (c.meta) continue;
+      uint32_t used = c.used;
+      if (c.blocks) {
+        used = 0;
+        for (uint32_t r : c.blocks->refs) used += r > 0;
+      }
+      records.push_back(ChunkRecord{it->first, c.replication, c.replicas, c.page, used});
     }
     if (records.empty()) continue;
     auto [p, buf] = take();
@@ -125,6 +156,8 @@ auto PoolImpl::PrepareCheckpoint() -> absl::StatusOr<std::shared_ptr<Checkpoint>
 
 void PoolImpl::UndoCheckpoint(Checkpoint& ck) {
   std::set<std::pair<uint64_t, uint32_t>> undone;
+  std::set<std::pair<uint64_t, uint32_t>> ck_page_set;
+  for (const MapEntry& p : ck.pages) ck_page_set.insert({p.chunk, p.block});
   auto forget = [&](MapEntry* p) {
     undone.insert({p->chunk, p->block});
     *p = MapEntry{};
@@ -144,6 +177,15 @@ void PoolImpl::UndoCheckpoint(Checkpoint& ck) {
       if (SnapshotState* s = FindSnapshot(SnapshotId{l.owner})) forget_log(&s->log_pages, &s->log_version_written);
     } else if (VsdState* v = FindVsdState(VsdId{l.owner})) {
       forget_log(&v->log_pages, &v->log_version_written);
+    }
+  }
+  for (uint64_t id : ck.chunks) {
+    ChunkState* c = FindChunk(id);
+    if (c == nullptr) continue;  // freed since: its page went with it (and is released below)
+    if (c->page.mapped() && ck_page_set.count({c->page.chunk, c->page.block})) forget(&c->page);
+    if (!c->dirty) {
+      c->dirty = true;
+      dirty_chunks_.insert(id);
     }
   }
   for (uint64_t g : ck.groups) {
@@ -238,6 +280,21 @@ absl::StatusOr<std::vector<std::string>> PoolImpl::EncodeRoot() const {
     add(e.out());
     add_log(false, id.value, v->base, v->changes, v->log_pages);
   }
+  for (const auto& n : doomed_) {
+    Encoder e;
+    e.U8(kRecCkptDoomed);
+    e.U8(static_cast<uint8_t>(n->level));
+    EncodePagePointer(e, n->page);
+    add(e.out());
+  }
+  auto add_dropped = [&](const MapEntry& p) {
+    Encoder e;
+    e.U8(kRecCkptDroppedLeaf);
+    EncodePagePointer(e, p);
+    add(e.out());
+  };
+  for (const MapEntry& p : dropped_leaves_) add_dropped(p);
+  for (const MapEntry& p : dropping_leaves_now_) add_dropped(p);
   for (const auto& [id, s] : snapshots_) {
     Encoder e;
     e.U8(kRecCkptSnapshot);

@@ -16,13 +16,29 @@ void PoolImpl::FsckWhenLoaded(Done<FsckReport> done) {
     });
     return;
   }
-  LoadLeaves(AllLeaves(), [this, alive, done](absl::Status st) {
+  // Every chunk state (kept in memory while fsck runs), then every leaf.
+  std::vector<uint64_t> ids;
+  for (const auto& [id, c] : chunks_) {
+    if (!c.blocks) ids.push_back(id);
+  }
+  LoadChunks(std::move(ids), [this, alive, done](absl::Status st) {
     if (!*alive) return;
-    if (st.ok() && (dropping_leaves_ || !dropped_leaves_.empty())) return FsckWhenLoaded(done);
-    absl::StatusOr<FsckReport> r = st.ok() ? absl::StatusOr<FsckReport>(FsckNow()) : st;
-    --fsck_running_;
-    ScheduleReap();
-    loop_->Post([done, r = std::move(r)]() mutable { done(std::move(r)); });
+    auto finish = [this, done](absl::StatusOr<FsckReport> r) {
+      --fsck_running_;
+      ScheduleReap();
+      ScheduleTrim();
+      loop_->Post([done, r = std::move(r)]() mutable { done(std::move(r)); });
+    };
+    if (!st.ok()) return finish(st);
+    LoadLeaves(AllLeaves(), [this, alive, done, finish](absl::Status st) {
+      if (!*alive) return;
+      bool all = true;
+      for (const auto& [id, c] : chunks_) all = all && c.blocks != nullptr;
+      if (st.ok() && (dropping_leaves_ || !dropped_leaves_.empty() || !all)) {
+        return FsckWhenLoaded(done);  // something changed meanwhile: look again
+      }
+      finish(st.ok() ? absl::StatusOr<FsckReport>(FsckNow()) : st);
+    });
   });
 }
 
@@ -36,7 +52,7 @@ FsckReport PoolImpl::FsckNow() const {
     auto it = chunks_.find(p.chunk);
     if (it == chunks_.end() || !it->second.meta) {
       report.errors.push_back(absl::StrFormat("a %s's %s is not in a metadata chunk", what, DescribePointer(p)));
-    } else if (it->second.crc[p.block] != p.crc) {
+    } else if (it->second.blocks->crc[p.block] != p.crc) {
       report.errors.push_back(absl::StrFormat("checksum of %s disagrees with its chunk", DescribePointer(p)));
     }
   };
@@ -57,7 +73,7 @@ FsckReport PoolImpl::FsckNow() const {
           report.errors.push_back(absl::StrFormat("a map names block %d of metadata chunk %d", e.block, e.chunk));
         } else if (e.block >= kBlocksPerChunk) {
           report.errors.push_back(absl::StrFormat("a map names block %d of chunk %d", e.block, e.chunk));
-        } else if (it->second.crc[e.block] != e.crc) {
+        } else if (it->second.blocks->crc[e.block] != e.crc) {
           report.errors.push_back(absl::StrFormat("checksum of chunk %d block %d disagrees with its map", e.chunk, e.block));
         }
       }
@@ -75,6 +91,9 @@ FsckReport PoolImpl::FsckNow() const {
     for (const MapEntry& p : s->log_pages) expect_page(p, "change log");
   }
   for (const auto& [g, p] : group_pages_) expect_page(p, "chunk group");
+  for (const auto& [id, c] : chunks_) {
+    if (c.page.mapped()) expect_page(c.page, "chunk state");
+  }
   for (const auto& n : doomed_) visit(n.get());  // detached, not yet freed
   size_t meta_chunks = 0;
   for (const auto& [id, c] : chunks_) meta_chunks += c.meta ? 1 : 0;
@@ -90,15 +109,19 @@ FsckReport PoolImpl::FsckNow() const {
   std::map<std::pair<DiskId, uint64_t>, uint64_t> slot_users;
   for (const auto& [id, c] : chunks_) {
     if (FindChunk(id) != &c) report.errors.push_back(absl::StrFormat("chunk %d is not indexed", id));
+    if (c.meta && c.page.mapped()) report.errors.push_back(absl::StrFormat("metadata chunk %d has a state page", id));
+    if (!c.meta && !c.page.mapped() && !c.dirty) {
+      report.errors.push_back(absl::StrFormat("chunk %d has neither a state page nor changes to write", id));
+    }
     uint32_t used = 0;
     for (uint32_t b = 0; b < kBlocksPerChunk; ++b) {
       auto it = expected.find({id, b});
       const uint32_t want = it == expected.end() ? 0 : it->second;
-      if (c.refs[b] != want) {
+      if (c.blocks->refs[b] != want) {
         report.errors.push_back(absl::StrFormat("chunk %d block %d has %d references, maps hold %d",
-                                                id, b, c.refs[b], want));
+                                                id, b, c.blocks->refs[b], want));
       }
-      if (c.refs[b] > 0 || c.busy[b]) ++used;
+      if (c.blocks->refs[b] > 0 || c.busy[b]) ++used;
     }
     if (used != c.used) report.errors.push_back(absl::StrFormat("chunk %d used count is wrong", id));
     std::set<NodeId> nodes;

@@ -176,16 +176,28 @@ void PoolImpl::ReadWholeChunk(uint64_t chunk_id, std::vector<Replica> sources, s
   auto alive = alive_;
   d->dev->Read(ReplicaOffset(r, 0), kChunkBytes, buf->data(), Timed([=, this](absl::Status st) {
     if (!*alive) return;
-    ChunkState* c = FindChunk(chunk_id);
-    if (!c) return done(absl::NotFoundError("chunk freed"));
+    if (!FindChunk(chunk_id)) return done(absl::NotFoundError("chunk freed"));
     if (!st.ok()) {
       NoteIoError(r.disk, st);
       return ReadWholeChunk(chunk_id, sources, i + 1, buf, done);
     }
+    // The checksums are in the chunk's state (read back first if it is not in memory;
+    // a rebuilding chunk then stays).
+    WithChunk(chunk_id, [=, this](absl::Status st, ChunkState* c) {
+      if (!st.ok()) return done(st);
+      CheckWholeChunk(c, sources, i, buf, done);
+    });
+  }));
+}
+
+void PoolImpl::CheckWholeChunk(ChunkState* c, const std::vector<Replica>& sources, size_t i,
+                               std::shared_ptr<AlignedBuffer> buf, StatusDone done) {
+  const uint64_t chunk_id = c->id;
+  {
     // Blocks that fail their checksum are fetched from the other copies.
     std::vector<uint32_t> bad;
     for (uint32_t b = 0; b < kBlocksPerChunk; ++b) {
-      if (c->refs[b] > 0 && Crc32c(buf->data() + b * kBlockBytes, kBlockBytes) != c->crc[b]) {
+      if (c->blocks->refs[b] > 0 && Crc32c(buf->data() + b * kBlockBytes, kBlockBytes) != c->blocks->crc[b]) {
         bad.push_back(b);
       }
     }
@@ -205,14 +217,14 @@ void PoolImpl::ReadWholeChunk(uint64_t chunk_id, std::vector<Replica> sources, s
       one->chunk = chunk_id;
       one->block = b;
       one->count = 1;
-      one->crcs = {c->crc[b]};
+      one->crcs = {c->blocks->crc[b]};
       one->dst = buf->data() + b * kBlockBytes;
       one->candidates = others;
       one->buf = AlignedBuffer(kBlockBytes);
       one->done = [g](absl::Status st) { g->Finish(st); };
       TryReplica(one, 0);
     }
-  }));
+  }
 }
 
 }  // namespace scribe

@@ -13,6 +13,7 @@
 //   pool_vsds.cc         VSDs, snapshots, clones, revert, diff (the admin API)
 //   pool_io.cc           the data path: reads, writes, discards, block locks
 //   pool_leaf_cache.cc   evicting block-map leaves and reading them back
+//   pool_chunk_cache.cc  chunk states (refcounts, checksums) in pages, read on demand
 //   pool_membership.cc   disks and nodes joining, failing, leaving; stats
 //   pool_heal.cc         re-mirroring degraded chunks
 //   pool_scrub.cc        reading every copy, repairing bad ones
@@ -49,9 +50,12 @@
 namespace scribe {
 
 
-// Format 2: paged copy-on-write metadata. Format 1 ("SCRB") kept the whole state in
-// the journal region; such disks are refused with a message (no upgrade path).
-constexpr uint32_t kSuperMagic = 0x32524353;    // "SCR2"
+// Format 3: paged copy-on-write metadata with per-chunk state pages (block reference
+// counts are stored, not counted at open). Format 1 ("SCRB") kept the whole state in
+// the journal region, format 2 ("SCR2") recounted references from every leaf at open;
+// such disks are refused with a message (no upgrade path).
+constexpr uint32_t kSuperMagic = 0x33524353;    // "SCR3"
+constexpr uint32_t kSuperMagicV2 = 0x32524353;  // "SCR2"
 constexpr uint32_t kSuperMagicV1 = 0x42524353;  // "SCRB"
 constexpr uint32_t kBatchMagic = 0x4c4e524a;  // "JRNL"
 constexpr uint32_t kBatchHeaderBytes = 64;
@@ -298,6 +302,42 @@ class PoolImpl : public Pool {
   // Every leaf of every map and of every tree being deleted.
   std::vector<std::shared_ptr<BlockMap::Node>> AllLeaves() const;
 
+  // ---------------------------------------------------------------- chunk states
+  // A data chunk's reference counts and checksums (ChunkBlocks) are a page, written at
+  // checkpoints when changed. Beyond a quarter of PoolOptions::metadata_cache_bytes the
+  // least recently used clean ones leave memory; a reference change to one that is not
+  // in memory is kept as a delta (ChunkDelta) and applied when it is read back, which a
+  // checkpoint does first for every chunk with a delta. What needs the counts themselves
+  // (allocating from a chunk, heal, scrub, fsck) reads the chunk first.
+
+  // Calls done once every chunk of `ids` that still exists has its blocks in memory.
+  // They stay in memory until done returns (evictions are posted).
+  void LoadChunks(std::vector<uint64_t> ids, StatusDone done);
+
+  // The blocks of chunk `id` in memory (null when it is gone or cannot be read).
+  void WithChunk(uint64_t id, std::function<void(absl::Status, ChunkState*)> fn);
+
+  // Gives a chunk read back its blocks, applying its delta.
+  void ChunkLoaded(ChunkState* c, std::unique_ptr<ChunkBlocks> blocks);
+
+  // The chunk's blocks changed (they need a page at the next checkpoint).
+  void ChunkDirtied(ChunkState* c);
+
+  // Makes `c` the most recently used chunk in memory.
+  void TouchChunk(ChunkState* c);
+
+  void SetBlockCrc(ChunkState* c, uint32_t block, uint32_t crc);
+
+  bool ChunkEvictable(const ChunkState& c) const;
+
+  size_t ChunkCacheLimit() const;
+
+  void TrimChunks();
+
+  // Reads, in the background, the chunks with deltas (a checkpoint needs none), then
+  // commits if a commit waits.
+  void LoadDeltaChunks();
+
   // ---------------------------------------------------------------- refcounts
   void RefBlock(const MapEntry& e);
 
@@ -530,6 +570,11 @@ class PoolImpl : public Pool {
   void ReadWholeChunk(uint64_t chunk_id, std::vector<Replica> sources, size_t i,
                       std::shared_ptr<AlignedBuffer> buf, StatusDone done);
 
+  // Checks the copy read into `buf` (from sources[i]) block by block against the
+  // chunk's checksums; bad blocks are read from the other copies.
+  void CheckWholeChunk(ChunkState* c, const std::vector<Replica>& sources, size_t i,
+                       std::shared_ptr<AlignedBuffer> buf, StatusDone done);
+
   // ---------------------------------------------------------------- scrub
   void Scrub(Done<ScrubReport> done) override;
 
@@ -613,6 +658,7 @@ class PoolImpl : public Pool {
     AlignedBuffer data;
     std::vector<std::weak_ptr<BlockMap::Node>> nodes;  // given pages[i] for i < nodes.size()
     std::vector<uint64_t> groups;                      // chunk groups rewritten
+    std::vector<uint64_t> chunks;                      // chunk states rewritten
     struct LogRef {
       bool of_snapshot;
       uint64_t owner;
@@ -679,9 +725,10 @@ class PoolImpl : public Pool {
   // A page a loaded checkpoint names: in use.
   absl::Status ClaimPage(const MapEntry& p);
 
-  // Loads what the checkpoint root names: the data chunks' records, then every block
-  // map's nodes (breadth first, each shared node once), then the change logs. Block
-  // references are counted from the leaves once all are loaded.
+  // Loads what the checkpoint root names: the data chunks' records (their states are
+  // read when needed), then every block map's nodes and those of trees being deleted
+  // (breadth first, each shared node once), then the change logs. Block references
+  // are in the chunk states, not counted here.
   void LoadPages(StatusDone done);
 
   // The node a page holds: one object per page, however many parents name it.
@@ -695,11 +742,16 @@ class PoolImpl : public Pool {
   void LoadNodes(std::shared_ptr<std::map<std::pair<uint64_t, uint32_t>, std::shared_ptr<BlockMap::Node>>> nodes,
                  std::shared_ptr<std::vector<std::shared_ptr<BlockMap::Node>>> pending, StatusDone done);
 
-  // Every loaded node's page is in use, and every leaf entry references its block.
-  absl::Status CountLoadedNodes(
+  // Every loaded node's page is in use, and every leaf entry names a data chunk.
+  absl::Status ClaimLoadedNodes(
       const std::map<std::pair<uint64_t, uint32_t>, std::shared_ptr<BlockMap::Node>>& nodes);
 
   void LoadLogs(StatusDone done);
+
+  // The evicted leaves that had left every tree when the root was written (their
+  // references were still counted): their blocks lose them now, before the journal
+  // tail is replayed, and their pages go.
+  void DropLoadedLeaves(StatusDone done);
 
   void RefFromMap(const MapEntry& e);
   void UnrefFromMap(const MapEntry& e);
@@ -790,11 +842,25 @@ class PoolImpl : public Pool {
   BlockFrees pending_frees_;
   bool committing_ = false;
   LeafCache leaf_cache_;
+  // Data chunks whose blocks are in memory, least recently used first.
+  std::list<uint64_t> chunk_lru_;
+  // Chunks being read back, and who waits for each.
+  absl::flat_hash_map<uint64_t, std::vector<StatusDone>> chunk_loads_;
+  std::set<uint64_t> dirty_chunks_;  // data chunks whose page is out of date
+  std::set<uint64_t> delta_chunks_;  // data chunks with a delta (blocks not in memory)
+  bool loading_delta_chunks_ = false;
+  uint64_t chunks_read_ = 0;
+  uint64_t chunks_evicted_ = 0;
+  // Detached trees and dropped leaves a checkpoint root names (see EncodeRoot), between
+  // reading the root and loading the pages.
+  std::vector<std::pair<int, MapEntry>> load_doomed_;
+  std::vector<MapEntry> load_dropped_;
   // Evicted leaves being read back, and who waits for each.
   absl::flat_hash_map<const BlockMap::Node*, std::vector<StatusDone>> leaf_loads_;
   bool trim_scheduled_ = false;
   bool checkpoint_pages_in_flight_ = false;
   std::deque<MapEntry> dropped_leaves_;  // pages of evicted leaves that left every tree
+  std::vector<MapEntry> dropping_leaves_now_;  // taken from dropped_leaves_, being read
   bool dropping_leaves_ = false;
   uint64_t leaves_read_ = 0;
   uint64_t leaves_evicted_ = 0;

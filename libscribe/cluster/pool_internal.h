@@ -9,6 +9,7 @@
 #include <bitset>
 #include <cstdint>
 #include <deque>
+#include <list>
 #include <map>
 #include <memory>
 #include <string>
@@ -54,6 +55,10 @@ enum RecordType : uint8_t {
   kRecCkptSnapshot,    // a snapshot: its header, size, tree levels and root page pointer
   kRecCkptChangeLog,   // a VSD's or snapshot's change log: base, known, its pages
   kRecCkptEnd,
+  // Format 3: block references are stored (chunk state pages), so the root also names
+  // what still holds references without being part of a map.
+  kRecCkptDoomed,       // a detached tree being deleted: level, page pointer
+  kRecCkptDroppedLeaf,  // an evicted leaf that left every tree: its page pointer
 };
 
 // kRecAddChunk flags.
@@ -78,14 +83,36 @@ struct Replica {
   bool stale = false;  // missed writes while its node was away
 };
 
+// A chunk's per-block state. A data chunk's is one metadata page (PageType::kChunkState),
+// read back on demand and dropped from memory beyond the metadata cache once written; a
+// metadata chunk's stays in memory (its pages are claimed again at every open).
+struct ChunkBlocks {
+  std::array<uint32_t, kBlocksPerChunk> refs{};
+  std::array<uint32_t, kBlocksPerChunk> crc{};  // of each block with refs > 0
+};
+
+// Changes to a data chunk whose blocks are not in memory (a leaf copied or dropped, a
+// journal record replayed), applied when the page is read back. Never a reference from
+// 0 to 1 outside replay: a new block is written into a chunk in memory.
+struct ChunkDelta {
+  std::array<int32_t, kBlocksPerChunk> refs{};
+  std::array<uint32_t, kBlocksPerChunk> crc{};
+  std::bitset<kBlocksPerChunk> crc_set;
+};
+
 struct ChunkState {
   uint64_t id = 0;
   int replication = 2;
   std::vector<Replica> replicas;
-  std::array<uint32_t, kBlocksPerChunk> refs{};
-  std::array<uint32_t, kBlocksPerChunk> crc{};  // of each block with refs > 0
+  std::unique_ptr<ChunkBlocks> blocks;  // null: evicted, or never read since the open
+  std::unique_ptr<ChunkDelta> delta;    // only while `blocks` is null
+  MapEntry page;       // data chunk: where `blocks` was last written (unmapped: never)
+  bool dirty = false;  // `blocks` (or `delta`) changed since written at `page`
+  std::list<uint64_t>::iterator lru;  // in PoolImpl::chunk_lru_ while `blocks` is set
   std::bitset<kBlocksPerChunk> busy;  // allocated to a write in flight, or freed but not yet durable
-  uint32_t used = 0;                  // blocks with refs > 0 or busy
+  // Blocks with refs > 0 or busy. Exact unless `delta` is set (then as of the page plus
+  // what is known).
+  uint32_t used = 0;
   int writes_in_flight = 0;
   bool open = false;       // some VSD (or, for a metadata chunk, the page writer) allocates from it
   bool rebuilding = false;

@@ -34,6 +34,16 @@ void PoolImpl::Commit(StatusDone done) {
 }
 
 void PoolImpl::StartCommit() {
+  bool journal_full = journal_pos_ + RoundUp(kBatchHeaderBytes + pending_records_.size(), kBlockBytes) > half_bytes_;
+  bool checkpoint_due = need_checkpoint_ || journal_full || dirty_nodes_ >= options_.checkpoint_dirty_pages_max;
+  if (checkpoint_due && !delta_chunks_.empty()) {
+    // A checkpoint writes exact chunk states: the chunks with deltas are read first
+    // (LoadDeltaChunks commits when done). Meanwhile a journal batch will do, unless
+    // the checkpoint cannot wait.
+    LoadDeltaChunks();
+    if (need_checkpoint_ || journal_full) return;
+    checkpoint_due = false;
+  }
   committing_ = true;
   auto waiters = std::make_shared<std::vector<StatusDone>>(std::move(commit_waiters_));
   commit_waiters_.clear();
@@ -50,8 +60,7 @@ void PoolImpl::StartCommit() {
   ChooseMirrors();
   auto mirrors = std::make_shared<std::vector<DiskId>>(mirrors_);
   std::shared_ptr<Checkpoint> ckpt;
-  if (need_checkpoint_ || dirty_nodes_ >= options_.checkpoint_dirty_pages_max ||
-      journal_pos_ + RoundUp(kBatchHeaderBytes + records->size(), kBlockBytes) > half_bytes_) {
+  if (checkpoint_due) {
     absl::StatusOr<std::shared_ptr<Checkpoint>> c = PrepareCheckpoint();
     if (!c.ok()) {
       pending_records_.insert(0, *records);
@@ -63,21 +72,33 @@ void PoolImpl::StartCommit() {
     ckpt = std::move(*c);
     need_checkpoint_ = false;
   }
+  // Copies this commit cannot make durable (their disk's flush failed, or its node went
+  // away before the flush) are marked stale by records of this very batch: written
+  // after a checkpoint's root, or appended to the journal batch. A crash right after
+  // the commit must not forget that those copies may lack what it acknowledged.
+  auto stale = std::make_shared<std::string>();
+  auto mark_stale = [this, stale](DiskId disk, std::set<uint64_t> chunks) {
+    const size_t before = pending_records_.size();
+    MarkStale(disk, std::move(chunks));
+    stale->append(pending_records_, before, std::string::npos);
+    pending_records_.resize(before);
+  };
   // Returns a failed commit's records and frees to the next one.
-  auto fail = [this, alive, waiters, records, frees](absl::Status st) {
+  auto fail = [this, alive, waiters, records, frees, stale](absl::Status st) {
     if (!*alive) return;
+    pending_records_.insert(0, *stale);
     pending_records_.insert(0, *records);
     for (auto& f : *frees) pending_frees_.push_back(f);
     committing_ = false;
     for (auto& w : *waiters) w(st);
     if (!commit_waiters_.empty()) StartCommit();
   };
-  auto after_data = [this, alive, waiters, records, frees, ckpt, mirrors](absl::Status st) {
+  auto after_data = [this, alive, waiters, records, frees, ckpt, mirrors, stale](absl::Status st) {
     if (!*alive) return;
     // 2. Then the journal (or the checkpoint's root): the batch now describes
-    // durable data and pages only.
-    WriteJournal(std::move(*records), ckpt ? &ckpt->root : nullptr, *mirrors,
-                 [this, alive, waiters, frees, ckpt](absl::Status st) {
+    // durable data and pages only (a checkpoint's root includes `records`).
+    WriteJournal(ckpt ? *stale : *records + *stale, ckpt ? &ckpt->root : nullptr, *mirrors,
+                 [this, alive, waiters, frees, ckpt, stale](absl::Status st) {
       if (!*alive) return;
       // 3. Blocks those records freed, and pages the new checkpoint no longer names,
       // may now be reused.
@@ -92,6 +113,7 @@ void PoolImpl::StartCommit() {
           for (const auto& b : ckpt->root) last_checkpoint_root_bytes_ += b.size();
         }
       } else {
+        pending_records_.insert(0, *stale);  // applied already; written again
         for (auto& f : *frees) pending_frees_.push_back(f);
         // The pages written stay valid (they are durable); the previous checkpoint
         // still names the ones this one replaced.
@@ -106,24 +128,33 @@ void PoolImpl::StartCommit() {
   };
   // 1. Make every completed data write and the checkpoint's pages durable: write the
   // pages, then flush each disk written since the last commit.
-  auto flush_data = [this, alive, after_data]() {
+  auto flush_data = [this, alive, after_data, mark_stale]() {
     std::vector<DiskId> devs;
     flushing_chunks_ = std::move(unflushed_chunks_);
     unflushed_chunks_.clear();
+    std::vector<DiskId> away;
     for (const auto& [id, chunks] : flushing_chunks_) {
       DiskState* d = FindDisk(id);
-      if (d && DiskUsable(*d)) devs.push_back(id);
+      if (d && DiskUsable(*d)) {
+        devs.push_back(id);
+      } else if (d && !d->failed) {
+        away.push_back(id);  // its node went away since: it cannot flush what it took
+      }
+    }
+    for (DiskId id : away) {
+      mark_stale(id, flushing_chunks_[id]);
+      flushing_chunks_.erase(id);
     }
     if (devs.empty()) return after_data(absl::OkStatus());
     auto g = MakeGather(static_cast<int>(devs.size()), after_data);
     for (DiskId id : devs) {
-      disks_.at(id).dev->Flush(Timed([this, alive, g, id](absl::Status st) {
+      disks_.at(id).dev->Flush(Timed([this, alive, g, id, mark_stale](absl::Status st) {
         if (!*alive) return;
         if (!st.ok()) {
           // Its recent writes may not be durable: those copies are stale until rebuilt
           // from the others.
           NoteIoError(id, st);
-          MarkStale(id, flushing_chunks_[id]);
+          mark_stale(id, flushing_chunks_[id]);
         }
         flushing_chunks_.erase(id);
         g->Finish(absl::OkStatus());
@@ -179,6 +210,9 @@ void PoolImpl::WriteJournal(std::string records, const std::vector<std::string>*
       batches.push_back(MakeBatch((*ckpt)[i], ++sequence_, flags));
     }
     journal_pos_ = 0;
+    // Records made after the checkpoint was prepared (see StartCommit): a batch of the
+    // new journal right after the root.
+    if (!records.empty()) batches.push_back(MakeBatch(records, ++sequence_, 0));
   } else {
     if (records.empty()) return loop_->Post([done] { done(absl::OkStatus()); });
     offset = (epoch_ % 2) * half_bytes_ + journal_pos_;

@@ -101,13 +101,16 @@ void PoolImpl::ReadLeaves(std::vector<std::shared_ptr<BlockMap::Node>> leaves) {
 }
 
 void PoolImpl::ScheduleTrim() {
-  if (trim_scheduled_ || leaf_cache_.size() <= LeafCacheLimit()) return;
+  if (trim_scheduled_ || (leaf_cache_.size() <= LeafCacheLimit() && chunk_lru_.size() <= ChunkCacheLimit())) {
+    return;
+  }
   trim_scheduled_ = true;
   auto alive = alive_;
   loop_->Post([this, alive] {
     if (!*alive) return;
     trim_scheduled_ = false;
     TrimLeaves();
+    TrimChunks();
   });
 }
 
@@ -142,6 +145,8 @@ void PoolImpl::DropEvictedLeaves() {
   const size_t n = std::min(dropped_leaves_.size(), kDroppedLeavesPerTurn);
   auto pages = std::make_shared<std::vector<MapEntry>>(dropped_leaves_.begin(), dropped_leaves_.begin() + n);
   dropped_leaves_.erase(dropped_leaves_.begin(), dropped_leaves_.begin() + n);
+  // Until its blocks are unreferenced, a checkpoint still names it (see EncodeRoot).
+  dropping_leaves_now_.insert(dropping_leaves_now_.end(), pages->begin(), pages->end());
   auto alive = alive_;
   auto g = MakeGather(static_cast<int>(n), [this, alive](absl::Status) {
     if (!*alive) return;
@@ -163,6 +168,9 @@ void PoolImpl::DropEvictedLeaves() {
         // Its blocks stay referenced (space lost until fsck finds them, never data).
         ++dropped_leaves_unread_;
       }
+      auto it = std::find_if(dropping_leaves_now_.begin(), dropping_leaves_now_.end(),
+                             [&](const MapEntry& q) { return q.SameBlock(p); });
+      if (it != dropping_leaves_now_.end()) dropping_leaves_now_.erase(it);
       DropPage(p);
       g->Finish(absl::OkStatus());
     });

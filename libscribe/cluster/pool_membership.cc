@@ -163,6 +163,10 @@ PoolStats PoolImpl::Stats() const {
   s.map_leaves_evicted = leaves_evicted_;
   s.map_leaf_waits = leaf_waits_;
   s.map_leaf_wait_ns = static_cast<uint64_t>(leaf_wait_ns_);
+  s.chunk_states_in_memory = chunk_lru_.size();
+  s.chunk_states_read = chunks_read_;
+  s.chunk_states_evicted = chunks_evicted_;
+  s.chunk_states_with_deltas = delta_chunks_.size();
   s.diffs_from_change_logs = diffs_from_change_logs_;
   s.diffs_walked = diffs_walked_;
   s.fenced = fenced_;

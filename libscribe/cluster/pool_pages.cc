@@ -64,8 +64,8 @@ absl::StatusOr<std::vector<MapEntry>> PoolImpl::AllocatePages(size_t n) {
       meta_open_chunk_ = c->id;
     }
     for (uint32_t b = 0; b < kBlocksPerChunk && out.size() < n; ++b) {
-      if (c->refs[b] == 0 && !c->busy[b]) {
-        c->refs[b] = 1;
+      if (c->blocks->refs[b] == 0 && !c->busy[b]) {
+        c->blocks->refs[b] = 1;
         ++c->used;
         out.push_back(MapEntry{c->id, b, 0});
       }
@@ -76,16 +76,16 @@ absl::StatusOr<std::vector<MapEntry>> PoolImpl::AllocatePages(size_t n) {
 
 void PoolImpl::ReleasePage(const MapEntry& p) {
   ChunkState* c = FindChunk(p.chunk);
-  if (c == nullptr || c->refs[p.block] == 0) return;
-  c->refs[p.block] = 0;
+  if (c == nullptr || c->blocks->refs[p.block] == 0) return;
+  c->blocks->refs[p.block] = 0;
   --c->used;
   MaybeFreeChunk(c);
 }
 
 void PoolImpl::DropPage(const MapEntry& p) {
   ChunkState* c = FindChunk(p.chunk);
-  if (c == nullptr || !c->meta || c->refs[p.block] == 0) return;  // e.g. a failed open
-  c->refs[p.block] = 0;
+  if (c == nullptr || !c->meta || c->blocks->refs[p.block] == 0) return;  // e.g. a failed open
+  c->blocks->refs[p.block] = 0;
   c->busy[p.block] = true;
   page_frees_.push_back(p);
 }
@@ -93,7 +93,7 @@ void PoolImpl::DropPage(const MapEntry& p) {
 void PoolImpl::ReleaseDroppedPages(std::vector<MapEntry> pages) {
   for (const MapEntry& p : pages) {
     ChunkState* c = FindChunk(p.chunk);
-    if (c == nullptr || !c->busy[p.block] || c->refs[p.block] != 0) continue;
+    if (c == nullptr || !c->busy[p.block] || c->blocks->refs[p.block] != 0) continue;
     c->busy[p.block] = false;
     --c->used;
     MaybeFreeChunk(c);
@@ -254,11 +254,11 @@ absl::Status PoolImpl::ClaimPage(const MapEntry& p) {
   if (c == nullptr || !c->meta || p.block >= kBlocksPerChunk) {
     return absl::DataLossError(absl::StrCat(DescribePointer(p), ": not in a metadata chunk"));
   }
-  if (c->refs[p.block] != 0) {
+  if (c->blocks->refs[p.block] != 0) {
     return absl::DataLossError(absl::StrCat(DescribePointer(p), ": named twice"));
   }
-  c->refs[p.block] = 1;
-  c->crc[p.block] = p.crc;
+  c->blocks->refs[p.block] = 1;
+  c->blocks->crc[p.block] = p.crc;
   ++c->used;
   return absl::OkStatus();
 }

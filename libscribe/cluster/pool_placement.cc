@@ -95,6 +95,11 @@ ChunkState* PoolImpl::ReusableChunk(int replication) {
     }
     ++it;
     if (c->open || c->meta || c->replication != replication || !ChunkAcceptsWrites(*c)) continue;
+    if (!c->blocks) {
+      // Its free blocks are known once its state is read: next time.
+      LoadChunks({c->id}, [](absl::Status) {});
+      continue;
+    }
     if (best == nullptr || c->used < best->used) best = c;
   }
   return best;
@@ -106,13 +111,20 @@ void PoolImpl::NoteMaybeReusable(const ChunkState* c) {
 
 ChunkState* PoolImpl::AnyChunkWithRoom(int replication) {
   ChunkState* best = nullptr;
+  std::vector<uint64_t> unread;
   for (auto& [id, c] : chunks_) {
     if (c.open || c.meta || c.used >= kBlocksPerChunk || c.replication != replication ||
         !ChunkAcceptsWrites(c)) {
       continue;
     }
+    if (!c.blocks) {
+      if (unread.size() < 8) unread.push_back(id);
+      continue;
+    }
     if (best == nullptr || c.used < best->used) best = &c;
   }
+  // A full pool's room may be in chunks not in memory: read some for the next try.
+  if (best == nullptr && !unread.empty()) LoadChunks(std::move(unread), [](absl::Status) {});
   return best;
 }
 
@@ -135,8 +147,10 @@ absl::StatusOr<std::vector<MapEntry>> PoolImpl::AllocateBlocks(VsdState* v, uint
       c->open = true;
       v->open_chunk = c->id;
     }
+    SCRIBE_CHECK(c->blocks != nullptr);
+    TouchChunk(c);
     for (uint32_t b = 0; b < kBlocksPerChunk && out.size() < n; ++b) {
-      if (c->refs[b] == 0 && !c->busy[b]) {
+      if (c->blocks->refs[b] == 0 && !c->busy[b]) {
         c->busy[b] = true;
         ++c->used;
         out.push_back(MapEntry{c->id, b, 0});
@@ -150,7 +164,7 @@ void PoolImpl::Unreserve(const MapEntry& e) {
   ChunkState* c = FindChunk(e.chunk);
   if (!c || !c->busy[e.block]) return;
   c->busy[e.block] = false;
-  if (c->refs[e.block] == 0) --c->used;
+  if (c->blocks->refs[e.block] == 0) --c->used;
   NoteMaybeReusable(c);
   MaybeFreeChunk(c);
 }

@@ -114,6 +114,10 @@ void PoolImpl::Apply(Decoder& d) {
       if (c) {
         ChunkRecordChanged(*c);
         for (const Replica& r : c->replicas) ReleaseSlot(r.disk, r.slot, id);
+        if (c->page.mapped()) DropPage(c->page);
+        if (c->blocks && !c->meta) chunk_lru_.erase(c->lru);
+        dirty_chunks_.erase(id);
+        delta_chunks_.erase(id);
         if (c->meta) meta_chunks_.erase(id);
         chunk_index_.erase(id);
         chunks_.erase(id);
@@ -203,7 +207,7 @@ void PoolImpl::Apply(Decoder& d) {
       for (uint32_t i = 0; i < count && d.ok(); ++i) {
         e.block = first + i;
         e.crc = d.U32();
-        if (c) c->crc[e.block] = e.crc;
+        if (c && !c->meta) SetBlockCrc(c, e.block, e.crc);
         if (v && lba + i < v->map.capacity_blocks()) v->map.Set(lba + i, e);
       }
       if (v && d.ok()) LogChange(v, lba, lba + count);
@@ -335,6 +339,17 @@ void PoolImpl::Apply(Decoder& d) {
       if (d.ok()) load_logs_.push_back(std::move(l));
       break;
     }
+    case kRecCkptDoomed: {
+      const int level = d.U8();
+      const MapEntry root = DecodePagePointer(d);
+      if (d.ok()) load_doomed_.push_back({level, root});
+      break;
+    }
+    case kRecCkptDroppedLeaf: {
+      const MapEntry page = DecodePagePointer(d);
+      if (d.ok()) load_dropped_.push_back(page);
+      break;
+    }
     case kRecCkptEnd:
       break;
     default:
@@ -389,9 +404,15 @@ void PoolImpl::InsertChunk(ChunkState c) {
   next_chunk_ = std::max(next_chunk_, c.id + 1);
   const uint64_t id = c.id;
   if (c.meta) meta_chunks_.insert(id);
+  // A new chunk (not one a group page names) starts empty, in memory.
+  const bool fresh = !c.page.mapped() && !c.blocks;
+  if (fresh) c.blocks = std::make_unique<ChunkBlocks>();
   ChunkState& slot = chunks_[id];
+  if (slot.blocks && !slot.meta) chunk_lru_.erase(slot.lru);  // replaced (replay)
   slot = std::move(c);
   chunk_index_[id] = &slot;
+  if (slot.blocks && !slot.meta) slot.lru = chunk_lru_.insert(chunk_lru_.end(), id);
+  if (fresh && !slot.meta) ChunkDirtied(&slot);
   ChunkRecordChanged(slot);
 }
 
@@ -448,13 +469,35 @@ void PoolImpl::ReleaseSlot(DiskId disk_id, uint64_t slot, uint64_t chunk) {
 void PoolImpl::RefBlock(const MapEntry& e) {
   ChunkState* c = FindChunk(e.chunk);
   SCRIBE_CHECK(c != nullptr);
-  if (c->refs[e.block]++ == 0 && !c->busy[e.block]) ++c->used;
+  if (!c->blocks) {
+    if (!c->delta) {
+      c->delta = std::make_unique<ChunkDelta>();
+      delta_chunks_.insert(c->id);
+    }
+    ++c->delta->refs[e.block];
+    ChunkDirtied(c);
+    return;
+  }
+  if (c->blocks->refs[e.block]++ == 0 && !c->busy[e.block]) ++c->used;
+  ChunkDirtied(c);
 }
 
 void PoolImpl::UnrefBlock(const MapEntry& e) {
   ChunkState* c = FindChunk(e.chunk);
-  SCRIBE_CHECK(c != nullptr && c->refs[e.block] > 0);
-  if (--c->refs[e.block] == 0) {
+  SCRIBE_CHECK(c != nullptr);
+  if (!c->blocks) {
+    // Applied (and the block freed, when it reaches 0) once the page is read back.
+    if (!c->delta) {
+      c->delta = std::make_unique<ChunkDelta>();
+      delta_chunks_.insert(c->id);
+    }
+    --c->delta->refs[e.block];
+    ChunkDirtied(c);
+    return;
+  }
+  SCRIBE_CHECK(c->blocks->refs[e.block] > 0);
+  ChunkDirtied(c);
+  if (--c->blocks->refs[e.block] == 0) {
     if (replaying_) {
       // Replayed records are durable already: the block is free at once (a later
       // record may reuse it).
@@ -472,7 +515,7 @@ void PoolImpl::UnrefBlock(const MapEntry& e) {
 void PoolImpl::ReleaseFrees(BlockFrees frees) {
   for (auto [chunk, block] : frees) {
     ChunkState* c = FindChunk(chunk);
-    if (!c || !c->busy[block] || c->refs[block] != 0) continue;
+    if (!c || !c->busy[block] || !c->blocks || c->blocks->refs[block] != 0) continue;
     c->busy[block] = false;
     --c->used;
     NoteMaybeReusable(c);
@@ -481,7 +524,8 @@ void PoolImpl::ReleaseFrees(BlockFrees frees) {
 }
 
 void PoolImpl::MaybeFreeChunk(ChunkState* c) {
-  if (c->used != 0 || c->open || c->rebuilding || c->writes_in_flight != 0) return;
+  // A chunk with a delta may have gained references its `used` does not show yet.
+  if (c->used != 0 || c->delta || c->open || c->rebuilding || c->writes_in_flight != 0) return;
   Encoder e;
   e.U8(kRecFreeChunk);
   e.U64(c->id);

@@ -70,6 +70,13 @@ void PoolImpl::Recover(std::vector<DiskSpec> disks, Done<std::unique_ptr<Pool>> 
             "no upgrade: reformat the disks",
             i)));
       }
+      if (magic == kSuperMagicV2) {
+        return done(absl::FailedPreconditionError(absl::StrFormat(
+            "disk %d holds a pool in on-disk format 2 (block references recounted from every "
+            "map leaf at open), which this version cannot open; format 3 stores them in chunk "
+            "state pages and there is no upgrade: reformat the disks",
+            i)));
+      }
       if (!DecodeSuperblock((*bufs)[i].data(), &sb)) {
         why.push_back(absl::StrFormat("disk %d: no pool superblock", i));
         continue;
@@ -137,6 +144,10 @@ void PoolImpl::Recover(std::vector<DiskSpec> disks, Done<std::unique_ptr<Pool>> 
 
 void PoolImpl::FinishRecover(const Candidate& best, const std::map<DiskId, BlockDevice*>& devs,
                    std::shared_ptr<std::unique_ptr<Pool>> holder, Done<std::unique_ptr<Pool>> done) {
+  // The deletes the root names as unfinished go first, at once: the run that wrote the
+  // journal tail went on with them, and its records (a chunk freed once they had
+  // emptied it, a freed block reused) follow from their references being gone.
+  while (!doomed_.empty()) ReapSome(SIZE_MAX);
   for (size_t i = best.root_payloads; i < best.payloads.size(); ++i) {
     Decoder d(best.payloads[i].data(), best.payloads[i].size());
     while (!d.done() && d.ok()) Apply(d);
@@ -209,10 +220,17 @@ void PoolImpl::LoadPages(StatusDone done) {
         return absl::DataLossError(absl::StrFormat("%s: chunk %d does not belong there",
                                                    DescribePointer(groups[i]), r.id));
       }
+      if (!r.state.mapped()) {
+        return absl::DataLossError(absl::StrFormat("%s: chunk %d has no state page",
+                                                   DescribePointer(groups[i]), r.id));
+      }
+      RETURN_IF_ERROR(ClaimPage(r.state));
       ChunkState c;
       c.id = r.id;
       c.replication = r.replication;
       c.replicas = std::move(r.replicas);
+      c.page = r.state;  // its blocks are read when needed
+      c.used = r.used;
       InsertChunk(std::move(c));
     }
     return absl::OkStatus();
@@ -220,13 +238,17 @@ void PoolImpl::LoadPages(StatusDone done) {
     if (!*alive) return;
     if (!st.ok()) return done(st);
     dirty_groups_.clear();  // as loaded
+    for (const MapEntry& p : load_dropped_) {
+      absl::Status claimed = ClaimPage(p);
+      if (!claimed.ok()) return done(claimed);
+    }
     auto nodes = std::make_shared<std::map<std::pair<uint64_t, uint32_t>, std::shared_ptr<BlockMap::Node>>>();
     auto pending = std::make_shared<std::vector<std::shared_ptr<BlockMap::Node>>>();
     absl::Status roots = LoadRoots(nodes.get(), pending.get());
     if (!roots.ok()) return done(roots);
     LoadNodes(nodes, pending, [this, alive, nodes, done](absl::Status st) {
       if (!*alive) return;
-      if (st.ok()) st = CountLoadedNodes(*nodes);
+      if (st.ok()) st = ClaimLoadedNodes(*nodes);
       if (!st.ok()) {
         // A failed open: the loaded nodes reference nothing (their blocks and pages were
         // never counted), so destroying them with the pool must not unreference.
@@ -238,8 +260,37 @@ void PoolImpl::LoadPages(StatusDone done) {
       }
       nodes->clear();  // only the maps hold nodes now, so sharing counts are exact
       if (!st.ok()) return done(st);
-      LoadLogs(done);
+      LoadLogs([this, alive, done](absl::Status st) {
+        if (!*alive) return;
+        if (!st.ok()) return done(st);
+        DropLoadedLeaves(done);
+      });
     });
+  });
+}
+
+void PoolImpl::DropLoadedLeaves(StatusDone done) {
+  auto pages = std::make_shared<std::vector<MapEntry>>(std::move(load_dropped_));
+  load_dropped_.clear();
+  auto alive = alive_;
+  ReadPages(*pages, [this, pages](size_t i, const uint8_t* page) -> absl::Status {
+    BlockMap::Entries entries{};
+    uint32_t mapped = 0;
+    RETURN_IF_ERROR(DecodeLeafPage(page, (*pages)[i], pool_uuid_, &entries, &mapped));
+    for (const MapEntry& e : entries) {
+      if (!e.mapped()) continue;
+      if (FindChunk(e.chunk) == nullptr) {
+        return absl::DataLossError(absl::StrFormat("%s: names chunk %d, which does not exist",
+                                                   DescribePointer((*pages)[i]), e.chunk));
+      }
+      UnrefBlock(e);
+    }
+    return absl::OkStatus();
+  }, [this, alive, pages, done](absl::Status st) {
+    if (!*alive) return;
+    if (!st.ok()) return done(st);
+    for (const MapEntry& p : *pages) DropPage(p);
+    done(absl::OkStatus());
   });
 }
 
@@ -281,6 +332,16 @@ absl::Status PoolImpl::LoadRoots(std::map<std::pair<uint64_t, uint32_t>, std::sh
     *map = BlockMap::FromRoot(&refs_, map->capacity_blocks(), r.levels, std::move(root));
   }
   load_roots_.clear();
+  for (const auto& [level, p] : load_doomed_) {
+    if (!p.mapped() || level < 0 || level > 8) {
+      return absl::DataLossError(absl::StrFormat("a tree being deleted has a %s at level %d",
+                                                 DescribePointer(p), level));
+    }
+    std::shared_ptr<BlockMap::Node> n;
+    ASSIGN_OR_RETURN(n, LoadedNode(nodes, pending, p, level));
+    doomed_.push_back(std::move(n));
+  }
+  load_doomed_.clear();
   return absl::OkStatus();
 }
 
@@ -310,7 +371,7 @@ void PoolImpl::LoadNodes(std::shared_ptr<std::map<std::pair<uint64_t, uint32_t>,
   });
 }
 
-absl::Status PoolImpl::CountLoadedNodes(
+absl::Status PoolImpl::ClaimLoadedNodes(
     const std::map<std::pair<uint64_t, uint32_t>, std::shared_ptr<BlockMap::Node>>& nodes) {
   for (const auto& [key, n] : nodes) {
     RETURN_IF_ERROR(ClaimPage(n->page));
@@ -322,8 +383,7 @@ absl::Status PoolImpl::CountLoadedNodes(
         return absl::DataLossError(absl::StrFormat("%s: names block %d of chunk %d, which holds no data",
                                                    DescribePointer(n->page), e.block, e.chunk));
       }
-      c->crc[e.block] = e.crc;
-      RefBlock(e);
+      // Its reference is counted in the chunk's state page.
     }
   }
   dirty_nodes_ = 0;

@@ -35,20 +35,23 @@ void PoolImpl::ScrubNext(std::shared_ptr<std::vector<uint64_t>> ids, size_t i,
   auto alive = alive_;
   auto g = MakeGather(static_cast<int>(copies.size()) + 1, [=, this](absl::Status) {
     if (!*alive) return;
-    ChunkState* c = FindChunk(chunk_id);
+    // The checksums are in the chunk's state (read back first if not in memory).
+    WithChunk(chunk_id, [=, this](absl::Status st, ChunkState* c) {
+    if (!*alive) return;
+    if (!st.ok() && !absl::IsNotFound(st)) return done(st);
     // The next chunk starts once this chunk's repairs have landed.
     auto repairs = MakeGather(1, [=, this](absl::Status) {
       if (*alive) ScrubNext(ids, i + 1, report, done);
     });
     if (c) {
       for (uint32_t b = 0; b < kBlocksPerChunk; ++b) {
-        if (c->refs[b] == 0 || c->busy[b]) continue;
+        if (c->blocks->refs[b] == 0 || c->busy[b]) continue;
         report->blocks_checked++;
         int good = -1;
         std::vector<size_t> bad;
         for (size_t k = 0; k < copies.size(); ++k) {
           const bool ok = (*statuses)[k].ok() &&
-                          Crc32c((*bufs)[k].data() + b * kBlockBytes, kBlockBytes) == c->crc[b];
+                          Crc32c((*bufs)[k].data() + b * kBlockBytes, kBlockBytes) == c->blocks->crc[b];
           if (ok && good < 0) good = static_cast<int>(k);
           if (!ok) bad.push_back(k);
         }
@@ -68,6 +71,7 @@ void PoolImpl::ScrubNext(std::shared_ptr<std::vector<uint64_t>> ids, size_t i,
       }
     }
     repairs->Finish(absl::OkStatus());
+    });
   });
   for (size_t k = 0; k < copies.size(); ++k) {
     disks_.at(copies[k].disk).dev->Read(ReplicaOffset(copies[k], 0), kChunkBytes, (*bufs)[k].data(),

@@ -78,11 +78,6 @@ absl::StatusOr<VsdId> PoolImpl::FindVsd(const std::string& name) const {
   return it->second;
 }
 
-uint32_t PoolImpl::RefCount(const MapEntry& e) const {
-  const ChunkState* c = FindChunk(e.chunk);
-  return c == nullptr ? 0 : c->refs[e.block];
-}
-
 absl::StatusOr<VsdInfo> PoolImpl::GetVsdInfo(VsdId vsd) const {
   const VsdState* v = FindVsdState(vsd);
   if (!v) return NotFound(vsd);

@@ -7,9 +7,9 @@
 // copy-on-write radix tree; writes always go to fresh blocks (redirect-on-write), so a
 // crash never tears a block, a snapshot is a pinned root (O(1)), a clone is a new VSD
 // sharing that root (O(1), no parent chain), and a diff walks only subtrees that differ.
-// Block reference counts are the number of tree leaves naming a block; a block is
-// freed when its last leaf goes, and only after the metadata that stopped using it is
-// durable.
+// Block reference counts are the number of tree leaves naming a block, kept with each
+// block's checksum in one metadata page per chunk; a block is freed when its last leaf
+// goes, and only after the metadata that stopped using it is durable.
 //
 // Durability. A completed Write is visible to reads but, like a disk's volatile cache,
 // may be lost in a power cut until a Flush (or a write with `fua`) completes; a lost
@@ -65,11 +65,13 @@ struct PoolOptions {
   // Deleted snapshots and VSDs are freed in the background: 16 tree nodes (up to 4,096
   // block references) per step, with this pause between steps for the I/O in flight.
   int64_t background_delete_pause_ns = 100'000;
-  // Memory for block-map leaves (4 KiB each, mapping 256 blocks) that have not changed
-  // since the last checkpoint; leaves beyond it are dropped, least recently used first,
-  // and read back from their pages when an I/O, a diff or fsck needs them. The default
-  // keeps the maps of 64 GiB of sequentially written data. Changed leaves stay until
-  // the next checkpoint (checkpoint_dirty_pages_max bounds them).
+  // Memory for metadata that has not changed since the last checkpoint: block-map leaves
+  // (4 KiB each, mapping 256 blocks) and, in a quarter of it beyond the leaves, chunk
+  // states (2 KiB each: the reference counts and checksums of a 1 MiB chunk's blocks).
+  // Beyond it the least recently used are dropped and read back from their pages when
+  // an I/O, a diff, heal, scrub or fsck needs them. The default keeps the maps of 64 GiB
+  // of sequentially written data and the states of 32 GiB of chunks. Changed ones stay
+  // until the next checkpoint (checkpoint_dirty_pages_max bounds them).
   uint64_t metadata_cache_bytes = 256ull << 20;
   // Times a read retries when every copy of a block fails its checksum (the block may
   // have been rewritten and reused underneath it).
@@ -175,6 +177,13 @@ struct PoolStats {
   uint64_t map_leaves_evicted = 0;
   uint64_t map_leaf_waits = 0;
   uint64_t map_leaf_wait_ns = 0;
+  // Data chunk states (see PoolOptions::metadata_cache_bytes): in memory now, read back
+  // and evicted since this instance was created or opened, and with changes waiting for
+  // their page to be read.
+  uint64_t chunk_states_in_memory = 0;
+  uint64_t chunk_states_read = 0;
+  uint64_t chunk_states_evicted = 0;
+  uint64_t chunk_states_with_deltas = 0;
   // Diffs since this instance was created or opened: answered from the change logs of
   // the snapshot intervals between the two snapshots, or by walking both block maps.
   uint64_t diffs_from_change_logs = 0;
