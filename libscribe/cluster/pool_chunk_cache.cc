@@ -100,6 +100,14 @@ void PoolImpl::ChunkLoaded(ChunkState* c, std::unique_ptr<ChunkBlocks> blocks) {
   ChunkDirtied(c);
 }
 
+ChunkDelta* PoolImpl::DeltaOf(ChunkState* c) {
+  if (!c->delta) {
+    c->delta = std::make_unique<ChunkDelta>();
+    delta_chunks_.insert(c->id);
+  }
+  return c->delta.get();
+}
+
 void PoolImpl::ChunkDirtied(ChunkState* c) {
   if (c->meta || c->dirty) return;
   c->dirty = true;
@@ -115,12 +123,9 @@ void PoolImpl::SetBlockCrc(ChunkState* c, uint32_t block, uint32_t crc) {
   if (c->blocks) {
     c->blocks->crc[block] = crc;
   } else {
-    if (!c->delta) {
-      c->delta = std::make_unique<ChunkDelta>();
-      delta_chunks_.insert(c->id);
-    }
-    c->delta->crc[block] = crc;
-    c->delta->crc_set[block] = true;
+    ChunkDelta* d = DeltaOf(c);
+    d->crc[block] = crc;
+    d->crc_set[block] = true;
   }
   ChunkDirtied(c);
 }

@@ -299,6 +299,9 @@ class PoolImpl : public Pool {
 
   void DropEvictedLeaves();
 
+  // Drops one reference from each block a leaf page names (every chunk must exist).
+  absl::Status UnrefLeafPage(const uint8_t* page, const MapEntry& p);
+
   // Every leaf of every map and of every tree being deleted.
   std::vector<std::shared_ptr<BlockMap::Node>> AllLeaves() const;
 
@@ -319,6 +322,9 @@ class PoolImpl : public Pool {
 
   // Gives a chunk read back its blocks, applying its delta.
   void ChunkLoaded(ChunkState* c, std::unique_ptr<ChunkBlocks> blocks);
+
+  // The delta of a chunk whose blocks are not in memory (made on first use).
+  ChunkDelta* DeltaOf(ChunkState* c);
 
   // The chunk's blocks changed (they need a page at the next checkpoint).
   void ChunkDirtied(ChunkState* c);

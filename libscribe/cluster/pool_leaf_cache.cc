@@ -156,18 +156,10 @@ void PoolImpl::DropEvictedLeaves() {
   for (const MapEntry& p : *pages) {
     ReadPage(p, [this, alive, p, g](absl::StatusOr<std::shared_ptr<AlignedBuffer>> r) {
       if (!*alive) return;
-      BlockMap::Entries entries{};
-      uint32_t mapped = 0;
       absl::Status st = r.status();
-      if (st.ok()) st = DecodeLeafPage((*r)->data(), p, pool_uuid_, &entries, &mapped);
-      if (st.ok()) {
-        for (const MapEntry& e : entries) {
-          if (e.mapped()) UnrefBlock(e);
-        }
-      } else {
-        // Its blocks stay referenced (space lost until fsck finds them, never data).
-        ++dropped_leaves_unread_;
-      }
+      if (st.ok()) st = UnrefLeafPage((*r)->data(), p);
+      // Unread, its blocks stay referenced (space lost until fsck finds them, never data).
+      if (!st.ok()) ++dropped_leaves_unread_;
       auto it = std::find_if(dropping_leaves_now_.begin(), dropping_leaves_now_.end(),
                              [&](const MapEntry& q) { return q.SameBlock(p); });
       if (it != dropping_leaves_now_.end()) dropping_leaves_now_.erase(it);
@@ -175,6 +167,22 @@ void PoolImpl::DropEvictedLeaves() {
       g->Finish(absl::OkStatus());
     });
   }
+}
+
+absl::Status PoolImpl::UnrefLeafPage(const uint8_t* page, const MapEntry& p) {
+  BlockMap::Entries entries{};
+  uint32_t mapped = 0;
+  RETURN_IF_ERROR(DecodeLeafPage(page, p, pool_uuid_, &entries, &mapped));
+  for (const MapEntry& e : entries) {
+    if (e.mapped() && FindChunk(e.chunk) == nullptr) {
+      return absl::DataLossError(absl::StrFormat("%s: names chunk %d, which does not exist",
+                                                 DescribePointer(p), e.chunk));
+    }
+  }
+  for (const MapEntry& e : entries) {
+    if (e.mapped()) UnrefBlock(e);
+  }
+  return absl::OkStatus();
 }
 
 std::vector<std::shared_ptr<BlockMap::Node>> PoolImpl::AllLeaves() const {

@@ -470,11 +470,7 @@ void PoolImpl::RefBlock(const MapEntry& e) {
   ChunkState* c = FindChunk(e.chunk);
   SCRIBE_CHECK(c != nullptr);
   if (!c->blocks) {
-    if (!c->delta) {
-      c->delta = std::make_unique<ChunkDelta>();
-      delta_chunks_.insert(c->id);
-    }
-    ++c->delta->refs[e.block];
+    ++DeltaOf(c)->refs[e.block];
     ChunkDirtied(c);
     return;
   }
@@ -487,11 +483,7 @@ void PoolImpl::UnrefBlock(const MapEntry& e) {
   SCRIBE_CHECK(c != nullptr);
   if (!c->blocks) {
     // Applied (and the block freed, when it reaches 0) once the page is read back.
-    if (!c->delta) {
-      c->delta = std::make_unique<ChunkDelta>();
-      delta_chunks_.insert(c->id);
-    }
-    --c->delta->refs[e.block];
+    --DeltaOf(c)->refs[e.block];
     ChunkDirtied(c);
     return;
   }

@@ -63,19 +63,22 @@ void PoolImpl::Recover(std::vector<DiskSpec> disks, Done<std::unique_ptr<Pool>> 
       }
       uint32_t magic;
       std::memcpy(&magic, (*bufs)[i].data(), 4);
-      if (magic == kSuperMagicV1) {
+      // Older formats: refused with what they were (there is no upgrade).
+      static constexpr struct {
+        uint32_t magic;
+        int format;
+        const char* what;
+      } kOldFormats[] = {
+          {kSuperMagicV1, 1, "metadata kept whole in the journal"},
+          {kSuperMagicV2, 2, "block references recounted from every map leaf at open"},
+      };
+      for (const auto& old : kOldFormats) {
+        if (magic != old.magic) continue;
         return done(absl::FailedPreconditionError(absl::StrFormat(
-            "disk %d holds a pool in on-disk format 1 (metadata kept whole in the journal), "
-            "which this version cannot open; format 2 keeps metadata in pages and there is "
-            "no upgrade: reformat the disks",
-            i)));
-      }
-      if (magic == kSuperMagicV2) {
-        return done(absl::FailedPreconditionError(absl::StrFormat(
-            "disk %d holds a pool in on-disk format 2 (block references recounted from every "
-            "map leaf at open), which this version cannot open; format 3 stores them in chunk "
-            "state pages and there is no upgrade: reformat the disks",
-            i)));
+            "disk %d holds a pool in on-disk format %d (%s), which this version cannot open; "
+            "format 3 keeps metadata in pages with stored block references, and there is no "
+            "upgrade: reformat the disks",
+            i, old.format, old.what)));
       }
       if (!DecodeSuperblock((*bufs)[i].data(), &sb)) {
         why.push_back(absl::StrFormat("disk %d: no pool superblock", i));
@@ -274,18 +277,7 @@ void PoolImpl::DropLoadedLeaves(StatusDone done) {
   load_dropped_.clear();
   auto alive = alive_;
   ReadPages(*pages, [this, pages](size_t i, const uint8_t* page) -> absl::Status {
-    BlockMap::Entries entries{};
-    uint32_t mapped = 0;
-    RETURN_IF_ERROR(DecodeLeafPage(page, (*pages)[i], pool_uuid_, &entries, &mapped));
-    for (const MapEntry& e : entries) {
-      if (!e.mapped()) continue;
-      if (FindChunk(e.chunk) == nullptr) {
-        return absl::DataLossError(absl::StrFormat("%s: names chunk %d, which does not exist",
-                                                   DescribePointer((*pages)[i]), e.chunk));
-      }
-      UnrefBlock(e);
-    }
-    return absl::OkStatus();
+    return UnrefLeafPage(page, (*pages)[i]);
   }, [this, alive, pages, done](absl::Status st) {
     if (!*alive) return;
     if (!st.ok()) return done(st);

@@ -37,40 +37,40 @@ void PoolImpl::ScrubNext(std::shared_ptr<std::vector<uint64_t>> ids, size_t i,
     if (!*alive) return;
     // The checksums are in the chunk's state (read back first if not in memory).
     WithChunk(chunk_id, [=, this](absl::Status st, ChunkState* c) {
-    if (!*alive) return;
-    if (!st.ok() && !absl::IsNotFound(st)) return done(st);
-    // The next chunk starts once this chunk's repairs have landed.
-    auto repairs = MakeGather(1, [=, this](absl::Status) {
-      if (*alive) ScrubNext(ids, i + 1, report, done);
-    });
-    if (c) {
-      for (uint32_t b = 0; b < kBlocksPerChunk; ++b) {
-        if (c->blocks->refs[b] == 0 || c->busy[b]) continue;
-        report->blocks_checked++;
-        int good = -1;
-        std::vector<size_t> bad;
-        for (size_t k = 0; k < copies.size(); ++k) {
-          const bool ok = (*statuses)[k].ok() &&
-                          Crc32c((*bufs)[k].data() + b * kBlockBytes, kBlockBytes) == c->blocks->crc[b];
-          if (ok && good < 0) good = static_cast<int>(k);
-          if (!ok) bad.push_back(k);
-        }
-        report->bad_copies += bad.size();
-        if (good < 0) {
-          if (!copies.empty()) report->unrecoverable++;
-          continue;
-        }
-        for (size_t k : bad) {
-          ++repairs->remaining;
-          Repair(copies[k], chunk_id, b, 1, (*bufs)[good].data() + b * kBlockBytes,
-                 [report, repairs](absl::Status st) {
-                   if (st.ok()) report->repaired++;
-                   repairs->Finish(absl::OkStatus());
-                 });
+      if (!*alive) return;
+      if (!st.ok() && !absl::IsNotFound(st)) return done(st);
+      // The next chunk starts once this chunk's repairs have landed.
+      auto repairs = MakeGather(1, [=, this](absl::Status) {
+        if (*alive) ScrubNext(ids, i + 1, report, done);
+      });
+      if (c) {
+        for (uint32_t b = 0; b < kBlocksPerChunk; ++b) {
+          if (c->blocks->refs[b] == 0 || c->busy[b]) continue;
+          report->blocks_checked++;
+          int good = -1;
+          std::vector<size_t> bad;
+          for (size_t k = 0; k < copies.size(); ++k) {
+            const bool ok = (*statuses)[k].ok() &&
+                            Crc32c((*bufs)[k].data() + b * kBlockBytes, kBlockBytes) == c->blocks->crc[b];
+            if (ok && good < 0) good = static_cast<int>(k);
+            if (!ok) bad.push_back(k);
+          }
+          report->bad_copies += bad.size();
+          if (good < 0) {
+            if (!copies.empty()) report->unrecoverable++;
+            continue;
+          }
+          for (size_t k : bad) {
+            ++repairs->remaining;
+            Repair(copies[k], chunk_id, b, 1, (*bufs)[good].data() + b * kBlockBytes,
+                   [report, repairs](absl::Status st) {
+                     if (st.ok()) report->repaired++;
+                     repairs->Finish(absl::OkStatus());
+                   });
+          }
         }
       }
-    }
-    repairs->Finish(absl::OkStatus());
+      repairs->Finish(absl::OkStatus());
     });
   });
   for (size_t k = 0; k < copies.size(); ++k) {
