@@ -3,7 +3,7 @@
 //   bazel run -c opt //libscribe/bench:pool_benchmark -- [--dir=/var/tmp] [--gib=1]
 //       [--only=throughput|striping|snapshots|delete|diff|metadata|cache]
 //   --only=metadata maps --gib of data on files that keep only metadata (TiB scale);
-//   --cache-mib=N sets its leaf cache.
+//   --cache-mib=N sets its metadata cache (leaves and chunk states).
 //   --runs=N (default 5): the snapshot series repeated, for min / median / max.
 //   --only=cache: 4 KiB random I/O on a --gib VSD with the map cached whole, then with
 //   a leaf cache of 1/8 of its leaves (the cost of a miss; checkpoints every 1/4 of the
@@ -270,13 +270,21 @@ void MetadataScale(RealLoop* loop, Random* random, const std::string& dir, uint6
   const PoolStats after = pool->Stats();
   const uint64_t pages = after.checkpoint_pages_written - opened.checkpoint_pages_written;
   const uint64_t ckpts = after.checkpoints - opened.checkpoints;
-  const uint64_t dirtied = leaves.size() + parents.size() + 2;
+  const uint64_t nodes_dirtied = leaves.size() + parents.size() + 2;
+  // Chunk states dirtied: the chunk of each overwritten block (the data was mapped 1 MiB
+  // at a time, so a leaf's blocks are one chunk), the new chunks the writes filled, and
+  // the group pages naming them (32 chunks to a group).
+  const uint64_t states_dirtied = leaves.size() + (writes + 255) / 256;
+  const uint64_t dirtied = nodes_dirtied + states_dirtied + (states_dirtied + 31) / 32;
   std::printf("metadata at %lu GiB mapped (1 MiB writes, full leaves; data not stored): mapped in %.1f s\n",
               static_cast<unsigned long>(gib), map_s);
-  std::printf("  memory (leaf cache %lu MiB): heap in use +%.0f MiB after mapping, +%.0f MiB after reopening (%.2f MiB per GiB mapped); %lu leaves in memory\n",
+  std::printf("  memory (metadata cache %lu MiB): heap in use +%.0f MiB after mapping, +%.0f MiB after reopening (%.2f MiB per GiB mapped); %lu leaves and %lu chunk states in memory after mapping, %lu and %lu after reopening\n",
               static_cast<unsigned long>(options.metadata_cache_bytes >> 20),
               (heap_mapped - heap0) / 1048576.0, (heap_open - heap0) / 1048576.0,
-              (heap_open - heap0) / 1048576.0 / gib, static_cast<unsigned long>(opened.map_leaves_in_memory));
+              (heap_open - heap0) / 1048576.0 / gib, static_cast<unsigned long>(mapped.map_leaves_in_memory),
+              static_cast<unsigned long>(mapped.chunk_states_in_memory),
+              static_cast<unsigned long>(opened.map_leaves_in_memory),
+              static_cast<unsigned long>(opened.chunk_states_in_memory));
   std::printf("  resident (RSS, includes free heap kept by fragmentation): +%.0f MiB after mapping, +%.0f MiB after reopening; peak +%.0f MiB (the open loads every leaf, then evicts)\n",
               (rss_mapped - rss0) / 1048576.0, (rss_open - rss0) / 1048576.0,
               (peak_open - rss0) / 1048576.0);
@@ -284,11 +292,14 @@ void MetadataScale(RealLoop* loop, Random* random, const std::string& dir, uint6
               static_cast<unsigned long>(mapped.metadata_chunks), static_cast<unsigned long>(mapped.checkpoints),
               static_cast<unsigned long>(mapped.checkpoint_pages_written), static_cast<unsigned long>(largest),
               static_cast<unsigned long>(opened.last_checkpoint_root_bytes));
-  std::printf("  open: %.3f s (reads every page: grows with the metadata)\n", open_s);
-  std::printf("  %d scattered 4 KiB writes + flush: %lu checkpoints wrote %lu pages for %lu distinct nodes dirtied (%.2fx; %.2f pages per write)\n",
+  std::printf("  open: %.3f s (reads every tree page and chunk group, no chunk state: grows with the metadata); %lu chunk states read\n",
+              open_s, static_cast<unsigned long>(opened.chunk_states_read));
+  std::printf("  %d scattered 4 KiB writes + flush: %lu checkpoints wrote %lu pages for %lu distinct pages dirtied (%lu nodes, ~%lu chunk states and their groups) (%.2fx; %.2f pages per write); %lu chunk states read back\n",
               writes, static_cast<unsigned long>(ckpts), static_cast<unsigned long>(pages),
-              static_cast<unsigned long>(dirtied), static_cast<double>(pages) / dirtied,
-              static_cast<double>(pages) / writes);
+              static_cast<unsigned long>(dirtied), static_cast<unsigned long>(nodes_dirtied),
+              static_cast<unsigned long>(states_dirtied), static_cast<double>(pages) / dirtied,
+              static_cast<double>(pages) / writes,
+              static_cast<unsigned long>(after.chunk_states_read - opened.chunk_states_read));
   pool.reset();
   devs.clear();
   for (auto& p : paths) unlink(p.c_str());

@@ -115,13 +115,16 @@ void PoolImpl::ReadPage(const MapEntry& p, std::function<void(absl::StatusOr<std
   auto copies = std::make_shared<std::vector<Replica>>(c->replicas);
   std::stable_partition(copies->begin(), copies->end(), [](const Replica& r) { return !r.stale; });
   auto alive = alive_;
+  // The next attempt. It names itself weakly: the read in flight holds it, so it goes
+  // when that read's callback does (answered, or dropped with the pool or the device).
   auto attempt = std::make_shared<std::function<void(size_t)>>();
-  *attempt = [this, alive, p, buf, why, copies, attempt, done](size_t i) {
+  std::weak_ptr<std::function<void(size_t)>> self = attempt;
+  *attempt = [this, alive, p, buf, why, copies, self, done](size_t i) {
+    auto attempt = self.lock();
     if (i == copies->size()) {
       absl::Status st = absl::DataLossError(
           absl::StrFormat("%s: no good copy (%s)", DescribePointer(p), absl::StrJoin(*why, "; ")));
       loop_->Post([done, st] { done(st); });
-      *attempt = nullptr;  // break the cycle (this lambda and its captures are gone now)
       return;
     }
     const Replica r = (*copies)[i];
@@ -136,10 +139,7 @@ void PoolImpl::ReadPage(const MapEntry& p, std::function<void(absl::StatusOr<std
     d->dev->Read(ReplicaOffset(r, p.block), kPageBytes, buf->data(),
                  Timed([this, alive, p, buf, why, attempt, done, r, i](absl::Status st) {
                    if (!*alive) return;
-                   if (st.ok() && Crc32c(buf->data(), kPageBytes) == p.crc) {
-                     *attempt = nullptr;
-                     return done(buf);
-                   }
+                   if (st.ok() && Crc32c(buf->data(), kPageBytes) == p.crc) return done(buf);
                    why->push_back(absl::StrFormat("disk %d: %s", r.disk.value,
                                                   st.ok() ? "checksum mismatch" : st.message()));
                    (*attempt)(i + 1);
@@ -183,8 +183,13 @@ void PoolImpl::ReadPages(std::vector<MapEntry> pages,
     s->runs.push_back({i});
   }
   auto alive = alive_;
+  // Issues reads while fewer than kPageReadsInFlight are. It names itself weakly: the
+  // reads in flight hold it, so it goes with their callbacks (answered, or dropped with
+  // the pool or the device), never in a cycle.
   auto pump = std::make_shared<std::function<void()>>();
-  *pump = [this, alive, s, pump]() {
+  std::weak_ptr<std::function<void()>> self = pump;
+  *pump = [this, alive, s, self]() {
+    auto pump = self.lock();
     while (s->error.ok() && (!s->singles.empty() || !s->runs.empty()) &&
            s->in_flight < kPageReadsInFlight) {
       ++s->in_flight;
@@ -218,9 +223,7 @@ void PoolImpl::ReadPages(std::vector<MapEntry> pages,
     }
     if (s->in_flight == 0 && (!s->error.ok() || (s->singles.empty() && s->runs.empty()))) {
       StatusDone d = std::move(s->done);
-      const absl::Status error = s->error;
-      *pump = nullptr;  // break the cycle (this lambda and its captures are gone now)
-      if (d) d(error);
+      if (d) d(s->error);
     }
   };
   (*pump)();

@@ -608,6 +608,11 @@ TEST(PoolMetadata, APowerCutAtEveryStepOfACheckpointLosesNothingAcknowledged) {
       steps = k;
     } else {
       ASSERT_TRUE(dead) << "the open neither finished nor reached the cut";
+      // The cut open's disks answer nothing from here on: it fails once its I/Os time
+      // out (until then it holds itself through their callbacks, as any open waiting
+      // for its disks does).
+      loop.RunUntil([&] { return opened.has_value(); }, 600'000'000'000);
+      ASSERT_TRUE(opened.has_value()) << "an open whose disks stopped answering never ended";
       opened.reset();
       auto again = Wait<std::unique_ptr<Pool>>(&loop, [&](auto done) { Pool::Open(&loop, &random, options, raw, done); });
       ASSERT_TRUE(again.ok()) << again.status();
