@@ -172,7 +172,9 @@ void PoolImpl::LoadDeltaChunks() {
                  for (auto& w : waiters) w(st);
                  return;
                }
-               if (!committing_ && !commit_waiters_.empty()) StartCommit();
+               // The checkpoint that was due (for a waiting commit, or because enough
+               // pages changed) can be written now.
+               if (!committing_) Commit([](absl::Status) {});
              });
 }
 

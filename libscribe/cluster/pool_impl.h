@@ -341,7 +341,7 @@ class PoolImpl : public Pool {
   void TrimChunks();
 
   // Reads, in the background, the chunks with deltas (a checkpoint needs none), then
-  // commits if a commit waits.
+  // commits (the checkpoint that was due).
   void LoadDeltaChunks();
 
   // ---------------------------------------------------------------- refcounts
