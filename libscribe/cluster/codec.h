@@ -63,6 +63,7 @@ class Decoder {
   }
   bool ok() const { return ok_; }
   bool done() const { return p_ == end_; }
+  size_t remaining() const { return static_cast<size_t>(end_ - p_); }
 
  private:
   const char* p_;

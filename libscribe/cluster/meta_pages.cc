@@ -104,6 +104,15 @@ uint32_t EncodeNodePage(const BlockMap::Node& n, uint64_t pool_uuid, uint8_t* pa
     SCRIBE_CHECK(e.chunk <= kMaxChunkId && e.block < 256);
     PutPointer(body + i * kPageEntryBytes, e);
     ++count;
+    if (n.level == 1) {
+      const BlockMap::Node& leaf = *n.children[i];
+      SCRIBE_CHECK(leaf.mapped <= BlockMap::kFanout && leaf.unique_counted <= leaf.mapped);
+      const uint32_t counts = leaf.mapped | leaf.unique_counted << 12;
+      uint8_t* at = page + kLeafCountsOffset + i * 3;
+      at[0] = counts & 0xff;
+      at[1] = (counts >> 8) & 0xff;
+      at[2] = counts >> 16;
+    }
   }
   return SealPage(page, n.level == 0 ? PageType::kMapLeaf : PageType::kMapInterior, n.level, count,
                   pool_uuid);
@@ -137,13 +146,28 @@ absl::Status DecodeEntries(const uint8_t* page, const MapEntry& pointer, uint64_
 }  // namespace
 
 absl::Status DecodeNodePage(const uint8_t* page, const MapEntry& pointer, uint64_t pool_uuid,
-                            BlockMap::Node* n, std::vector<std::pair<uint32_t, MapEntry>>* children) {
+                            BlockMap::Node* n, std::vector<ChildPointer>* children) {
   if (n->level == 0) {
     SCRIBE_CHECK(n->entries != nullptr);
     return DecodeLeafPage(page, pointer, pool_uuid, n->entries.get(), &n->mapped);
   }
-  return DecodeEntries(page, pointer, pool_uuid, n->level,
-                       [&](uint32_t i, const MapEntry& e) { children->push_back({i, e}); });
+  bool counts_ok = true;
+  RETURN_IF_ERROR(DecodeEntries(page, pointer, pool_uuid, n->level, [&](uint32_t i, const MapEntry& e) {
+    ChildPointer c{i, e, 0, 0};
+    if (n->level == 1) {
+      const uint8_t* at = page + kLeafCountsOffset + i * 3;
+      const uint32_t counts = at[0] | at[1] << 8 | at[2] << 16;
+      c.mapped = counts & 0xfff;
+      c.unique = counts >> 12;
+      counts_ok = counts_ok && c.mapped <= BlockMap::kFanout && c.unique <= c.mapped;
+    }
+    children->push_back(c);
+  }));
+  if (!counts_ok) {
+    return absl::DataLossError(absl::StrFormat("%s: a leaf's block counts are out of range",
+                                               DescribePointer(pointer)));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status DecodeLeafPage(const uint8_t* page, const MapEntry& pointer, uint64_t pool_uuid,

@@ -1,4 +1,4 @@
-// On-disk metadata pages (pool format 2).
+// On-disk metadata pages (pool format 4).
 //
 // Block-map tree nodes, chunk records and change logs are kept as 4 KiB pages in the
 // pool's own space (metadata chunks, mirrored on distinct nodes like data) and written
@@ -13,7 +13,9 @@
 // type, level, count, pool uuid) then the body:
 //
 //   map leaf      256 entries x 12 bytes: (chunk << 8 | block) u64, crc32c u32 (0 = unmapped)
-//   map interior  256 child pointers x 12 bytes, the same encoding
+//   map interior  256 child pointers x 12 bytes, the same encoding; at level 1 then 256 x 3
+//                 bytes: each child leaf's mapped and single-reference block counts
+//                 (12 bits each), so an open needs no leaf to know a map's usage
 //   chunk group   up to kChunksPerGroup chunk records (id, replication, copies, the
 //                 pointer to the chunk's state page, blocks in use)
 //   chunk state   a data chunk's id, then 256 reference counts and 256 block crc32c
@@ -36,6 +38,9 @@ namespace scribe {
 constexpr uint32_t kPageBytes = 4096;
 constexpr uint32_t kPageHeaderBytes = 32;
 constexpr uint32_t kPageEntryBytes = 12;
+// Where a level-1 interior page keeps its leaves' counts (after the 256 pointers).
+constexpr uint32_t kLeafCountsOffset = kPageHeaderBytes + 256 * kPageEntryBytes;
+static_assert(kLeafCountsOffset + 256 * 3 <= kPageBytes);
 // Chunk ids are grouped by id / kChunksPerGroup into one page each (a record is
 // 24 + 9 bytes per copy: 32 records fit with up to 11 copies each).
 constexpr uint64_t kChunksPerGroup = 32;
@@ -66,11 +71,18 @@ MapEntry GetPointer(const uint8_t* at);
 // A block-map node. Interior nodes name their children by the children's `page`, which
 // must be set (children are written first).
 uint32_t EncodeNodePage(const BlockMap::Node& n, uint64_t pool_uuid, uint8_t* page);
+// An interior node's child: its index, page, and (children that are leaves) the
+// leaf's counts as of its last write.
+struct ChildPointer {
+  uint32_t index = 0;
+  MapEntry page;
+  uint32_t mapped = 0;
+  uint32_t unique = 0;
+};
 // Decodes a node page into `n` (whose level must be set): a leaf's entries and mapped
-// count, or an interior node's child pointers into `children` (index, pointer). Adds no
-// block references.
+// count, or an interior node's children into `children`. Adds no block references.
 absl::Status DecodeNodePage(const uint8_t* page, const MapEntry& pointer, uint64_t pool_uuid,
-                            BlockMap::Node* n, std::vector<std::pair<uint32_t, MapEntry>>* children);
+                            BlockMap::Node* n, std::vector<ChildPointer>* children);
 // A leaf page's entries (into `entries`, which must be all unmapped) and their count.
 absl::Status DecodeLeafPage(const uint8_t* page, const MapEntry& pointer, uint64_t pool_uuid,
                             BlockMap::Entries* entries, uint32_t* mapped);

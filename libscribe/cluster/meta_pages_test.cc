@@ -32,7 +32,7 @@ TEST(MetaPages, LeafRoundTrips) {
   EXPECT_EQ(crc, Crc32c(page.data(), kPageBytes));
 
   BlockMap::Node out(0, &no_refs);
-  std::vector<std::pair<uint32_t, MapEntry>> children;
+  std::vector<ChildPointer> children;
   ASSERT_TRUE(DecodeNodePage(page.data(), At(9, 9, crc), kUuid, &out, &children).ok());
   EXPECT_TRUE(children.empty());
   EXPECT_EQ(out.mapped, 2u);
@@ -47,17 +47,53 @@ TEST(MetaPages, LeafRoundTrips) {
 TEST(MetaPages, InteriorNamesItsChildrenPages) {
   auto child = std::make_shared<BlockMap::Node>(0, &no_refs);
   child->page = At(5, 17, 0xabcd);
+  child->mapped = 256;
+  child->unique_counted = 17;
   BlockMap::Node parent(1, &no_refs);
   parent.children[42] = child;
   std::vector<uint8_t> page(kPageBytes);
   const uint32_t crc = EncodeNodePage(parent, kUuid, page.data());
   BlockMap::Node out(1, &no_refs);
-  std::vector<std::pair<uint32_t, MapEntry>> children;
+  std::vector<ChildPointer> children;
   ASSERT_TRUE(DecodeNodePage(page.data(), At(1, 1, crc), kUuid, &out, &children).ok());
   ASSERT_EQ(children.size(), 1u);
-  EXPECT_EQ(children[0].first, 42u);
-  EXPECT_TRUE(children[0].second.SameBlock(child->page));
-  EXPECT_EQ(children[0].second.crc, 0xabcdu);
+  EXPECT_EQ(children[0].index, 42u);
+  EXPECT_TRUE(children[0].page.SameBlock(child->page));
+  EXPECT_EQ(children[0].page.crc, 0xabcdu);
+  // A level-1 page carries its leaves' counts (an open reads no leaf).
+  EXPECT_EQ(children[0].mapped, 256u);
+  EXPECT_EQ(children[0].unique, 17u);
+
+  // One level up, no counts.
+  auto upper_child = std::make_shared<BlockMap::Node>(1, &no_refs);
+  upper_child->page = At(6, 1, 0x1234);
+  BlockMap::Node upper(2, &no_refs);
+  upper.children[3] = upper_child;
+  const uint32_t upper_crc = EncodeNodePage(upper, kUuid, page.data());
+  BlockMap::Node upper_out(2, &no_refs);
+  children.clear();
+  ASSERT_TRUE(DecodeNodePage(page.data(), At(1, 2, upper_crc), kUuid, &upper_out, &children).ok());
+  ASSERT_EQ(children.size(), 1u);
+  EXPECT_EQ(children[0].index, 3u);
+  EXPECT_EQ(children[0].mapped, 0u);
+}
+
+TEST(MetaPages, RejectsLeafCountsOutOfRange) {
+  auto child = std::make_shared<BlockMap::Node>(0, &no_refs);
+  child->page = At(5, 17, 0xabcd);
+  child->mapped = 3;
+  BlockMap::Node parent(1, &no_refs);
+  parent.children[0] = child;
+  std::vector<uint8_t> page(kPageBytes);
+  EncodeNodePage(parent, kUuid, page.data());
+  page[kLeafCountsOffset] = 0xff;  // mapped 4095 (then resealed: only the range check can see it)
+  page[kLeafCountsOffset + 1] = 0x0f;
+  const uint32_t crc = SealPage(page.data(), PageType::kMapInterior, 1, 1, kUuid);
+  BlockMap::Node out(1, &no_refs);
+  std::vector<ChildPointer> children;
+  absl::Status st = DecodeNodePage(page.data(), At(1, 1, crc), kUuid, &out, &children);
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
+  EXPECT_NE(st.message().find("counts"), std::string::npos) << st;
 }
 
 TEST(MetaPages, RejectsAFlippedByteAWrongPoolAndAWrongLevel) {
@@ -66,7 +102,7 @@ TEST(MetaPages, RejectsAFlippedByteAWrongPoolAndAWrongLevel) {
   leaf.mapped = 1;
   std::vector<uint8_t> page(kPageBytes);
   const uint32_t crc = EncodeNodePage(leaf, kUuid, page.data());
-  std::vector<std::pair<uint32_t, MapEntry>> children;
+  std::vector<ChildPointer> children;
   {
     std::vector<uint8_t> bad = page;
     bad[2000] ^= 1;

@@ -6,15 +6,13 @@ namespace scribe {
 void PoolImpl::Retire(BlockMap* map) {
   std::shared_ptr<BlockMap::Node> root = map->ReleaseRoot();
   if (!root) return;
-  // Replayed records may already free the chunks this tree's blocks are in (the run
-  // that wrote them had reaped it): at recovery the tree goes at once.
-  if (replaying_) return;
   doomed_.push_back(std::move(root));
   ScheduleReap();
 }
 
 void PoolImpl::ScheduleReap() {
-  if (reap_scheduled_ || doomed_.empty() || fsck_running_ > 0) return;
+  // (Not while the journal is replayed: the open schedules it when done.)
+  if (reap_scheduled_ || doomed_.empty() || fsck_running_ > 0 || replaying_) return;
   reap_scheduled_ = true;
   auto alive = alive_;
   // A timer, not Post: posted callbacks run before the loop polls for I/O.
@@ -31,6 +29,7 @@ void PoolImpl::ScheduleReap() {
 
 void PoolImpl::ReapSome(size_t budget) {
   const size_t frees_before = pending_frees_.size();
+  reaping_ = true;  // see UnrefBlock
   while (budget > 0 && !doomed_.empty()) {
     std::shared_ptr<BlockMap::Node> n = std::move(doomed_.back());
     doomed_.pop_back();
@@ -43,6 +42,7 @@ void PoolImpl::ReapSome(size_t budget) {
     --budget;
     ++delete_nodes_freed_;
   }  // the last node is destroyed here
+  reaping_ = false;
   if (pending_frees_.size() > frees_before) {
     delete_bytes_freed_ += (pending_frees_.size() - frees_before) * kBlockBytes;
   }

@@ -54,7 +54,8 @@ namespace scribe {
 // counts are stored, not counted at open). Format 1 ("SCRB") kept the whole state in
 // the journal region, format 2 ("SCR2") recounted references from every leaf at open;
 // such disks are refused with a message (no upgrade path).
-constexpr uint32_t kSuperMagic = 0x33524353;    // "SCR3"
+constexpr uint32_t kSuperMagic = 0x34524353;    // "SCR4"
+constexpr uint32_t kSuperMagicV3 = 0x33524353;  // "SCR3"
 constexpr uint32_t kSuperMagicV2 = 0x32524353;  // "SCR2"
 constexpr uint32_t kSuperMagicV1 = 0x42524353;  // "SCRB"
 constexpr uint32_t kBatchMagic = 0x4c4e524a;  // "JRNL"
@@ -166,6 +167,7 @@ class PoolImpl : public Pool {
 
   ~PoolImpl() override {
     *alive_ = false;
+    reaping_ = true;  // trees being deleted may name chunks already freed (UnrefBlock)
     // Trees unreference blocks as they go; drop them while chunks still exist.
     snapshots_.clear();
     vsds_.clear();
@@ -715,13 +717,41 @@ class PoolImpl : public Pool {
   };
 
   // Parses one half of a metadata region: a complete checkpoint and the batches after it.
-  Candidate ParseHalf(const uint8_t* p, uint64_t bytes) const;
+  // `truncated`: the batches ran to the end of the `bytes` given (there may be more).
+  Candidate ParseHalf(const uint8_t* p, uint64_t bytes, bool* truncated) const;
+
+  // Reads journal half `half` of `dev` as far as its batches go: `bytes` first, then
+  // four times as much while they run to the end of what was read. An open thus reads
+  // what the journal holds, not the whole region.
+  static constexpr uint64_t kJournalFirstRead = 1 << 20;
+  void ReadHalf(BlockDevice* dev, int half, uint64_t bytes,
+                std::function<void(absl::Status, Candidate)> done);
 
   void Recover(std::vector<DiskSpec> disks, Done<std::unique_ptr<Pool>> done,
                std::unique_ptr<Pool> self);
 
-  void FinishRecover(const Candidate& best, const std::map<DiskId, BlockDevice*>& devs,
+  // Replays the journal tail (ReplayTail), then FinishOpen.
+  void FinishRecover(std::shared_ptr<Candidate> best, std::shared_ptr<std::map<DiskId, BlockDevice*>> devs,
                      std::shared_ptr<std::unique_ptr<Pool>> holder, Done<std::unique_ptr<Pool>> done);
+
+  // Where the replay of a journal tail is: a payload and the offset of its next record.
+  struct TailReplay {
+    std::shared_ptr<Candidate> journal;
+    size_t payload = 0;
+    size_t offset = 0;
+  };
+  // Applies the records from where `r` is, first reading the leaves each changes.
+  void ReplayTail(std::shared_ptr<TailReplay> r, StatusDone done);
+  // Nothing if the record at `d` can be applied now; else the leaves it changes, with
+  // those of the map records right after it (up to kReplayLeavesPerRead), to load.
+  static constexpr size_t kReplayLeavesPerRead = 1024;
+  std::vector<std::shared_ptr<BlockMap::Node>> LeavesToReplay(Decoder d);
+  // Reads past a kRecMap or kRecUnmap record (false, for any other record), giving the
+  // blocks it changes.
+  static bool SkipMapRecord(Decoder& d, VsdId* vsd, uint64_t* lba, uint64_t* count);
+  // Disks, chunks left empty, a fresh checkpoint; unfinished deletes go on.
+  void FinishOpen(const Candidate& best, const std::map<DiskId, BlockDevice*>& devs,
+                  std::shared_ptr<std::unique_ptr<Pool>> holder, Done<std::unique_ptr<Pool>> done);
 
   // Reads one page from the first copy whose contents match the pointer's checksum.
   void ReadPage(const MapEntry& p, std::function<void(absl::StatusOr<std::shared_ptr<AlignedBuffer>>)> done);
@@ -746,15 +776,18 @@ class PoolImpl : public Pool {
   absl::Status ClaimPage(const MapEntry& p);
 
   // Loads what the checkpoint root names: the data chunks' records (their states are
-  // read when needed), then every block map's nodes and those of trees being deleted
-  // (breadth first, each shared node once), then the change logs. Block references
-  // are in the chunk states, not counted here.
+  // read when needed), then the interior nodes of every block map and of trees being
+  // deleted (breadth first, each shared node once; a leaf is known from its parent's
+  // page and read when needed), then the change logs. Block references are in the
+  // chunk states, not counted here.
   void LoadPages(StatusDone done);
 
-  // The node a page holds: one object per page, however many parents name it.
+  // The node a page holds: one object per page, however many parents name it. A leaf
+  // named by a parent (`counts`) is not read; others are (`pending`).
   absl::StatusOr<std::shared_ptr<BlockMap::Node>> LoadedNode(
       std::map<std::pair<uint64_t, uint32_t>, std::shared_ptr<BlockMap::Node>>* nodes,
-      std::vector<std::shared_ptr<BlockMap::Node>>* pending, const MapEntry& p, int level);
+      std::vector<std::shared_ptr<BlockMap::Node>>* pending, const MapEntry& p, int level,
+      const ChildPointer* counts);
 
   absl::Status LoadRoots(std::map<std::pair<uint64_t, uint32_t>, std::shared_ptr<BlockMap::Node>>* nodes,
                          std::vector<std::shared_ptr<BlockMap::Node>>* pending);
@@ -762,16 +795,11 @@ class PoolImpl : public Pool {
   void LoadNodes(std::shared_ptr<std::map<std::pair<uint64_t, uint32_t>, std::shared_ptr<BlockMap::Node>>> nodes,
                  std::shared_ptr<std::vector<std::shared_ptr<BlockMap::Node>>> pending, StatusDone done);
 
-  // Every loaded node's page is in use, and every leaf entry names a data chunk.
+  // Every loaded node's page is in use.
   absl::Status ClaimLoadedNodes(
       const std::map<std::pair<uint64_t, uint32_t>, std::shared_ptr<BlockMap::Node>>& nodes);
 
   void LoadLogs(StatusDone done);
-
-  // The evicted leaves that had left every tree when the root was written (their
-  // references were still counted): their blocks lose them now, before the journal
-  // tail is replayed, and their pages go.
-  void DropLoadedLeaves(StatusDone done);
 
   void RefFromMap(const MapEntry& e);
   void UnrefFromMap(const MapEntry& e);
@@ -891,6 +919,11 @@ class PoolImpl : public Pool {
   std::vector<StatusDone> commit_waiters_;
 
   bool replaying_ = false;  // applying journal records at recovery
+  uint64_t open_journal_bytes_read_ = 0;
+  uint64_t open_pages_read_ = 0;
+  // Destroying nodes that left every tree (see UnrefBlock).
+  bool reaping_ = false;
+  uint64_t unrefs_of_freed_chunks_ = 0;
   bool heal_scheduled_ = false;
   uint64_t rebuilds_in_flight_ = 0;
   uint64_t chunks_rebuilt_ = 0;

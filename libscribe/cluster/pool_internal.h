@@ -73,6 +73,7 @@ struct DiskState {
   uint64_t slots = 0;
   std::vector<uint64_t> slot_owner;  // chunk id or 0
   uint64_t used_slots = 0;
+  uint64_t free_hint = 0;  // no free slot below it (where the search for one starts)
   bool failed = false;
   bool evicted = false;
 };

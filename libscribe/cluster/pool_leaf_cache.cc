@@ -173,15 +173,11 @@ absl::Status PoolImpl::UnrefLeafPage(const uint8_t* page, const MapEntry& p) {
   BlockMap::Entries entries{};
   uint32_t mapped = 0;
   RETURN_IF_ERROR(DecodeLeafPage(page, p, pool_uuid_, &entries, &mapped));
-  for (const MapEntry& e : entries) {
-    if (e.mapped() && FindChunk(e.chunk) == nullptr) {
-      return absl::DataLossError(absl::StrFormat("%s: names chunk %d, which does not exist",
-                                                 DescribePointer(p), e.chunk));
-    }
-  }
+  reaping_ = true;  // it left every tree: it may name chunks already freed (UnrefBlock)
   for (const MapEntry& e : entries) {
     if (e.mapped()) UnrefBlock(e);
   }
+  reaping_ = false;
   return absl::OkStatus();
 }
 

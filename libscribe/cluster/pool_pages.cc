@@ -150,6 +150,7 @@ void PoolImpl::ReadPage(const MapEntry& p, std::function<void(absl::StatusOr<std
 
 void PoolImpl::ReadPages(std::vector<MapEntry> pages,
                std::function<absl::Status(size_t, const uint8_t*)> each, StatusDone done) {
+  if (replaying_) open_pages_read_ += pages.size();  // an open in progress
   struct State {
     std::vector<MapEntry> pages;
     std::function<absl::Status(size_t, const uint8_t*)> each;

@@ -30,12 +30,15 @@ std::vector<std::pair<DiskId, uint64_t>> PoolImpl::PlaceSlots(int count, const s
     return a->slots - a->used_slots > b->slots - b->used_slots;
   });
   std::vector<std::pair<DiskId, uint64_t>> out;
-  for (const DiskState* d : order) {
+  for (const DiskState* c : order) {
     if (static_cast<int>(out.size()) == count) break;
-    // First free slot: a linear scan bounded by the disk's slot count.
-    for (uint64_t s = 0; s < d->slots; ++s) {
-      if (d->slot_owner[s] == 0) {
-        out.push_back({d->id, s});
+    // First free slot, from where the last search ended (slots freed since lower it):
+    // each allocation moves past the slots it finds used once, not all of them.
+    DiskState& d = disks_.at(c->id);
+    for (uint64_t s = d.free_hint; s < d.slots; ++s) {
+      if (d.slot_owner[s] == 0) {
+        d.free_hint = s;
+        out.push_back({d.id, s});
         break;
       }
     }

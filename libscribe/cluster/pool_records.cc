@@ -50,6 +50,27 @@ SnapshotState* PoolImpl::FindSnapshot(SnapshotId id) {
   return it == snapshots_.end() ? nullptr : it->second.get();
 }
 
+bool PoolImpl::SkipMapRecord(Decoder& d, VsdId* vsd, uint64_t* lba, uint64_t* count) {
+  Decoder peek = d;
+  const uint8_t type = peek.U8();
+  if (type != kRecMap && type != kRecUnmap) return false;
+  vsd->value = peek.U64();
+  *lba = peek.U64();
+  if (type == kRecMap) {  // as Apply reads it
+    peek.U64();  // chunk
+    peek.U32();  // first block
+    const uint32_t n = peek.U32();
+    if (n > kBlocksPerChunk) return false;
+    for (uint32_t i = 0; i < n; ++i) peek.U32();  // crcs
+    *count = n;
+  } else {
+    *count = peek.U64();
+  }
+  if (!peek.ok()) return false;
+  d = peek;
+  return true;
+}
+
 void PoolImpl::Apply(Decoder& d) {
   const uint8_t type = d.U8();
   switch (type) {
@@ -89,6 +110,7 @@ void PoolImpl::Apply(Decoder& d) {
         disk->failed = disk->evicted = false;
         disk->slot_owner.assign(disk->slots, 0);
         disk->used_slots = 0;
+        disk->free_hint = 0;
       }
       break;
     }
@@ -464,6 +486,7 @@ void PoolImpl::ReleaseSlot(DiskId disk_id, uint64_t slot, uint64_t chunk) {
   if (!disk || slot >= disk->slots || disk->slot_owner[slot] != chunk) return;
   disk->slot_owner[slot] = 0;
   --disk->used_slots;
+  disk->free_hint = std::min(disk->free_hint, slot);
 }
 
 void PoolImpl::RefBlock(const MapEntry& e) {
@@ -480,6 +503,12 @@ void PoolImpl::RefBlock(const MapEntry& e) {
 
 void PoolImpl::UnrefBlock(const MapEntry& e) {
   ChunkState* c = FindChunk(e.chunk);
+  if (c == nullptr && reaping_) {
+    // A tree deleted before a crash names a chunk that the replayed journal freed (the
+    // run before the crash had finished that part of the delete): nothing to drop.
+    ++unrefs_of_freed_chunks_;
+    return;
+  }
   SCRIBE_CHECK(c != nullptr);
   if (!c->blocks) {
     // Applied (and the block freed, when it reaches 0) once the page is read back.

@@ -291,6 +291,81 @@ TEST(PoolMetadata, ASmallLeafCacheReadsLeavesBackAndLosesNothing) {
   ASSERT_TRUE(fsck.ok()) << fsck.errors[0];
 }
 
+// An open reads the root, the chunk groups, the interior tree nodes and what the journal
+// holds: no leaf (a level-1 page carries its leaves' counts, so usage figures need none)
+// but those the journal tail changes, and not the whole journal region. A delete the
+// crash interrupted goes on in the background after the open.
+TEST(PoolMetadata, AnOpenReadsNoLeafButThoseTheJournalTailChanges) {
+  PoolOptions options = TestPoolOptions(16ull << 20);  // 8 MiB journal halves
+  SimPool p(3, 1, 512ull << 20, options);
+  VsdId v = p.Create("d", 256 << 20);
+  std::map<uint64_t, char> model;  // 4 KiB block -> pattern seed
+  auto write = [&](uint64_t block, uint64_t blocks, char seed) {
+    std::string data;
+    for (uint64_t b = 0; b < blocks; ++b) {
+      data += Pattern(static_cast<char>(seed + b), 4096);
+      model[block + b] = static_cast<char>(seed + b);
+    }
+    ASSERT_TRUE(p.Write(v, block * 4096, data).ok());
+  };
+  for (int i = 0; i < 64; ++i) write(i * 256, 256, static_cast<char>(i));  // 64 full leaves
+  const std::map<uint64_t, char> at_snap = model;
+  const SnapshotId s = p.Snap(v, "s");
+  for (int i = 0; i < 16; ++i) write(i * 256, 256, static_cast<char>(100 + i));
+  ASSERT_TRUE(p.Flush().ok());
+  const VsdInfo before = *p.pool_->GetVsdInfo(v);
+  EXPECT_EQ(before.allocated_bytes, 64u << 20);
+  EXPECT_EQ(before.unique_bytes, 16u << 20);
+  // All of that is in the journal (no checkpoint was due): this open replays it and ends
+  // with a checkpoint, so the next one has no tail.
+  p.Crash(PowerLossMode::kDropAll);
+  EXPECT_EQ(p.pool_->GetVsdInfo(v)->unique_bytes, before.unique_bytes);
+
+  p.Crash(PowerLossMode::kDropAll);
+  PoolStats st = p.pool_->Stats();
+  EXPECT_EQ(st.map_leaves_read, 0u);
+  EXPECT_EQ(st.map_leaves_in_memory, 0u);
+  EXPECT_GT(st.open_pages_read, 0u);
+  EXPECT_LT(st.open_pages_read, 24u) << "chunk groups, interior nodes and change logs only";
+  const VsdInfo after = *p.pool_->GetVsdInfo(v);
+  EXPECT_EQ(after.allocated_bytes, before.allocated_bytes);
+  EXPECT_EQ(after.unique_bytes, before.unique_bytes) << "from the counts in the level-1 pages";
+
+  // A tail longer than an open's first journal read (1 MiB): 300 flushed batches of at
+  // least a block each, into three leaves.
+  for (int i = 0; i < 300; ++i) {
+    write((20 + 10 * (i % 3)) * 256 + i / 3, 1, static_cast<char>(i));
+    ASSERT_TRUE(p.Flush().ok());
+  }
+  p.Crash(PowerLossMode::kDropAll);
+  st = p.pool_->Stats();
+  EXPECT_EQ(st.map_leaves_read, 3u) << "the leaves the journal tail changes";
+  EXPECT_GT(st.open_journal_bytes_read, 2u << 20) << "it read on past the first piece";
+  EXPECT_LT(st.open_journal_bytes_read, 3u * (16u << 20) / 2) << "not every region whole";
+  for (const auto& [block, seed] : model) {
+    ASSERT_EQ(*p.Read(v, block * 4096, 4096), Pattern(seed, 4096)) << "block " << block;
+  }
+
+  for (uint64_t block = 0; block < 64 * 256; block += 97) {
+    ASSERT_EQ(*p.ReadSnap(s, block * 4096, 4096), Pattern(at_snap.at(block), 4096)) << "block " << block;
+  }
+
+  // Deleting the snapshot (its leaves not in memory), cut short by a crash: the open
+  // reads none of its leaves and the delete goes on afterwards, exactly.
+  ASSERT_TRUE(p.DeleteSnap(s).ok());
+  ASSERT_TRUE(p.Flush().ok());
+  p.Crash(PowerLossMode::kDropAll);
+  st = p.pool_->Stats();
+  EXPECT_EQ(st.map_leaves_read, 0u);
+  p.loop_.RunUntil([&] { return p.pool_->Stats().delete_subtrees_pending == 0; }, 10'000'000'000);
+  FsckReport fsck = p.Fsck();
+  ASSERT_TRUE(fsck.ok()) << fsck.errors[0];
+  EXPECT_EQ(p.pool_->GetVsdInfo(v)->unique_bytes, 64u << 20) << "nothing shares its blocks now";
+  for (const auto& [block, seed] : model) {
+    ASSERT_EQ(*p.Read(v, block * 4096, 4096), Pattern(seed, 4096)) << "block " << block;
+  }
+}
+
 // A checkpoint writes what changed since the last one, not the whole state.
 TEST(PoolMetadata, ACheckpointWritesOnlyThePagesThatChanged) {
   PoolOptions options = TestPoolOptions();
@@ -694,6 +769,8 @@ void ExpectOldFormatRefused(const char magic[4], const std::string& format) {
 TEST(PoolMetadata, AFormatOneDiskIsRefusedWithAMessage) { ExpectOldFormatRefused("SCRB", "format 1"); }
 
 TEST(PoolMetadata, AFormatTwoDiskIsRefusedWithAMessage) { ExpectOldFormatRefused("SCR2", "format 2"); }
+
+TEST(PoolMetadata, AFormatThreeDiskIsRefusedWithAMessage) { ExpectOldFormatRefused("SCR3", "format 3"); }
 
 // Overwrites free their old blocks only once the map change is durable (a commit), and
 // a chunk is reused once half of it is free: a thin VSD filling most of the pool,

@@ -80,8 +80,10 @@ class PoolSimFillSeed : public testing::TestWithParam<uint64_t> {};
 // full nodes shortening new chunks: seeds 214, 235, 298) is fixed. Seed 11 (since chunk
 // states became pages: more metadata) is the same class for a metadata chunk: made while
 // two of four nodes were full, it cannot get its third copy. The fix (a metadata reserve
-// per node, not pool-wide) is open in issue 12's note.
-const std::set<uint64_t> kFillSeedsFailingOnEngineBug = {11, 53};
+// per node, not pool-wide) is open in issue 12's note. Which seeds hit the class moves
+// with timing: since opens read only what the journal holds and no leaf, seed 11 passes
+// again, and seed 123 failed in between (with the whole journal region still read).
+const std::set<uint64_t> kFillSeedsFailingOnEngineBug = {53};
 
 TEST_P(PoolSimFillSeed, NoViolations) {
   PoolSimConfig config;

@@ -25,6 +25,12 @@ BlockMap::Node::Node(int level, BlockRefs* refs) : level(level), refs(refs) {
   }
 }
 
+BlockMap::Node::Node(BlockRefs* refs, const MapEntry& page, uint32_t mapped, uint32_t unique)
+    : level(0), refs(refs), page(page), mapped(mapped), unique_counted(unique) {
+  SCRIBE_CHECK(page.mapped());
+  if (refs) refs->NodeCreated();
+}
+
 BlockMap::Node::Node(const Node& other)
     : level(other.level), refs(other.refs), mapped(other.mapped), children(other.children) {
   SCRIBE_CHECK(other.resident());
@@ -41,8 +47,9 @@ BlockMap::Node::Node(const Node& other)
 
 BlockMap::Node::~Node() {
   if (level == 0 && !entries) {
-    // Evicted: the owner reads the page to drop the blocks' references, then the page.
-    if (refs) refs->EvictedLeafDropped(page);
+    // Evicted: the owner reads the page to drop the blocks' references, then the page
+    // (none: a leaf of a failed load, which references nothing).
+    if (refs && page.mapped()) refs->EvictedLeafDropped(page);
   } else {
     if (entries) {
       if (LeafCache* c = CacheOf(refs)) c->Remove(this);
@@ -59,7 +66,7 @@ void BlockMap::Node::Evict(uint32_t unique) {
   SCRIBE_CHECK(evictable());
   if (LeafCache* c = CacheOf(refs)) c->Remove(this);
   entries.reset();
-  unique_when_evicted = unique;
+  unique_counted = unique;
 }
 
 void BlockMap::Node::Reload(std::unique_ptr<Entries> e) {
@@ -356,7 +363,7 @@ BlockMap::Usage BlockMap::ComputeUsage(
         shared = shared || n.use_count() > 1;
         if (n->level == 0 && !n->entries) {  // evicted: as of its eviction
           usage.mapped += n->mapped;
-          if (!shared) usage.unique += n->unique_when_evicted;
+          if (!shared) usage.unique += n->unique_counted;
           return;
         }
         if (n->level == 0) {

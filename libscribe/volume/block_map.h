@@ -70,6 +70,8 @@ class BlockMap {
 
   struct Node {
     explicit Node(int level, BlockRefs* refs);
+    // A leaf not in memory, known by its page and counts (a map being opened).
+    Node(BlockRefs* refs, const MapEntry& page, uint32_t mapped, uint32_t unique);
     Node(const Node& other);  // a shadow copy: leaves add references to their blocks
     ~Node();
     int level;  // 0: leaf
@@ -80,9 +82,10 @@ class BlockMap {
     // names its children's pages).
     MapEntry page;
     uint32_t mapped = 0;  // leaf: entries mapped (kept while evicted)
-    // An evicted leaf: how many of its blocks had a single reference when it was
-    // evicted (ComputeUsage reports evicted leaves as of then).
-    uint32_t unique_when_evicted = 0;
+    // A leaf: how many of its blocks had a single reference when last counted (when it
+    // was written, evicted, or named by its parent's page); ComputeUsage reports an
+    // evicted leaf as of then.
+    uint32_t unique_counted = 0;
     // Operations in flight that need the entries: the leaf is not evicted meanwhile.
     uint32_t pins = 0;
     // A leaf's entries, one allocation (unused in interior nodes, which are 1/256 of

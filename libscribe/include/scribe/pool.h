@@ -162,6 +162,11 @@ struct PoolStats {
   uint64_t checkpoint_pages_written = 0;
   uint64_t last_checkpoint_pages = 0;
   uint64_t last_checkpoint_root_bytes = 0;
+  // What the open of this instance read (0 for a created pool): journal bytes (as far as
+  // its batches go, not the whole region) and metadata pages (chunk groups, interior
+  // tree nodes, change logs, and leaves only for journal records that change them).
+  uint64_t open_journal_bytes_read = 0;
+  uint64_t open_pages_read = 0;
   // Deleting a snapshot or VSD (or reverting) detaches its tree at once and frees it in
   // the background, a bounded number of nodes per loop turn: subtrees still queued (0
   // when done), tree nodes freed and bytes of blocks freed so far by that work.
