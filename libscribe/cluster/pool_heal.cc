@@ -113,7 +113,7 @@ bool PoolImpl::StartRebuild(ChunkState* c, int index) {
       if (static_cast<int>(i) == index) continue;
       exclude.insert(disks_.at(c->replicas[i].disk).node);
     }
-    auto slots = PlaceSlots(1, exclude);
+    auto slots = PlaceSlots(1, exclude, !c->meta);
     if (slots.empty()) return false;
     target.disk = slots[0].first;
     target.slot = slots[0].second;

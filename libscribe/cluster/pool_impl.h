@@ -376,8 +376,10 @@ class PoolImpl : public Pool {
   bool ReplicaWritable(const Replica& r) const;
 
   // Picks the disk with the most free slots on each node not in `exclude`, then the
-  // `count` emptiest such nodes (ties broken by node id, for determinism).
-  std::vector<std::pair<DiskId, uint64_t>> PlaceSlots(int count, const std::set<NodeId>& exclude);
+  // `count` emptiest such nodes (ties broken by node id, for determinism). For `data`,
+  // only nodes with more free slots than their metadata reserve.
+  std::vector<std::pair<DiskId, uint64_t>> PlaceSlots(int count, const std::set<NodeId>& exclude,
+                                                      bool data);
 
   // Copies a chunk should have: its replication; for a metadata chunk, one per node the
   // pool still has, up to its replication (a pool that lost nodes for good keeps its
@@ -633,11 +635,11 @@ class PoolImpl : public Pool {
   // many as the pool has), allocated from the pool's own space as checkpoints need them.
   int MetaReplication() const;
 
-  // Slots data allocation leaves free so that checkpoints (which write changed pages
-  // before they free the old ones) can always commit, delete and heal on a full pool.
-  uint64_t MetadataReserveSlots() const;
-
-  uint64_t FreeSlots() const;
+  // Slots data allocation (new chunks and their healing) leaves free on *every node*,
+  // so that checkpoints (which write changed pages before they free the old ones) can
+  // always commit, delete and heal on a full pool, and a metadata chunk made while a
+  // node was away finds room for its copy there when it returns.
+  uint64_t MetadataReservePerNode() const;
 
   void CloseMetaChunk();
 
@@ -720,12 +722,13 @@ class PoolImpl : public Pool {
   // `truncated`: the batches ran to the end of the `bytes` given (there may be more).
   Candidate ParseHalf(const uint8_t* p, uint64_t bytes, bool* truncated) const;
 
-  // Reads journal half `half` of `dev` as far as its batches go: `bytes` first, then
-  // four times as much while they run to the end of what was read. An open thus reads
-  // what the journal holds, not the whole region.
+  // Reads journal half `half` of `dev` as far as its batches go: the first `bytes`
+  // (beyond the `have_bytes` already in `have`), then twice as much while they run to
+  // the end of what was read. An open thus reads at most twice what the journal holds,
+  // not the whole region.
   static constexpr uint64_t kJournalFirstRead = 1 << 20;
-  void ReadHalf(BlockDevice* dev, int half, uint64_t bytes,
-                std::function<void(absl::Status, Candidate)> done);
+  void ReadHalf(BlockDevice* dev, int half, std::shared_ptr<AlignedBuffer> have, uint64_t have_bytes,
+                uint64_t bytes, std::function<void(absl::Status, Candidate)> done);
 
   void Recover(std::vector<DiskSpec> disks, Done<std::unique_ptr<Pool>> done,
                std::unique_ptr<Pool> self);

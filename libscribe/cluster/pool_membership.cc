@@ -160,6 +160,7 @@ PoolStats PoolImpl::Stats() const {
   s.delete_step_max_ns = static_cast<uint64_t>(delete_step_max_ns_);
   s.map_leaves_in_memory = leaf_cache_.size();
   s.map_leaves_read = leaves_read_;
+  s.metadata_reserve_chunks_per_node = MetadataReservePerNode();
   s.open_journal_bytes_read = open_journal_bytes_read_;
   s.open_pages_read = open_pages_read_;
   s.map_leaves_evicted = leaves_evicted_;

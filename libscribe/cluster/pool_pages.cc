@@ -11,21 +11,18 @@ int PoolImpl::MetaReplication() const {
   return std::clamp<int>(static_cast<int>(nodes.size()), 1, 3);
 }
 
-uint64_t PoolImpl::MetadataReserveSlots() const {
-  uint64_t slots = 0;
+uint64_t PoolImpl::MetadataReservePerNode() const {
+  // Up to two checkpoints' worth of pages (2 x checkpoint_dirty_pages_max), at most
+  // 1/64 of the smallest node and at least 2 chunks.
+  uint64_t smallest = UINT64_MAX;
+  std::map<NodeId, uint64_t> slots;
   for (const auto& [id, d] : disks_) {
-    if (!d.failed) slots += d.slots;
+    if (!d.failed) slots[d.node] += d.slots;
   }
+  for (const auto& [node, n] : slots) smallest = std::min(smallest, n);
+  if (slots.empty()) smallest = 0;
   const uint64_t most = 2 * options_.checkpoint_dirty_pages_max / kBlocksPerChunk + 2;
-  return static_cast<uint64_t>(MetaReplication()) * std::clamp<uint64_t>(slots / 64, 2, most);
-}
-
-uint64_t PoolImpl::FreeSlots() const {
-  uint64_t free = 0;
-  for (const auto& [id, d] : disks_) {
-    if (DiskUsable(d)) free += d.slots - d.used_slots;
-  }
-  return free;
+  return std::clamp<uint64_t>(smallest / 64, 2, most);
 }
 
 void PoolImpl::CloseMetaChunk() {

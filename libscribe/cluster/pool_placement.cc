@@ -17,15 +17,22 @@ bool PoolImpl::ReplicaWritable(const Replica& r) const {
   return it != disks_.end() && DiskUsable(it->second) && !r.stale;
 }
 
-std::vector<std::pair<DiskId, uint64_t>> PoolImpl::PlaceSlots(int count, const std::set<NodeId>& exclude) {
+std::vector<std::pair<DiskId, uint64_t>> PoolImpl::PlaceSlots(int count, const std::set<NodeId>& exclude,
+                                                             bool data) {
   std::map<NodeId, const DiskState*> best;
+  std::map<NodeId, uint64_t> node_free;
   for (const auto& [id, d] : disks_) {
     if (!DiskUsable(d) || exclude.count(d.node) || d.used_slots >= d.slots) continue;
+    node_free[d.node] += d.slots - d.used_slots;
     const DiskState*& b = best[d.node];
     if (b == nullptr || d.slots - d.used_slots > b->slots - b->used_slots) b = &d;
   }
   std::vector<const DiskState*> order;
-  for (auto& [node, d] : best) order.push_back(d);
+  for (auto& [node, d] : best) {
+    // Data leaves every node its metadata reserve.
+    if (data && node_free[node] <= MetadataReservePerNode()) continue;
+    order.push_back(d);
+  }
   std::stable_sort(order.begin(), order.end(), [](const DiskState* a, const DiskState* b) {
     return a->slots - a->used_slots > b->slots - b->used_slots;
   });
@@ -189,13 +196,12 @@ absl::StatusOr<ChunkState*> PoolImpl::NewChunk(int replication, bool meta) {
         "pool is full: %d nodes have a free chunk, a replication-%d VSD needs %d", nodes, replication,
         copies));
   }
-  if (!meta && FreeSlots() < MetadataReserveSlots() + copies) {
-    return absl::ResourceExhaustedError(
-        "pool is full: the free chunks left are reserved for metadata (commits, deletes, healing)");
-  }
-  auto slots = PlaceSlots(copies, {});
+  auto slots = PlaceSlots(copies, {}, !meta);
   if (static_cast<int>(slots.size()) < copies) {
-    return absl::ResourceExhaustedError("pool is full: not enough free chunks on distinct nodes");
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "pool is full: fewer than %d nodes have a free chunk beyond the %d each keeps for "
+        "metadata (commits, deletes, healing)",
+        copies, meta ? 0 : MetadataReservePerNode()));
   }
   const uint64_t id = next_chunk_++;
   std::vector<Replica> replicas;

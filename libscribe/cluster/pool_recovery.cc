@@ -48,19 +48,23 @@ auto PoolImpl::ParseHalf(const uint8_t* p, uint64_t bytes, bool* truncated) cons
   return c;
 }
 
-void PoolImpl::ReadHalf(BlockDevice* dev, int half, uint64_t bytes,
+void PoolImpl::ReadHalf(BlockDevice* dev, int half, std::shared_ptr<AlignedBuffer> have,
+                        uint64_t have_bytes, uint64_t bytes,
                         std::function<void(absl::Status, Candidate)> done) {
+  // What was read already is kept; only the rest is read.
   auto buf = std::make_shared<AlignedBuffer>(bytes);
+  if (have_bytes > 0) std::memcpy(buf->data(), have->data(), have_bytes);
   auto alive = alive_;
-  dev->Read(kSuperblockBytes + half * half_bytes_, bytes, buf->data(),
-            Timed([this, alive, dev, half, bytes, buf, done](absl::Status st) {
+  dev->Read(kSuperblockBytes + half * half_bytes_ + have_bytes, bytes - have_bytes,
+            buf->data() + have_bytes,
+            Timed([this, alive, dev, half, have_bytes, bytes, buf, done](absl::Status st) {
               if (!*alive) return;
               if (!st.ok()) return done(st, Candidate{});
-              open_journal_bytes_read_ += bytes;
+              open_journal_bytes_read_ += bytes - have_bytes;
               bool truncated = false;
               Candidate c = ParseHalf(buf->data(), bytes, &truncated);
               if (truncated && bytes < half_bytes_) {
-                return ReadHalf(dev, half, std::min(bytes * 4, half_bytes_), done);
+                return ReadHalf(dev, half, buf, bytes, std::min(bytes * 2, half_bytes_), done);
               }
               done(absl::OkStatus(), std::move(c));
             }));
@@ -183,7 +187,7 @@ void PoolImpl::Recover(std::vector<DiskSpec> disks, Done<std::unique_ptr<Pool>> 
       if (!(*reads)[i].ours) continue;
       for (int half = 0; half < 2; ++half) {
         ++halves->remaining;
-        ReadHalf(disks[i].device, half, std::min<uint64_t>(kJournalFirstRead, half_bytes_),
+        ReadHalf(disks[i].device, half, nullptr, 0, std::min<uint64_t>(kJournalFirstRead, half_bytes_),
                  [reads, i, half, halves](absl::Status st, Candidate c) {
                    DiskRead& r = (*reads)[i];
                    if (!st.ok()) r.status = st;

@@ -1333,27 +1333,47 @@ class PoolSim {
     return b;
   }
 
+  // Chunk slots a write or discard of `length` bytes to a VSD of `replication` copies
+  // may take: one chunk per MiB plus one for the block it starts in, each copy a slot.
+  static uint64_t SlotsFor(int replication, uint64_t length) {
+    return replication * ((length + kChunkBytes - 1) / kChunkBytes + 1);
+  }
+
   // Whether the pool may refuse a write or discard of `length` bytes to a VSD of
-  // `replication` copies as full now: only on a fill seed, and only when fewer than
-  // `replication` nodes have a free slot, or taking the request's new chunks (one per
-  // MiB, plus one for the block it starts in) would leave at most kFullFreeFractionMax
-  // of the chunk slots of the usable disks free. `state` describes the pool's fullness
-  // for the log or the violation.
-  bool MayBeFull(int replication, uint64_t length, std::string* state) const {
+  // `replication` copies as full now (while other requests in flight may take
+  // `concurrent_slots`): only on a fill seed, and only when the request's chunks (with
+  // those of the others) do not fit on distinct nodes beyond the chunks every node keeps
+  // for metadata (a documented pool property), or would leave at most
+  // kFullFreeFractionMax of the chunk slots of the usable disks free. `state` describes
+  // the pool's fullness for the log or the violation.
+  bool MayBeFull(int replication, uint64_t length, uint64_t concurrent_slots, std::string* state) const {
     uint64_t slots = 0, free = 0;
-    std::set<uint64_t> nodes_with_free;
+    std::map<uint64_t, uint64_t> node_free;
     for (const DiskInfo& d : pool_->ListDisks()) {
       if (d.failed || !d.online) continue;
       slots += d.capacity_bytes / kChunkBytes;
-      free += (d.capacity_bytes - std::min(d.used_bytes, d.capacity_bytes)) / kChunkBytes;
-      if (d.used_bytes < d.capacity_bytes) nodes_with_free.insert(d.node.value);
+      const uint64_t f = (d.capacity_bytes - std::min(d.used_bytes, d.capacity_bytes)) / kChunkBytes;
+      free += f;
+      node_free[d.node.value] += f;
     }
-    const uint64_t needed = replication * ((length + kChunkBytes - 1) / kChunkBytes + 1);
+    const uint64_t reserve = pool_->Stats().metadata_reserve_chunks_per_node;
+    // How many chunks of `replication` copies on distinct nodes fit in what each node
+    // has beyond its reserve: the largest m with sum(min(spare, m)) >= replication * m.
+    uint64_t placeable = 0;
+    for (uint64_t m = 1;; ++m) {
+      uint64_t sum = 0;
+      for (const auto& [node, f] : node_free) sum += std::min(f > reserve ? f - reserve : 0, m);
+      if (sum < static_cast<uint64_t>(replication) * m) break;
+      placeable = m;
+    }
+    const uint64_t needed = SlotsFor(replication, length) + concurrent_slots;
     *state = absl::StrFormat(
-        "%d of %d chunk slots of the usable disks free, on %d nodes; the request may need %d",
-        free, slots, nodes_with_free.size(), needed);
+        "%d of %d chunk slots of the usable disks free, room beyond the %d chunks each node "
+        "keeps for metadata for %d chunks of %d copies; the request may need %d slots%s",
+        free, slots, reserve, placeable, replication, SlotsFor(replication, length),
+        concurrent_slots > 0 ? absl::StrFormat(", the requests beside it %d", concurrent_slots) : "");
     if (!fill_) return false;
-    return static_cast<int>(nodes_with_free.size()) < replication ||
+    return placeable * replication < needed ||
            static_cast<double>(free) <=
                kFullFreeFractionMax * static_cast<double>(slots) + static_cast<double>(needed);
   }
@@ -1366,10 +1386,10 @@ class PoolSim {
   // full pool). Any other failure is a violation. Refusals of concurrent requests sharing
   // blocks are undone newest first (their `Before`s nest).
   bool Refused(VsdModel& v, const Before& b, uint64_t token, const absl::Status& st,
-               const std::string& what) {
+               const std::string& what, uint64_t concurrent_slots = 0) {
     std::string state;
     if (!absl::IsResourceExhausted(st) ||
-        !MayBeFull(v.replication, (b.end - b.begin) * kSectorBytes, &state)) {
+        !MayBeFull(v.replication, (b.end - b.begin) * kSectorBytes, concurrent_slots, &state)) {
       if (absl::IsResourceExhausted(st)) {
         return Violation(absl::StrFormat("%s refused as the pool is full (%s) while %s%s", what,
                                          st.ToString(), state,
@@ -1542,6 +1562,14 @@ class PoolSim {
       bool abandoned = false;  // a power cut struck: completions no longer count
     };
     auto burst = std::make_shared<Burst>();
+    // The chunk slots the burst's other writes may take (they compete for the same room).
+    auto BurstSlotsBeside = [this](const Burst& b, const Io& self) {
+      uint64_t slots = 0;
+      for (const Io& io : b.ios) {
+        if (io.is_write && &io != &self) slots += SlotsFor(vsds_.at(io.vsd).replication, io.length);
+      }
+      return slots;
+    };
     std::vector<SectorRange> ranges;
     const int writes =
         kBurstIosMin + static_cast<int>(workload_.Uniform(kBurstIosMax - kBurstIosMin + 1));
@@ -1660,7 +1688,7 @@ class PoolSim {
             std::string state;
             // A write refused as full stays a candidate in the model (weaker, not wrong).
             if (io.is_write && absl::IsResourceExhausted(*io.status) &&
-                MayBeFull(vsds_.at(io.vsd).replication, io.length, &state)) {
+                MayBeFull(vsds_.at(io.vsd).replication, io.length, BurstSlotsBeside(*burst, io), &state)) {
               ++result_.full_refusals;
               continue;
             }
@@ -1698,7 +1726,8 @@ class PoolSim {
       refused = true;
       if (!Refused(vsds_.at(io.vsd), io.before, io.token, *io.status,
                    absl::StrFormat("burst Write vsd %d [%d, +%d)", io.vsd, io.offset,
-                                   io.length))) {
+                                   io.length),
+                   BurstSlotsBeside(*burst, io))) {
         return;
       }
     }

@@ -158,6 +158,9 @@ struct PoolStats {
   // instance was created or opened: checkpoints written, the pages they wrote, and the
   // last one's pages and root bytes (a checkpoint writes what changed since the last).
   uint64_t metadata_chunks = 0;
+  // Free chunks data leaves on every node for metadata (a node with no more free than
+  // this takes no new data chunk nor data copy being healed).
+  uint64_t metadata_reserve_chunks_per_node = 0;
   uint64_t checkpoints = 0;
   uint64_t checkpoint_pages_written = 0;
   uint64_t last_checkpoint_pages = 0;
