@@ -120,24 +120,37 @@ void PoolImpl::ArmTimedIo() {
     timed_armed_ = false;
     const int64_t now = loop_->NowNanos();
     while (!timed_.empty() && (timed_.front()->fired || timed_.front()->deadline_ns <= now)) {
-      std::shared_ptr<TimedIo> io = std::move(timed_.front());
-      timed_.pop_front();
-      if (io->fired) continue;
-      io->fired = true;
-      BlockDevice::Callback copy = io->cb;  // the device still holds the original
-      copy(absl::UnavailableError("I/O timed out: the disk stopped answering"));
+      {
+        std::shared_ptr<TimedIo> io = std::move(timed_.front());
+        timed_.pop_front();
+        if (!io->fired) {
+          io->fired = true;
+          BlockDevice::Callback copy = io->cb;  // the device still holds the original
+          copy(absl::UnavailableError("I/O timed out: the disk stopped answering"));
+        }
+      }  // the callback may have held the last reference to this pool (an open's)
       if (!*alive) return;
     }
     if (!timed_.empty() && !timed_armed_) ArmTimedIo();
   });
 }
 
-void Refs::Ref(const MapEntry& e) { pool_->RefFromMap(e); }
-void Refs::Unref(const MapEntry& e) { pool_->UnrefFromMap(e); }
-void Refs::PageDropped(const MapEntry& page) { pool_->DropPage(page); }
-void Refs::NodeDirtied() { pool_->NoteNodeDirtied(); }
-void Refs::EvictedLeafDropped(const MapEntry& page) { pool_->EvictedLeafDropped(page); }
-LeafCache* Refs::leaf_cache() { return &pool_->leaf_cache_; }
+void Refs::Ref(const MapEntry& e) {
+  if (pool_) pool_->RefFromMap(e);
+}
+void Refs::Unref(const MapEntry& e) {
+  if (pool_) pool_->UnrefFromMap(e);
+}
+void Refs::PageDropped(const MapEntry& page) {
+  if (pool_) pool_->DropPage(page);
+}
+void Refs::NodeDirtied() {
+  if (pool_) pool_->NoteNodeDirtied();
+}
+void Refs::EvictedLeafDropped(const MapEntry& page) {
+  if (pool_) pool_->EvictedLeafDropped(page);
+}
+LeafCache* Refs::leaf_cache() { return pool_ ? &pool_->leaf_cache_ : nullptr; }
 
 
 void Pool::Create(Loop* loop, Random* random, PoolOptions options, std::vector<DiskSpec> disks,

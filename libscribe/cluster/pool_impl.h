@@ -126,6 +126,9 @@ inline bool DecodeSuperblock(const uint8_t* p, Superblock* sb) {
 
 class PoolImpl;
 
+// The pool's BlockRefs. It counts the nodes made with it and outlives the pool while
+// any remains: a callback of a page read that never finished (the pool was destroyed
+// first, or the device dropped it) may hold nodes, and their end then changes nothing.
 class Refs : public BlockRefs {
  public:
   explicit Refs(PoolImpl* pool) : pool_(pool) {}
@@ -135,9 +138,19 @@ class Refs : public BlockRefs {
   void NodeDirtied() override;
   void EvictedLeafDropped(const MapEntry& page) override;
   LeafCache* leaf_cache() override;
+  void NodeCreated() override { ++nodes_; }
+  void NodeDestroyed() override {
+    if (--nodes_ == 0 && pool_ == nullptr) delete this;
+  }
+  // The pool is going: from now on nodes change nothing; the last one deletes this.
+  void Detach() {
+    pool_ = nullptr;
+    if (nodes_ == 0) delete this;
+  }
 
  private:
   PoolImpl* pool_;
+  uint64_t nodes_ = 0;
 };
 
 class PoolImpl : public Pool {
@@ -147,7 +160,7 @@ class PoolImpl : public Pool {
   using MapRef = std::function<const BlockMap*()>;
 
   PoolImpl(Loop* loop, Random* random, PoolOptions options)
-      : loop_(loop), random_(random), options_(options), refs_(this) {
+      : loop_(loop), random_(random), options_(options), refs_(new Refs(this)) {
     half_bytes_ = options_.metadata_bytes / 2 / kBlockBytes * kBlockBytes;
   }
 
@@ -157,6 +170,7 @@ class PoolImpl : public Pool {
     snapshots_.clear();
     vsds_.clear();
     doomed_.clear();
+    refs_->Detach();
   }
 
   // ---------------------------------------------------------------- creation
@@ -768,7 +782,7 @@ class PoolImpl : public Pool {
   Loop* loop_;
   Random* random_;
   PoolOptions options_;
-  Refs refs_;
+  Refs* refs_;  // owned with the nodes made with it (see Refs)
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   // Device I/Os in issue order (so in deadline order) until they finish; see Timed().
   std::deque<std::shared_ptr<TimedIo>> timed_;

@@ -155,7 +155,7 @@ void PoolImpl::Apply(Decoder& d) {
     }
     case kRecCreateVsd: {
       auto v = DecodeVsdHeader(d);
-      v->map = BlockMap(&refs_, v->size_bytes / kBlockBytes);
+      v->map = BlockMap(refs_, v->size_bytes / kBlockBytes);
       InsertVsd(std::move(v));
       break;
     }
@@ -312,7 +312,7 @@ void PoolImpl::Apply(Decoder& d) {
       auto v = DecodeVsdHeader(d);
       const int levels = d.U8();
       const MapEntry root = DecodePagePointer(d);
-      v->map = BlockMap(&refs_, v->size_bytes / kBlockBytes);
+      v->map = BlockMap(refs_, v->size_bytes / kBlockBytes);
       load_roots_.push_back(LoadRoot{false, v->id.value, levels, root});
       InsertVsd(std::move(v));
       break;
@@ -322,7 +322,7 @@ void PoolImpl::Apply(Decoder& d) {
       s->size_bytes = d.U64();
       const int levels = d.U8();
       const MapEntry root = DecodePagePointer(d);
-      s->map = BlockMap(&refs_, s->size_bytes / kBlockBytes);
+      s->map = BlockMap(refs_, s->size_bytes / kBlockBytes);
       load_roots_.push_back(LoadRoot{true, s->id.value, levels, root});
       InsertSnapshot(std::move(s));
       break;

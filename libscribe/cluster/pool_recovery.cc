@@ -296,7 +296,7 @@ absl::StatusOr<std::shared_ptr<BlockMap::Node>> PoolImpl::LoadedNode(
     }
     return n;
   }
-  n = std::make_shared<BlockMap::Node>(level, &refs_);
+  n = std::make_shared<BlockMap::Node>(level, refs_);
   n->page = p;
   pending->push_back(n);
   return n;
@@ -321,7 +321,7 @@ absl::Status PoolImpl::LoadRoots(std::map<std::pair<uint64_t, uint32_t>, std::sh
     if (r.root.mapped()) {
       ASSIGN_OR_RETURN(root, LoadedNode(nodes, pending, r.root, r.levels - 1));
     }
-    *map = BlockMap::FromRoot(&refs_, map->capacity_blocks(), r.levels, std::move(root));
+    *map = BlockMap::FromRoot(refs_, map->capacity_blocks(), r.levels, std::move(root));
   }
   load_roots_.clear();
   for (const auto& [level, p] : load_doomed_) {

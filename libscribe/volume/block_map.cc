@@ -19,7 +19,10 @@ BlockMap::Node::Node(int level, BlockRefs* refs) : level(level), refs(refs) {
     entries = std::make_unique<Entries>();
     if (LeafCache* c = CacheOf(refs)) c->Add(this);
   }
-  if (refs) refs->NodeDirtied();
+  if (refs) {
+    refs->NodeCreated();
+    refs->NodeDirtied();
+  }
 }
 
 BlockMap::Node::Node(const Node& other)
@@ -32,6 +35,7 @@ BlockMap::Node::Node(const Node& other)
     }
     if (LeafCache* c = CacheOf(refs)) c->Add(this);
   }
+  refs->NodeCreated();
   refs->NodeDirtied();
 }
 
@@ -39,15 +43,16 @@ BlockMap::Node::~Node() {
   if (level == 0 && !entries) {
     // Evicted: the owner reads the page to drop the blocks' references, then the page.
     if (refs) refs->EvictedLeafDropped(page);
-    return;
-  }
-  if (entries) {
-    if (LeafCache* c = CacheOf(refs)) c->Remove(this);
-    for (const MapEntry& e : *entries) {
-      if (e.mapped()) refs->Unref(e);
+  } else {
+    if (entries) {
+      if (LeafCache* c = CacheOf(refs)) c->Remove(this);
+      for (const MapEntry& e : *entries) {
+        if (e.mapped()) refs->Unref(e);
+      }
     }
+    if (page.mapped() && refs) refs->PageDropped(page);
   }
-  if (page.mapped() && refs) refs->PageDropped(page);
+  if (refs) refs->NodeDestroyed();  // last: it may end `refs`
 }
 
 void BlockMap::Node::Evict(uint32_t unique) {

@@ -56,6 +56,10 @@ class BlockRefs {
   virtual void EvictedLeafDropped(const MapEntry& page) { (void)page; }
   // The list of leaves in memory, if the owner evicts leaves.
   virtual LeafCache* leaf_cache() { return nullptr; }
+  // Every node made with these refs, and its end (the last call a node makes: the
+  // owner may count nodes to outlive the last one).
+  virtual void NodeCreated() {}
+  virtual void NodeDestroyed() {}
 };
 
 class BlockMap {
