@@ -17,7 +17,7 @@ void PoolImpl::LoadChunks(std::vector<uint64_t> ids, StatusDone done) {
   auto g = MakeGather(static_cast<int>(missing.size()), [this, alive, done](absl::Status st) {
     if (!*alive) return;
     done(st);
-    ScheduleTrim();
+    if (*alive) ScheduleTrim();  // done may have ended the pool (a failed open)
   });
   std::vector<uint64_t> to_read;
   for (uint64_t id : missing) {

@@ -49,7 +49,7 @@ void PoolImpl::LoadLeaves(std::vector<std::shared_ptr<BlockMap::Node>> leaves, S
     for (const auto& n : *held) --n->pins;
     held->clear();
     done(st);
-    ScheduleTrim();
+    if (*alive) ScheduleTrim();  // done may have ended the pool (a failed open)
   };
   if (missing.empty()) return finish(absl::OkStatus());
   auto g = MakeGather(static_cast<int>(missing.size()), finish);
