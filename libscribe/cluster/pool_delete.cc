@@ -29,6 +29,7 @@ void PoolImpl::ScheduleReap() {
 
 void PoolImpl::ReapSome(size_t budget) {
   const size_t frees_before = pending_frees_.size();
+  const bool was_reaping = reaping_;
   reaping_ = true;  // see UnrefBlock
   while (budget > 0 && !doomed_.empty()) {
     std::shared_ptr<BlockMap::Node> n = std::move(doomed_.back());
@@ -42,7 +43,7 @@ void PoolImpl::ReapSome(size_t budget) {
     --budget;
     ++delete_nodes_freed_;
   }  // the last node is destroyed here
-  reaping_ = false;
+  reaping_ = was_reaping;
   if (pending_frees_.size() > frees_before) {
     delete_bytes_freed_ += (pending_frees_.size() - frees_before) * kBlockBytes;
   }

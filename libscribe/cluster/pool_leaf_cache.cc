@@ -173,11 +173,12 @@ absl::Status PoolImpl::UnrefLeafPage(const uint8_t* page, const MapEntry& p) {
   BlockMap::Entries entries{};
   uint32_t mapped = 0;
   RETURN_IF_ERROR(DecodeLeafPage(page, p, pool_uuid_, &entries, &mapped));
+  const bool was_reaping = reaping_;
   reaping_ = true;  // it left every tree: it may name chunks already freed (UnrefBlock)
   for (const MapEntry& e : entries) {
     if (e.mapped()) UnrefBlock(e);
   }
-  reaping_ = false;
+  reaping_ = was_reaping;
   return absl::OkStatus();
 }
 
