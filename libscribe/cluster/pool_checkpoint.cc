@@ -74,17 +74,8 @@ auto PoolImpl::PrepareCheckpoint() -> absl::StatusOr<std::shared_ptr<Checkpoint>
     FindChunk(p->chunk)->blocks->crc[p->block] = crc;
   };
   for (const auto& n : nodes) {
-    if (n->level == 0) {
-      // Its parent's page carries the counts (an open reads no leaf).
-      uint32_t unique = 0;
-      const ChunkState* c = nullptr;
-      for (const MapEntry& e : *n->entries) {
-        if (!e.mapped()) continue;
-        if (c == nullptr || c->id != e.chunk) c = FindChunk(e.chunk);
-        unique += c != nullptr && c->blocks && c->blocks->refs[e.block] == 1;  // as RefCount
-      }
-      n->unique_counted = unique;
-    }
+    // Its parent's page carries the counts (an open reads no leaf).
+    if (n->level == 0) n->unique_counted = UniqueBlocks(*n->entries);
     auto [p, buf] = take();
     seal(p, EncodeNodePage(*n, pool_uuid_, buf));
     n->page = *p;

@@ -317,6 +317,9 @@ class PoolImpl : public Pool {
 
   // Drops one reference from each block a leaf page names (every chunk must exist).
   absl::Status UnrefLeafPage(const uint8_t* page, const MapEntry& p);
+  // A leaf's blocks with a single reference (as RefCount sees them), kept with the leaf
+  // when it is written or evicted.
+  uint32_t UniqueBlocks(const BlockMap::Entries& entries) const;
 
   // Every leaf of every map and of every tree being deleted.
   std::vector<std::shared_ptr<BlockMap::Node>> AllLeaves() const;

@@ -124,13 +124,17 @@ void PoolImpl::TrimLeaves() {
   while (leaf_cache_.size() > limit && n != nullptr && budget-- > 0) {
     const BlockMap::Node* next = LeafCache::newer(n);
     if (n->evictable()) {
-      uint32_t unique = 0;
-      for (const MapEntry& e : *n->entries) unique += e.mapped() && RefCount(e) == 1;
-      const_cast<BlockMap::Node*>(n)->Evict(unique);
+      const_cast<BlockMap::Node*>(n)->Evict(UniqueBlocks(*n->entries));
       ++leaves_evicted_;
     }
     n = next;
   }
+}
+
+uint32_t PoolImpl::UniqueBlocks(const BlockMap::Entries& entries) const {
+  uint32_t unique = 0;
+  for (const MapEntry& e : entries) unique += e.mapped() && RefCount(e) == 1;
+  return unique;
 }
 
 void PoolImpl::EvictedLeafDropped(const MapEntry& page) {

@@ -28,9 +28,9 @@ std::vector<std::pair<DiskId, uint64_t>> PoolImpl::PlaceSlots(int count, const s
     if (b == nullptr || d.slots - d.used_slots > b->slots - b->used_slots) b = &d;
   }
   std::vector<const DiskState*> order;
+  const uint64_t reserve = data ? MetadataReservePerNode() : 0;  // data leaves it on every node
   for (auto& [node, d] : best) {
-    // Data leaves every node its metadata reserve.
-    if (data && node_free[node] <= MetadataReservePerNode()) continue;
+    if (data && node_free[node] <= reserve) continue;
     order.push_back(d);
   }
   std::stable_sort(order.begin(), order.end(), [](const DiskState* a, const DiskState* b) {
