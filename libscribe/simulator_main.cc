@@ -122,6 +122,7 @@ int main(int argc, char** argv) {
     total.diffs_from_change_logs += r.diffs_from_change_logs;
     small_cache_seeds += r.small_leaf_cache ? 1 : 0;
     total.map_leaves_read += r.map_leaves_read;
+    total.chunk_groups_read += r.chunk_groups_read;
     total.copy_checks += r.copy_checks;
     total.blocks_copy_checked += r.blocks_copy_checked;
     total.accounting_checks += r.accounting_checks;
@@ -162,7 +163,7 @@ int main(int argc, char** argv) {
       "node_crashes=%llu) reads_checked=%llu diffs_checked=%llu (from change logs %llu) "
       "copy_checks=%llu (blocks %llu) accounting_checks=%llu fill_seeds=%llu (peak used "
       "%.1f%%..%.1f%%, full_refusals=%llu, full_verifications=%llu) "
-      "small_leaf_cache_seeds=%llu (leaves read back %llu) violations=%llu\n",
+      "small_leaf_cache_seeds=%llu (leaves read back %llu) chunk_groups_read_back=%llu violations=%llu\n",
       static_cast<unsigned long long>(seeds), static_cast<unsigned long long>(total.ops),
       static_cast<unsigned long long>(total.faults),
       static_cast<unsigned long long>(total.power_cuts),
@@ -183,6 +184,7 @@ int main(int argc, char** argv) {
       static_cast<unsigned long long>(total.full_verifications),
       static_cast<unsigned long long>(small_cache_seeds),
       static_cast<unsigned long long>(total.map_leaves_read),
+      static_cast<unsigned long long>(total.chunk_groups_read),
       static_cast<unsigned long long>(total.violations));
   // Wall time goes to stderr so stdout stays identical from run to run.
   std::fprintf(stderr, "%.1f s wall, %llu failing seeds\n", seconds,

@@ -7,7 +7,7 @@ namespace scribe {
 auto PoolImpl::PrepareCheckpoint() -> absl::StatusOr<std::shared_ptr<Checkpoint>> {
   // Chunks with deltas are read back first (LoadDeltaChunks): the state pages written
   // here must be exact.
-  SCRIBE_CHECK(delta_chunks_.empty());
+  SCRIBE_CHECK(deltas_.empty());
   auto ck = std::make_shared<Checkpoint>();
   // Changed tree nodes, children before parents. A node with a page has no changed
   // node below it (changing a node unsets the pages of its whole path), and a shared
@@ -109,10 +109,13 @@ auto PoolImpl::PrepareCheckpoint() -> absl::StatusOr<std::shared_ptr<Checkpoint>
   dirty_chunks_.clear();
   absl::Status group_status;
   for (uint64_t g : dirty_groups_) {
-    auto old = group_pages_.find(g);
-    if (old != group_pages_.end()) {
-      DropPage(old->second);
-      group_pages_.erase(old);
+    // A changed group is in memory (only records in memory change).
+    auto old = groups_.find(g);
+    if (old != groups_.end()) {
+      SCRIBE_CHECK(old->second.resident);
+      DropPage(old->second.page);
+      group_lru_.erase(old->second.lru);
+      groups_.erase(old);
     }
     ck->groups.push_back(g);
     std::vector<ChunkRecord> records;
@@ -135,7 +138,9 @@ auto PoolImpl::PrepareCheckpoint() -> absl::StatusOr<std::shared_ptr<Checkpoint>
       break;
     }
     seal(p, *crc);
-    group_pages_[g] = *p;
+    GroupState& gs = groups_[g];
+    gs.page = *p;
+    gs.lru = group_lru_.insert(group_lru_.end(), g);
   }
   dirty_groups_.clear();
   // Pages taken for groups that turned out empty.
@@ -191,11 +196,12 @@ void PoolImpl::UndoCheckpoint(Checkpoint& ck) {
     }
   }
   for (uint64_t g : ck.groups) {
-    auto it = group_pages_.find(g);
-    if (it != group_pages_.end()) {
-      MapEntry p = it->second;
+    auto it = groups_.find(g);
+    if (it != groups_.end()) {
+      MapEntry p = it->second.page;
       forget(&p);
-      group_pages_.erase(it);
+      group_lru_.erase(it->second.lru);
+      groups_.erase(it);
     }
     dirty_groups_.insert(g);
   }
@@ -253,11 +259,11 @@ absl::StatusOr<std::vector<std::string>> PoolImpl::EncodeRoot() const {
     EncodeAddChunk(e, id, c.replication, true, c.replicas);
     add(e.out());
   }
-  for (const auto& [g, page] : group_pages_) {
+  for (const auto& [g, gs] : groups_) {
     Encoder e;
     e.U8(kRecCkptChunkGroup);
     e.U64(g);
-    EncodePagePointer(e, page);
+    EncodePagePointer(e, gs.page);
     add(e.out());
   }
   auto add_log = [&](bool of_snapshot, uint64_t owner, SnapshotId base, const ChangeLog& log,

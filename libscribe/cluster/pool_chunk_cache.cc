@@ -5,6 +5,17 @@
 namespace scribe {
 
 void PoolImpl::LoadChunks(std::vector<uint64_t> ids, StatusDone done) {
+  if (!GroupsResident(ids)) {
+    // Their records first.
+    auto alive = alive_;
+    auto ids_copy = std::make_shared<std::vector<uint64_t>>(ids);
+    return LoadGroups(ids, [this, alive, ids_copy, done](absl::Status st) {
+      if (!*alive) return;
+      if (!st.ok()) return done(st);
+      auto pin = PinGroups(*ids_copy);
+      LoadChunks(std::move(*ids_copy), [pin, done](absl::Status st) { done(st); });
+    });
+  }
   std::vector<uint64_t> missing;
   for (uint64_t id : ids) {
     const ChunkState* c = FindChunk(id);
@@ -61,8 +72,10 @@ void PoolImpl::LoadChunks(std::vector<uint64_t> ids, StatusDone done) {
 
 void PoolImpl::WithChunk(uint64_t id, std::function<void(absl::Status, ChunkState*)> fn) {
   ChunkState* c = FindChunk(id);
-  if (c == nullptr) return fn(absl::NotFoundError(absl::StrFormat("chunk %d is gone", id)), nullptr);
-  if (c->blocks) return fn(absl::OkStatus(), c);
+  if (c == nullptr && RecordResident(id)) {
+    return fn(absl::NotFoundError(absl::StrFormat("chunk %d is gone", id)), nullptr);
+  }
+  if (c != nullptr && c->blocks) return fn(absl::OkStatus(), c);
   auto alive = alive_;
   LoadChunks({id}, [this, alive, id, fn](absl::Status st) {
     if (!*alive) return;
@@ -78,9 +91,10 @@ void PoolImpl::ChunkLoaded(ChunkState* c, std::unique_ptr<ChunkBlocks> blocks) {
   ++chunks_read_;
   c->blocks = std::move(blocks);
   c->lru = chunk_lru_.insert(chunk_lru_.end(), c->id);
-  if (!c->delta) return;
-  std::unique_ptr<ChunkDelta> delta = std::move(c->delta);
-  delta_chunks_.erase(c->id);
+  auto it = deltas_.find(c->id);
+  if (it == deltas_.end()) return;
+  std::unique_ptr<ChunkDelta> delta = std::move(it->second);
+  deltas_.erase(it);
   ChunkBlocks& b = *c->blocks;
   for (uint32_t i = 0; i < kBlocksPerChunk; ++i) {
     if (delta->crc_set[i]) b.crc[i] = delta->crc[i];
@@ -100,12 +114,13 @@ void PoolImpl::ChunkLoaded(ChunkState* c, std::unique_ptr<ChunkBlocks> blocks) {
   ChunkDirtied(c);
 }
 
-ChunkDelta* PoolImpl::DeltaOf(ChunkState* c) {
-  if (!c->delta) {
-    c->delta = std::make_unique<ChunkDelta>();
-    delta_chunks_.insert(c->id);
+ChunkDelta* PoolImpl::DeltaOf(uint64_t id) {
+  std::unique_ptr<ChunkDelta>& d = deltas_[id];
+  if (!d) {
+    d = std::make_unique<ChunkDelta>();
+    NoteNodeDirtied();  // its state page is rewritten at the next checkpoint
   }
-  return c->delta.get();
+  return d.get();
 }
 
 void PoolImpl::ChunkDirtied(ChunkState* c) {
@@ -119,15 +134,16 @@ void PoolImpl::TouchChunk(ChunkState* c) {
   if (c->blocks && !c->meta) chunk_lru_.splice(chunk_lru_.end(), chunk_lru_, c->lru);
 }
 
-void PoolImpl::SetBlockCrc(ChunkState* c, uint32_t block, uint32_t crc) {
-  if (c->blocks) {
+void PoolImpl::SetBlockCrc(uint64_t id, uint32_t block, uint32_t crc) {
+  ChunkState* c = FindChunk(id);
+  if (c != nullptr && c->blocks) {
     c->blocks->crc[block] = crc;
   } else {
-    ChunkDelta* d = DeltaOf(c);
+    ChunkDelta* d = DeltaOf(id);
     d->crc[block] = crc;
     d->crc_set[block] = true;
   }
-  ChunkDirtied(c);
+  if (c != nullptr) ChunkDirtied(c);
 }
 
 bool PoolImpl::ChunkEvictable(const ChunkState& c) const {
@@ -158,10 +174,12 @@ void PoolImpl::TrimChunks() {
 }
 
 void PoolImpl::LoadDeltaChunks() {
-  if (loading_delta_chunks_ || delta_chunks_.empty()) return;
+  if (loading_delta_chunks_ || deltas_.empty()) return;
   loading_delta_chunks_ = true;
   auto alive = alive_;
-  LoadChunks(std::vector<uint64_t>(delta_chunks_.begin(), delta_chunks_.end()),
+  std::vector<uint64_t> ids;
+  for (const auto& [id, d] : deltas_) ids.push_back(id);
+  LoadChunks(std::move(ids),
              [this, alive](absl::Status st) {
                if (!*alive) return;
                loading_delta_chunks_ = false;

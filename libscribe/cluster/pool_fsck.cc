@@ -16,12 +16,22 @@ void PoolImpl::FsckWhenLoaded(Done<FsckReport> done) {
     });
     return;
   }
-  // Every chunk state (kept in memory while fsck runs), then every leaf.
-  std::vector<uint64_t> ids;
-  for (const auto& [id, c] : chunks_) {
-    if (!c.blocks) ids.push_back(id);
-  }
-  LoadChunks(std::move(ids), [this, alive, done](absl::Status st) {
+  // Every chunk record and state (kept in memory while fsck runs), then every leaf.
+  std::vector<uint64_t> groups;
+  for (uint64_t g : AllGroups()) groups.push_back(g * kChunksPerGroup);
+  LoadGroups(groups, [this, alive, done](absl::Status st) {
+    if (!*alive) return;
+    if (!st.ok()) {
+      --fsck_running_;
+      ScheduleReap();
+      ScheduleTrim();
+      return loop_->Post([done, st] { done(st); });
+    }
+    std::vector<uint64_t> ids;
+    for (const auto& [id, c] : chunks_) {
+      if (!c.blocks) ids.push_back(id);
+    }
+    LoadChunks(std::move(ids), [this, alive, done](absl::Status st) {
     if (!*alive) return;
     auto finish = [this, done](absl::StatusOr<FsckReport> r) {
       --fsck_running_;
@@ -34,11 +44,13 @@ void PoolImpl::FsckWhenLoaded(Done<FsckReport> done) {
       if (!*alive) return;
       bool all = true;
       for (const auto& [id, c] : chunks_) all = all && c.blocks != nullptr;
+      for (const auto& [g, gs] : groups_) all = all && gs.resident;
       if (st.ok() && (dropping_leaves_ || !dropped_leaves_.empty() || !all)) {
         return FsckWhenLoaded(done);  // something changed meanwhile: look again
       }
       finish(st.ok() ? absl::StatusOr<FsckReport>(FsckNow()) : st);
     });
+  });
   });
 }
 
@@ -95,7 +107,7 @@ FsckReport PoolImpl::FsckNow() const {
     visit(s->map.root().get(), false);
     for (const MapEntry& p : s->log_pages) expect_page(p, "change log");
   }
-  for (const auto& [g, p] : group_pages_) expect_page(p, "chunk group");
+  for (const auto& [g, gs] : groups_) expect_page(gs.page, "chunk group");
   for (const auto& [id, c] : chunks_) {
     if (c.page.mapped()) expect_page(c.page, "chunk state");
   }

@@ -36,6 +36,40 @@ void PoolImpl::HealStep() {
     ChooseMirrors();
     Commit([](absl::Status) {});
   }
+  // Degraded chunks keep their records in memory (GroupEvictable), but a disk that
+  // failed or vanished degrades chunks whose records are not: read their groups (a
+  // batch at a time) and look again.
+  // Once read they stay (a copy on such a disk pins its record), so each disk is
+  // looked through once (heal_scanned_: how far), again if it fails anew.
+  std::vector<uint64_t> unread;
+  for (const auto& [id, d] : disks_) {
+    if (!d.failed && (d.dev != nullptr || !NodeOnline(d.node))) continue;
+    uint64_t& s = heal_scanned_[id];
+    for (; s < d.slots && unread.size() < kHealGroupsPerRead && !heal_loading_; ++s) {
+      const uint64_t owner = d.slot_owner[s];
+      if (owner != 0 && !RecordResident(owner) &&
+          (unread.empty() || unread.back() / kChunksPerGroup != owner / kChunksPerGroup)) {
+        unread.push_back(owner);
+      }
+    }
+  }
+  if (!unread.empty()) {
+    heal_loading_ = true;
+    auto alive = alive_;
+    LoadGroups(unread, [this, alive](absl::Status st) {
+      if (!*alive) return;
+      heal_loading_ = false;
+      if (!st.ok()) {
+        // Unreadable group pages: look through the disks again later.
+        heal_scanned_.clear();
+        loop_->RunAfter(1'000'000'000, [this, alive] {
+          if (*alive) Heal();
+        });
+        return;
+      }
+      Heal();
+    });
+  }
   bool waiting = false;
   std::vector<uint64_t> ids;
   for (const auto& [id, c] : chunks_) ids.push_back(id);

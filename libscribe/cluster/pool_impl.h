@@ -14,6 +14,7 @@
 //   pool_io.cc           the data path: reads, writes, discards, block locks
 //   pool_leaf_cache.cc   evicting block-map leaves and reading them back
 //   pool_chunk_cache.cc  chunk states (refcounts, checksums) in pages, read on demand
+//   pool_chunk_groups.cc chunk records (copies, blocks in use) by group, read on demand
 //   pool_membership.cc   disks and nodes joining, failing, leaving; stats
 //   pool_heal.cc         re-mirroring degraded chunks
 //   pool_scrub.cc        reading every copy, repairing bad ones
@@ -228,7 +229,9 @@ class PoolImpl : public Pool {
 
   void InsertSnapshot(std::unique_ptr<SnapshotState> s);
 
-  void InsertChunk(ChunkState c);
+  // `changed`: a new or changed record (its group's page is rewritten); not for one
+  // read back from its group's page.
+  void InsertChunk(ChunkState c, bool changed = true);
 
   // A chunk's record (copies, stale flags, existence) changed: a data chunk's group
   // page is rewritten at the next checkpoint; metadata chunks are listed in every
@@ -342,8 +345,9 @@ class PoolImpl : public Pool {
   // Gives a chunk read back its blocks, applying its delta.
   void ChunkLoaded(ChunkState* c, std::unique_ptr<ChunkBlocks> blocks);
 
-  // The delta of a chunk whose blocks are not in memory (made on first use).
-  ChunkDelta* DeltaOf(ChunkState* c);
+  // The delta of chunk `id`, whose blocks (or record) are not in memory (made on first
+  // use).
+  ChunkDelta* DeltaOf(uint64_t id);
 
   // The chunk's blocks changed (they need a page at the next checkpoint).
   void ChunkDirtied(ChunkState* c);
@@ -351,7 +355,7 @@ class PoolImpl : public Pool {
   // Makes `c` the most recently used chunk in memory.
   void TouchChunk(ChunkState* c);
 
-  void SetBlockCrc(ChunkState* c, uint32_t block, uint32_t crc);
+  void SetBlockCrc(uint64_t id, uint32_t block, uint32_t crc);
 
   bool ChunkEvictable(const ChunkState& c) const;
 
@@ -362,6 +366,39 @@ class PoolImpl : public Pool {
   // Reads, in the background, the chunks with deltas (a checkpoint needs none), then
   // commits (the checkpoint that was due).
   void LoadDeltaChunks();
+
+  // ---------------------------------------------------------------- chunk records
+  // Data chunk records (copies, blocks in use, where the state page is) are kept by
+  // group (kChunksPerGroup consecutive ids, one page). A group not in memory is read
+  // back whole when something needs one of its chunks; beyond an eighth of
+  // PoolOptions::metadata_cache_bytes the least recently used groups whose chunks are
+  // all idle, clean and fully redundant leave memory (GroupEvictable). An open keeps
+  // only the groups the open itself needs. Metadata chunks always stay in memory (the
+  // root lists them). Reference changes to a chunk not in memory are deltas (DeltaOf).
+
+  // Calls done once the record of every chunk of `ids` is in memory (or is known not to
+  // exist: its group is). They stay in memory until done returns (evictions are posted).
+  void LoadGroups(const std::vector<uint64_t>& ids, StatusDone done);
+
+  // Whether chunk `id`'s record, if it exists, is in memory.
+  bool RecordResident(uint64_t id) const;
+
+  // Touches the groups of `ids` (most recently used); false if one is not in memory.
+  bool GroupsResident(const std::vector<uint64_t>& ids);
+
+  // Decodes a group page: claims its pages and slots (`claim`: at open) and, if
+  // `insert`, makes its records resident. `room`: the most free blocks of one chunk.
+  absl::Status DecodeGroup(uint64_t g, const uint8_t* page, const MapEntry& p, bool claim,
+                           bool insert, uint32_t* room, bool* needed, uint32_t* count);
+
+  // Keeps the groups of `ids` in memory while the result is held.
+  std::shared_ptr<void> PinGroups(const std::vector<uint64_t>& ids);
+
+  bool GroupEvictable(uint64_t g) const;
+  size_t GroupCacheLimit() const;
+  void TrimGroups();
+  // Every group with a page or a chunk in memory, in id order (scrub, fsck).
+  std::vector<uint64_t> AllGroups() const;
 
   // ---------------------------------------------------------------- refcounts
   void RefBlock(const MapEntry& e);
@@ -755,6 +792,8 @@ class PoolImpl : public Pool {
   // Reads past a kRecMap or kRecUnmap record (false, for any other record), giving the
   // blocks it changes.
   static bool SkipMapRecord(Decoder& d, VsdId* vsd, uint64_t* lba, uint64_t* count);
+  // The chunk whose record the record at `d` changes, if any.
+  static std::optional<uint64_t> ChunkOfRecord(Decoder d);
   // Disks, chunks left empty, a fresh checkpoint; unfinished deletes go on.
   void FinishOpen(const Candidate& best, const std::map<DiskId, BlockDevice*>& devs,
                   std::shared_ptr<std::unique_ptr<Pool>> holder, Done<std::unique_ptr<Pool>> done);
@@ -845,7 +884,23 @@ class PoolImpl : public Pool {
   // Metadata pages (see meta_pages.h).
   std::set<uint64_t> meta_chunks_;
   uint64_t meta_open_chunk_ = 0;
-  std::map<uint64_t, MapEntry> group_pages_;  // chunk group -> its page (as last written)
+  // A chunk group with a page: the page as last written, whether its records are in
+  // memory, and (when not) how much room its emptiest chunk had when they left.
+  struct GroupState {
+    MapEntry page;
+    bool resident = true;
+    uint32_t room = 0;
+    uint32_t chunks = 0;  // when not resident: how many records its page holds
+    std::list<uint64_t>::iterator lru;  // in group_lru_ while resident
+  };
+  absl::btree_map<uint64_t, GroupState> groups_;
+  std::list<uint64_t> group_lru_;  // resident groups with a page, least recently used first
+  absl::flat_hash_map<uint64_t, std::vector<StatusDone>> group_loads_;
+  absl::flat_hash_map<uint64_t, int> group_pins_;  // see PinGroups
+  // Not-resident groups whose emptiest chunk was at least half free (see ReusableChunk).
+  std::set<uint64_t> reuse_groups_;
+  uint64_t groups_read_ = 0;
+  uint64_t groups_evicted_ = 0;
   std::set<uint64_t> dirty_groups_;           // groups whose page is out of date
   std::vector<MapEntry> page_frees_;          // pages dropped since the last checkpoint
   uint64_t dirty_nodes_ = 0;                  // tree nodes changed since the last checkpoint
@@ -901,7 +956,8 @@ class PoolImpl : public Pool {
   // Chunks being read back, and who waits for each.
   absl::flat_hash_map<uint64_t, std::vector<StatusDone>> chunk_loads_;
   std::set<uint64_t> dirty_chunks_;  // data chunks whose page is out of date
-  std::set<uint64_t> delta_chunks_;  // data chunks with a delta (blocks not in memory)
+  // Deltas of data chunks whose blocks (or records) are not in memory.
+  std::map<uint64_t, std::unique_ptr<ChunkDelta>> deltas_;
   bool loading_delta_chunks_ = false;
   uint64_t chunks_read_ = 0;
   uint64_t chunks_evicted_ = 0;
@@ -931,6 +987,9 @@ class PoolImpl : public Pool {
   bool reaping_ = false;
   uint64_t unrefs_of_freed_chunks_ = 0;
   bool heal_scheduled_ = false;
+  bool heal_loading_ = false;  // HealStep is reading the groups of a failed disk's chunks
+  std::map<DiskId, uint64_t> heal_scanned_;  // slots of a failed disk HealStep looked at
+  static constexpr size_t kHealGroupsPerRead = 64;
   uint64_t rebuilds_in_flight_ = 0;
   uint64_t chunks_rebuilt_ = 0;
   uint64_t repaired_ = 0;

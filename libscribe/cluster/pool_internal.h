@@ -92,9 +92,10 @@ struct ChunkBlocks {
   std::array<uint32_t, kBlocksPerChunk> crc{};  // of each block with refs > 0
 };
 
-// Changes to a data chunk whose blocks are not in memory (a leaf copied or dropped, a
-// journal record replayed), applied when the page is read back. Never a reference from
-// 0 to 1 outside replay: a new block is written into a chunk in memory.
+// Changes to a data chunk whose blocks (or whose record) are not in memory (a leaf
+// copied or dropped, a journal record replayed), kept by chunk id and applied when the
+// page is read back. Never a reference from 0 to 1 outside replay: a new block is
+// written into a chunk in memory.
 struct ChunkDelta {
   std::array<int32_t, kBlocksPerChunk> refs{};
   std::array<uint32_t, kBlocksPerChunk> crc{};
@@ -106,12 +107,11 @@ struct ChunkState {
   int replication = 2;
   std::vector<Replica> replicas;
   std::unique_ptr<ChunkBlocks> blocks;  // null: evicted, or never read since the open
-  std::unique_ptr<ChunkDelta> delta;    // only while `blocks` is null
   MapEntry page;       // data chunk: where `blocks` was last written (unmapped: never)
-  bool dirty = false;  // `blocks` (or `delta`) changed since written at `page`
+  bool dirty = false;  // `blocks` (or its delta) changed since written at `page`
   std::list<uint64_t>::iterator lru;  // in PoolImpl::chunk_lru_ while `blocks` is set
   std::bitset<kBlocksPerChunk> busy;  // allocated to a write in flight, or freed but not yet durable
-  // Blocks with refs > 0 or busy. Exact unless `delta` is set (then as of the page plus
+  // Blocks with refs > 0 or busy. Exact unless it has a delta (then as of the page plus
   // what is known).
   uint32_t used = 0;
   int writes_in_flight = 0;

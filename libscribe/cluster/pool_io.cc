@@ -29,7 +29,21 @@ void PoolImpl::ReadBlocks(MapRef ref, uint64_t b0, uint64_t b1, uint8_t* out, in
   WithLeaves(ref, b0, b1, [this, alive, ref, b0, b1, out, attempt, done](absl::Status st, const BlockMap* m) {
     if (!*alive) return;
     if (!st.ok()) return done(st);
-    ReadBlocksIn(m, ref, b0, b1, out, attempt, done);
+    // The records of the chunks read (their copies) must be in memory too.
+    std::vector<uint64_t> chunks;
+    for (uint64_t lba = b0; m && lba < b1 && lba < m->capacity_blocks(); ++lba) {
+      const MapEntry e = m->Get(lba);
+      if (e.mapped() && (chunks.empty() || chunks.back() != e.chunk)) chunks.push_back(e.chunk);
+    }
+    if (GroupsResident(chunks)) return ReadBlocksIn(m, ref, b0, b1, out, attempt, done);
+    LoadGroups(chunks, [this, alive, ref, b0, b1, out, attempt, done, chunks](absl::Status st) {
+      if (!*alive) return;
+      if (!st.ok()) return done(st);
+      // Held until the read is done, so that the leaves read again (if evicted
+      // meanwhile) find the records still here.
+      auto pin = PinGroups(chunks);
+      ReadBlocks(ref, b0, b1, out, attempt, [pin, done](absl::Status st) { done(st); });
+    });
   });
 }
 
@@ -292,6 +306,7 @@ void PoolImpl::FailDiskNow(DiskId disk, bool evicted) {
   e.U64(disk.value);
   e.U8(evicted ? 1 : 0);
   Mutate(e.out());
+  heal_scanned_.erase(disk);  // its chunks' records are read (HealStep)
   for (auto& [id, v] : vsds_) {
     if (ChunkState* c = v->open_chunk ? FindChunk(v->open_chunk) : nullptr) {
       for (const Replica& r : c->replicas) {

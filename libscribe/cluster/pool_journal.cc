@@ -36,7 +36,7 @@ void PoolImpl::Commit(StatusDone done) {
 void PoolImpl::StartCommit() {
   bool journal_full = journal_pos_ + RoundUp(kBatchHeaderBytes + pending_records_.size(), kBlockBytes) > half_bytes_;
   bool checkpoint_due = need_checkpoint_ || journal_full || dirty_nodes_ >= options_.checkpoint_dirty_pages_max;
-  if (checkpoint_due && !delta_chunks_.empty()) {
+  if (checkpoint_due && !deltas_.empty()) {
     // A checkpoint writes exact chunk states: the chunks with deltas are read first
     // (LoadDeltaChunks commits when done). Meanwhile a journal batch will do, unless
     // the checkpoint cannot wait.

@@ -101,7 +101,8 @@ void PoolImpl::ReadLeaves(std::vector<std::shared_ptr<BlockMap::Node>> leaves) {
 }
 
 void PoolImpl::ScheduleTrim() {
-  if (trim_scheduled_ || (leaf_cache_.size() <= LeafCacheLimit() && chunk_lru_.size() <= ChunkCacheLimit())) {
+  if (trim_scheduled_ || (leaf_cache_.size() <= LeafCacheLimit() && chunk_lru_.size() <= ChunkCacheLimit() &&
+                          group_lru_.size() <= GroupCacheLimit())) {
     return;
   }
   trim_scheduled_ = true;
@@ -111,6 +112,7 @@ void PoolImpl::ScheduleTrim() {
     trim_scheduled_ = false;
     TrimLeaves();
     TrimChunks();
+    TrimGroups();
   });
 }
 

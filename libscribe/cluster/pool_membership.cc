@@ -142,9 +142,19 @@ PoolStats PoolImpl::Stats() const {
     s.capacity_bytes[static_cast<int>(d.tier)] += d.slots * kChunkBytes;
     s.used_bytes[static_cast<int>(d.tier)] += d.used_slots * kChunkBytes;
   }
+  // Chunks whose records are not in memory are counted from the groups' pages as last
+  // read, and are healthy but for copies on disks that are not usable now (a chunk
+  // with copies on two such disks counts twice).
   s.chunks = chunks_.size();
+  for (const auto& [g, gs] : groups_) {
+    if (!gs.resident) s.chunks += gs.chunks;
+  }
   for (const auto& [id, c] : chunks_) {
     if (HealthyCopies(c) < TargetCopies(c)) ++s.degraded_chunks;
+  }
+  for (const auto& [id, d] : disks_) {
+    if (DiskUsable(d)) continue;
+    for (uint64_t owner : d.slot_owner) s.degraded_chunks += owner != 0 && !RecordResident(owner);
   }
   s.rebuilds_in_flight = rebuilds_in_flight_;
   s.chunks_rebuilt = chunks_rebuilt_;
@@ -169,7 +179,10 @@ PoolStats PoolImpl::Stats() const {
   s.chunk_states_in_memory = chunk_lru_.size();
   s.chunk_states_read = chunks_read_;
   s.chunk_states_evicted = chunks_evicted_;
-  s.chunk_states_with_deltas = delta_chunks_.size();
+  s.chunk_states_with_deltas = deltas_.size();
+  s.chunk_groups_in_memory = group_lru_.size();
+  s.chunk_groups_read = groups_read_;
+  s.chunk_groups_evicted = groups_evicted_;
   s.diffs_from_change_logs = diffs_from_change_logs_;
   s.diffs_walked = diffs_walked_;
   s.fenced = fenced_;
@@ -178,6 +191,13 @@ PoolStats PoolImpl::Stats() const {
 
 bool PoolImpl::FullyRedundant() const {
   if (rebuilds_in_flight_ > 0 || !pending_resets_.empty()) return false;
+  // A copy on a disk that is not usable now, of a chunk whose record is not in memory.
+  for (const auto& [id, d] : disks_) {
+    if (DiskUsable(d)) continue;
+    for (uint64_t owner : d.slot_owner) {
+      if (owner != 0 && !RecordResident(owner)) return false;
+    }
+  }
   for (const auto& [id, c] : chunks_) {
     if (HealthyCopies(c) < TargetCopies(c)) return false;
     for (const Replica& r : c.replicas) {

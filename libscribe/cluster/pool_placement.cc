@@ -112,6 +112,12 @@ ChunkState* PoolImpl::ReusableChunk(int replication) {
     }
     if (best == nullptr || c->used < best->used) best = c;
   }
+  if (best == nullptr && !reuse_groups_.empty()) {
+    // Chunks with room whose records are not in memory: read a group for next time.
+    const uint64_t g = *reuse_groups_.begin();
+    reuse_groups_.erase(reuse_groups_.begin());
+    LoadGroups({g * kChunksPerGroup}, [](absl::Status) {});
+  }
   return best;
 }
 
@@ -134,6 +140,12 @@ ChunkState* PoolImpl::AnyChunkWithRoom(int replication) {
     if (best == nullptr || c.used < best->used) best = &c;
   }
   // A full pool's room may be in chunks not in memory: read some for the next try.
+  if (best == nullptr) {
+    for (const auto& [g, gs] : groups_) {
+      if (unread.size() >= 8) break;
+      if (!gs.resident && gs.room > 0) unread.push_back(g * kChunksPerGroup);
+    }
+  }
   if (best == nullptr && !unread.empty()) LoadChunks(std::move(unread), [](absl::Status) {});
   return best;
 }

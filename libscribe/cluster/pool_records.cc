@@ -139,7 +139,8 @@ void PoolImpl::Apply(Decoder& d) {
         if (c->page.mapped()) DropPage(c->page);
         if (c->blocks && !c->meta) chunk_lru_.erase(c->lru);
         dirty_chunks_.erase(id);
-        delta_chunks_.erase(id);
+        deltas_.erase(id);
+        reuse_candidates_.erase(id);
         if (c->meta) meta_chunks_.erase(id);
         chunk_index_.erase(id);
         chunks_.erase(id);
@@ -221,15 +222,17 @@ void PoolImpl::Apply(Decoder& d) {
       e.chunk = d.U64();
       const uint32_t first = d.U32();
       const uint32_t count = d.U32();
-      ChunkState* c = FindChunk(e.chunk);
       if (count > kBlocksPerChunk || first > kBlocksPerChunk - count) {
         d.Raw(nullptr, SIZE_MAX);  // malformed: fail the batch
         break;
       }
+      // A chunk that is not in memory is a data chunk (metadata chunks always are).
+      const ChunkState* c = FindChunk(e.chunk);
+      const bool data = c != nullptr ? !c->meta : !RecordResident(e.chunk);
       for (uint32_t i = 0; i < count && d.ok(); ++i) {
         e.block = first + i;
         e.crc = d.U32();
-        if (c && !c->meta) SetBlockCrc(c, e.block, e.crc);
+        if (data) SetBlockCrc(e.chunk, e.block, e.crc);
         if (v && lba + i < v->map.capacity_blocks()) v->map.Set(lba + i, e);
       }
       if (v && d.ok()) LogChange(v, lba, lba + count);
@@ -327,7 +330,11 @@ void PoolImpl::Apply(Decoder& d) {
       page.chunk = d.U64();
       page.block = d.U32();
       page.crc = d.U32();
-      if (d.ok()) group_pages_[group] = page;
+      if (d.ok()) {
+        GroupState& gs = groups_[group];
+        gs.page = page;
+        gs.resident = false;  // LoadPages reads it
+      }
       break;
     }
     case kRecCkptVsd: {
@@ -421,7 +428,7 @@ void PoolImpl::InsertSnapshot(std::unique_ptr<SnapshotState> s) {
   snapshots_[s->id] = std::move(s);
 }
 
-void PoolImpl::InsertChunk(ChunkState c) {
+void PoolImpl::InsertChunk(ChunkState c, bool changed) {
   for (const Replica& r : c.replicas) ClaimSlot(r.disk, r.slot, c.id);
   next_chunk_ = std::max(next_chunk_, c.id + 1);
   const uint64_t id = c.id;
@@ -435,7 +442,7 @@ void PoolImpl::InsertChunk(ChunkState c) {
   chunk_index_[id] = &slot;
   if (slot.blocks && !slot.meta) slot.lru = chunk_lru_.insert(chunk_lru_.end(), id);
   if (fresh && !slot.meta) ChunkDirtied(&slot);
-  ChunkRecordChanged(slot);
+  if (changed) ChunkRecordChanged(slot);
 }
 
 void PoolImpl::ChunkRecordChanged(const ChunkState& c) {
@@ -491,10 +498,10 @@ void PoolImpl::ReleaseSlot(DiskId disk_id, uint64_t slot, uint64_t chunk) {
 
 void PoolImpl::RefBlock(const MapEntry& e) {
   ChunkState* c = FindChunk(e.chunk);
-  SCRIBE_CHECK(c != nullptr);
-  if (!c->blocks) {
-    ++DeltaOf(c)->refs[e.block];
-    ChunkDirtied(c);
+  SCRIBE_CHECK(c != nullptr || !RecordResident(e.chunk));
+  if (c == nullptr || !c->blocks) {
+    ++DeltaOf(e.chunk)->refs[e.block];
+    if (c != nullptr) ChunkDirtied(c);
     return;
   }
   if (c->blocks->refs[e.block]++ == 0 && !c->busy[e.block]) ++c->used;
@@ -503,6 +510,12 @@ void PoolImpl::RefBlock(const MapEntry& e) {
 
 void PoolImpl::UnrefBlock(const MapEntry& e) {
   ChunkState* c = FindChunk(e.chunk);
+  if (c == nullptr && !RecordResident(e.chunk)) {
+    // Applied when the record and the page are read back (a chunk that turns out to be
+    // gone then: see DecodeGroup).
+    --DeltaOf(e.chunk)->refs[e.block];
+    return;
+  }
   if (c == nullptr && reaping_) {
     // A tree deleted before a crash names a chunk that the replayed journal freed (the
     // run before the crash had finished that part of the delete): nothing to drop.
@@ -512,7 +525,7 @@ void PoolImpl::UnrefBlock(const MapEntry& e) {
   SCRIBE_CHECK(c != nullptr);
   if (!c->blocks) {
     // Applied (and the block freed, when it reaches 0) once the page is read back.
-    --DeltaOf(c)->refs[e.block];
+    --DeltaOf(e.chunk)->refs[e.block];
     ChunkDirtied(c);
     return;
   }
@@ -546,7 +559,7 @@ void PoolImpl::ReleaseFrees(BlockFrees frees) {
 
 void PoolImpl::MaybeFreeChunk(ChunkState* c) {
   // A chunk with a delta may have gained references its `used` does not show yet.
-  if (c->used != 0 || c->delta || c->open || c->rebuilding || c->writes_in_flight != 0) return;
+  if (c->used != 0 || deltas_.contains(c->id) || c->open || c->rebuilding || c->writes_in_flight != 0) return;
   Encoder e;
   e.U8(kRecFreeChunk);
   e.U64(c->id);

@@ -238,6 +238,16 @@ void PoolImpl::ReplayTail(std::shared_ptr<TailReplay> r, StatusDone done) {
     const std::string& p = payloads[r->payload];
     while (r->offset < p.size()) {
       Decoder d(p.data() + r->offset, p.size() - r->offset);
+      // A record that changes a chunk's record needs its group in memory.
+      if (const std::optional<uint64_t> chunk = ChunkOfRecord(d); chunk && !RecordResident(*chunk)) {
+        auto alive = alive_;
+        LoadGroups({*chunk}, [this, alive, r, done](absl::Status st) {
+          if (!*alive) return;
+          if (!st.ok()) return done(st);
+          ReplayTail(r, done);
+        });
+        return;
+      }
       std::vector<std::shared_ptr<BlockMap::Node>> missing = LeavesToReplay(d);
       if (!missing.empty()) {
         auto alive = alive_;
@@ -254,6 +264,22 @@ void PoolImpl::ReplayTail(std::shared_ptr<TailReplay> r, StatusDone done) {
     }
   }
   done(absl::OkStatus());
+}
+
+std::optional<uint64_t> PoolImpl::ChunkOfRecord(Decoder d) {
+  switch (d.U8()) {
+    case kRecAddChunk:
+    case kRecFreeChunk:
+    case kRecSetReplica:
+    case kRecStale:
+    case kRecDropReplica: {
+      const uint64_t id = d.U64();
+      if (d.ok()) return id;
+      return std::nullopt;
+    }
+    default:
+      return std::nullopt;
+  }
 }
 
 std::vector<std::shared_ptr<BlockMap::Node>> PoolImpl::LeavesToReplay(Decoder d) {
@@ -337,32 +363,29 @@ void PoolImpl::FinishOpen(const Candidate& best, const std::map<DiskId, BlockDev
 void PoolImpl::LoadPages(StatusDone done) {
   std::vector<MapEntry> groups;
   std::vector<uint64_t> group_ids;
-  for (const auto& [g, p] : group_pages_) {
-    groups.push_back(p);
+  for (const auto& [g, gs] : groups_) {
+    groups.push_back(gs.page);
     group_ids.push_back(g);
   }
   auto alive = alive_;
+  // Every group page is read for the slots and pages it claims; only the groups the
+  // open needs (an empty chunk to free, a degraded one to heal) keep their records.
   ReadPages(groups, [this, group_ids, groups](size_t i, const uint8_t* page) -> absl::Status {
-    absl::StatusOr<std::vector<ChunkRecord>> records = DecodeChunkGroupPage(page, groups[i], pool_uuid_);
-    if (!records.ok()) return records.status();
-    RETURN_IF_ERROR(ClaimPage(groups[i]));
-    for (ChunkRecord& r : *records) {
-      if (r.id / kChunksPerGroup != group_ids[i] || FindChunk(r.id) != nullptr) {
-        return absl::DataLossError(absl::StrFormat("%s: chunk %d does not belong there",
-                                                   DescribePointer(groups[i]), r.id));
-      }
-      if (!r.state.mapped()) {
-        return absl::DataLossError(absl::StrFormat("%s: chunk %d has no state page",
-                                                   DescribePointer(groups[i]), r.id));
-      }
-      RETURN_IF_ERROR(ClaimPage(r.state));
-      ChunkState c;
-      c.id = r.id;
-      c.replication = r.replication;
-      c.replicas = std::move(r.replicas);
-      c.page = r.state;  // its blocks are read when needed
-      c.used = r.used;
-      InsertChunk(std::move(c));
+    uint32_t room = 0, count = 0;
+    bool needed = false;
+    RETURN_IF_ERROR(DecodeGroup(group_ids[i], page, groups[i], /*claim=*/true, /*insert=*/false,
+                                &room, &needed, &count));
+    GroupState& gs = groups_.at(group_ids[i]);
+    gs.room = room;
+    gs.chunks = count;
+    // New chunks are added to the group of next_chunk_, which must be in memory.
+    if (needed || group_ids[i] == next_chunk_ / kChunksPerGroup) {
+      RETURN_IF_ERROR(DecodeGroup(group_ids[i], page, groups[i], /*claim=*/false, /*insert=*/true,
+                                  &room, &needed, &count));
+      gs.resident = true;
+      gs.lru = group_lru_.insert(group_lru_.end(), group_ids[i]);
+    } else if (room >= kBlocksPerChunk / 2) {
+      reuse_groups_.insert(group_ids[i]);
     }
     return absl::OkStatus();
   }, [this, alive, done](absl::Status st) {

@@ -5,9 +5,8 @@ namespace scribe {
 
 void PoolImpl::Scrub(Done<ScrubReport> done) {
   auto report = std::make_shared<ScrubReport>();
-  std::vector<uint64_t> ids;
-  for (const auto& [id, c] : chunks_) ids.push_back(id);
-  ScrubNext(std::make_shared<std::vector<uint64_t>>(std::move(ids)), 0, report,
+  // Chunk groups in id order; their records are read as the scrub reaches them.
+  ScrubNext(std::make_shared<std::vector<uint64_t>>(AllGroups()), 0, report,
             [this, report, done](absl::Status st) {
               if (!st.ok()) return done(st);
               // Repaired copies are durable before the scrub reports them.
@@ -18,10 +17,21 @@ void PoolImpl::Scrub(Done<ScrubReport> done) {
             });
 }
 
-void PoolImpl::ScrubNext(std::shared_ptr<std::vector<uint64_t>> ids, size_t i,
+void PoolImpl::ScrubNext(std::shared_ptr<std::vector<uint64_t>> groups, size_t i,
                std::shared_ptr<ScrubReport> report, StatusDone done) {
-  if (i == ids->size()) return loop_->Post([done] { done(absl::OkStatus()); });
-  ChunkState* c = FindChunk((*ids)[i]);
+  // `i` counts chunk ids through the groups.
+  const std::shared_ptr<std::vector<uint64_t>>& ids = groups;
+  if (i == groups->size() * kChunksPerGroup) return loop_->Post([done] { done(absl::OkStatus()); });
+  const uint64_t id = (*groups)[i / kChunksPerGroup] * kChunksPerGroup + i % kChunksPerGroup;
+  if (!RecordResident(id)) {
+    auto alive = alive_;
+    return LoadGroups({id}, [=, this](absl::Status st) {
+      if (!*alive) return;
+      if (!st.ok()) return done(st);
+      ScrubNext(ids, i, report, done);
+    });
+  }
+  ChunkState* c = FindChunk(id);
   if (!c || c->rebuilding) return ScrubNext(ids, i + 1, report, done);
   std::vector<Replica> copies;
   for (const Replica& r : c->replicas) {

@@ -367,6 +367,74 @@ TEST(PoolMetadata, AnOpenReadsNoLeafButThoseTheJournalTailChanges) {
   }
 }
 
+// Data chunk records leave memory by groups beyond the cache and come back when a read,
+// a write over old data, heal, scrub or fsck needs them; an open keeps none it does not
+// need. 200 chunks (7 groups) with room for 2 groups.
+TEST(PoolMetadata, ChunkRecordsLeaveMemoryAndComeBackWhenNeeded) {
+  PoolOptions options = TestPoolOptions(16ull << 20);
+  options.metadata_cache_bytes = 64 << 10;  // 16 leaves, 8 chunk states, 2 record groups
+  SimPool p(3, 1, 512ull << 20, options);
+  VsdId v = p.Create("d", 256 << 20);
+  std::map<uint64_t, char> model;  // 4 KiB block -> pattern seed
+  auto write = [&](uint64_t block, uint64_t blocks, char seed) {
+    std::string data;
+    for (uint64_t b = 0; b < blocks; ++b) {
+      data += Pattern(static_cast<char>(seed + b), 4096);
+      model[block + b] = static_cast<char>(seed + b);
+    }
+    ASSERT_TRUE(p.Write(v, block * 4096, data).ok());
+  };
+  auto check_all = [&] {
+    for (const auto& [block, seed] : model) {
+      ASSERT_EQ(*p.Read(v, block * 4096, 4096), Pattern(seed, 4096)) << "block " << block;
+    }
+  };
+  for (int i = 0; i < 200; ++i) write(i * 256, 256, static_cast<char>(i));
+  ASSERT_TRUE(p.Flush().ok());
+  p.Crash(PowerLossMode::kDropAll);  // replays, then checkpoints: every group has a page
+  p.Crash(PowerLossMode::kDropAll);
+  PoolStats st = p.pool_->Stats();
+  const uint64_t chunks = st.chunks;
+  EXPECT_GE(chunks, 200u) << "counted from the groups' pages";
+  EXPECT_LE(st.chunk_groups_in_memory, 1u) << "an open keeps only the group new chunks go to";
+  EXPECT_EQ(st.chunk_groups_read, 0u);
+  check_all();
+  st = p.pool_->Stats();
+  EXPECT_GE(st.chunk_groups_read, 6u) << "the reads needed their copies";
+  EXPECT_GT(st.chunk_groups_evicted, 0u);
+  EXPECT_LE(st.chunk_groups_in_memory, 3u) << "the cache holds 2 (and the group new chunks go to)";
+
+  // Scattered overwrites: the old blocks' chunks lose references while their records
+  // are not in memory (deltas, applied before the next checkpoint).
+  for (int i = 0; i < 300; ++i) write((i * 7919) % (200 * 256), 1, static_cast<char>(i));
+  ASSERT_TRUE(p.Flush().ok());
+  p.Crash(PowerLossMode::kDropAll);
+  check_all();
+  FsckReport fsck = p.Fsck();
+  ASSERT_TRUE(fsck.ok()) << fsck.errors[0];
+  EXPECT_EQ(fsck.chunks, p.pool_->Stats().chunks) << "Stats counts the records not in memory";
+
+  // A disk fails: heal finds its chunks through their slots, reads their groups and
+  // re-mirrors every one; scrub reads every chunk's group in turn.
+  p.Crash(PowerLossMode::kDropAll);
+  ASSERT_LE(p.pool_->Stats().chunk_groups_in_memory, 3u);
+  const DiskId victim = p.pool_->ListDisks()[1].id;
+  ASSERT_TRUE(WaitStatus(&p.loop_, [&](auto d) { p.pool_->FailDisk(victim, d); }).ok());
+  EXPECT_FALSE(p.pool_->FullyRedundant());
+  EXPECT_GT(p.pool_->Stats().degraded_chunks, 100u) << "counted through the failed disk's slots";
+  ASSERT_TRUE(p.WaitRedundant());
+  EXPECT_EQ(p.pool_->Stats().degraded_chunks, 0u);
+  EXPECT_GT(p.pool_->Stats().chunks_rebuilt, 100u);
+  auto scrub = Wait<ScrubReport>(&p.loop_, [&](auto done) { p.pool_->Scrub(done); });
+  ASSERT_TRUE(scrub.ok()) << scrub.status();
+  EXPECT_EQ(scrub->chunks_checked, p.pool_->Stats().chunks) << "every chunk, in memory or not";
+  EXPECT_EQ(scrub->bad_copies, 0u);
+  EXPECT_LE(p.pool_->Stats().chunk_groups_in_memory, 3u);
+  check_all();
+  fsck = p.Fsck();
+  ASSERT_TRUE(fsck.ok()) << fsck.errors[0];
+}
+
 // A full pool keeps free chunks for metadata on every node, not just somewhere: a
 // metadata chunk (3 copies on distinct nodes) made while a node is away then finds room
 // for its copy on that node when it returns (simulator seeds 11 and 53, where the

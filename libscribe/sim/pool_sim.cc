@@ -560,7 +560,10 @@ class PoolSim {
 
   // Adds the counters of the pool instance about to go to the result.
   void CountPoolStats() {
-    if (pool_ != nullptr) result_.map_leaves_read += pool_->Stats().map_leaves_read;
+    if (pool_ == nullptr) return;
+    const PoolStats s = pool_->Stats();
+    result_.map_leaves_read += s.map_leaves_read;
+    result_.chunk_groups_read += s.chunk_groups_read;
   }
 
   // ---------------------------------------------------------------------------------

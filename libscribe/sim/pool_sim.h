@@ -92,6 +92,7 @@ struct PoolSimResult {
   uint64_t diffs_from_change_logs = 0;
   bool small_leaf_cache = false;  // this seed ran with a leaf cache of a few leaves
   uint64_t map_leaves_read = 0;   // evicted leaves read back (PoolStats::map_leaves_read)
+  uint64_t chunk_groups_read = 0;  // chunk record groups read back (PoolStats::chunk_groups_read)
   // The simulator's own counts of every block's copies on the disks, and the blocks
   // counted (summed over the checks).
   uint64_t copy_checks = 0;

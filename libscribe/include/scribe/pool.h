@@ -67,11 +67,13 @@ struct PoolOptions {
   int64_t background_delete_pause_ns = 100'000;
   // Memory for metadata that has not changed since the last checkpoint: block-map leaves
   // (4 KiB each, mapping 256 blocks) and, in a quarter of it beyond the leaves, chunk
-  // states (2 KiB each: the reference counts and checksums of a 1 MiB chunk's blocks).
-  // Beyond it the least recently used are dropped and read back from their pages when
-  // an I/O, a diff, heal, scrub or fsck needs them. The default keeps the maps of 64 GiB
-  // of sequentially written data and the states of 32 GiB of chunks. Changed ones stay
-  // until the next checkpoint (checkpoint_dirty_pages_max bounds them).
+  // states (2 KiB each: the reference counts and checksums of a 1 MiB chunk's blocks),
+  // and in an eighth, data chunk records (copies, blocks in use; ~256 bytes each, kept
+  // by groups of 32). Beyond it the least recently used are dropped and read back from
+  // their pages when an I/O, a diff, heal, scrub or fsck needs them. The default keeps
+  // the maps of 64 GiB of sequentially written data, the states of 32 GiB of chunks and
+  // the records of 128 GiB. Changed ones stay until the next checkpoint
+  // (checkpoint_dirty_pages_max bounds them), and so do degraded or busy chunks' records.
   uint64_t metadata_cache_bytes = 256ull << 20;
   // Times a read retries when every copy of a block fails its checksum (the block may
   // have been rewritten and reused underneath it).
@@ -192,6 +194,12 @@ struct PoolStats {
   uint64_t chunk_states_read = 0;
   uint64_t chunk_states_evicted = 0;
   uint64_t chunk_states_with_deltas = 0;
+  // Groups of data chunk records (kChunksPerGroup records each, see
+  // PoolOptions::metadata_cache_bytes): in memory now (with a page), read back and
+  // evicted since this instance was created or opened.
+  uint64_t chunk_groups_in_memory = 0;
+  uint64_t chunk_groups_read = 0;
+  uint64_t chunk_groups_evicted = 0;
   // Diffs since this instance was created or opened: answered from the change logs of
   // the snapshot intervals between the two snapshots, or by walking both block maps.
   uint64_t diffs_from_change_logs = 0;
