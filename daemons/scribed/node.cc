@@ -174,7 +174,9 @@ class LinkDevice : public BlockDevice {
  private:
   Callback Wrap(Callback done) {
     return [this, done = std::move(done)](absl::Status st) {
-      if (st.code() == absl::StatusCode::kUnavailable) link_down_();
+      // A lost link, not a disk error the peer reports (EIO is UNAVAILABLE too): that
+      // one counts against the disk (PoolOptions::io_errors_to_fail_disk).
+      if (IsRemoteTransportError(st)) link_down_();
       done(st);
     };
   }

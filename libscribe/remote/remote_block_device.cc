@@ -29,6 +29,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_format.h"
 #include "libscribe/env/real_loop_internal.h"
 #include "libscribe/remote/disk_service.capnp.h"
@@ -37,6 +38,21 @@
 #include "scribe/status.h"
 
 namespace scribe {
+
+namespace {
+constexpr const char* kTransportPayload = "scribe.remote/transport";
+}  // namespace
+
+absl::Status RemoteTransportError(const std::string& message) {
+  absl::Status st = absl::UnavailableError(message);
+  st.SetPayload(kTransportPayload, absl::Cord("1"));
+  return st;
+}
+
+bool IsRemoteTransportError(const absl::Status& status) {
+  return status.code() == absl::StatusCode::kUnavailable && status.GetPayload(kTransportPayload).has_value();
+}
+
 namespace {
 
 using remote::wire::DiskService;
@@ -310,7 +326,7 @@ class RemoteBlockDevice final : public BlockDevice, private kj::TaskSet::ErrorHa
             // Still there only if their connection was already gone.
             for (uint64_t id : *ids) {
               auto it = ops_.find(id);
-              if (it != ops_.end()) Finish(it, absl::UnavailableError(why));
+              if (it != ops_.end()) Finish(it, RemoteTransportError(why));
             }
           });
         }));
@@ -323,7 +339,7 @@ class RemoteBlockDevice final : public BlockDevice, private kj::TaskSet::ErrorHa
       const int64_t now = loop_->NowNanos();
       if (now < retry_after_ns_) {
         Complete(std::move(done),
-                 absl::UnavailableError(absl::StrFormat(
+                 RemoteTransportError(absl::StrFormat(
                      "disk %d at %s is unreachable (next attempt in %d ms): %s", disk_id_, address_,
                      (retry_after_ns_ - now) / 1'000'000, last_error_)));
         return nullptr;
@@ -406,7 +422,7 @@ class RemoteBlockDevice final : public BlockDevice, private kj::TaskSet::ErrorHa
       service = nullptr;
       old = nullptr;
     }));
-    const absl::Status lost = absl::UnavailableError(
+    const absl::Status lost = RemoteTransportError(
         absl::StrFormat("disk %d at %s: connection lost: %s", disk_id_, address_, why));
     for (auto it = ops_.begin(); it != ops_.end();) {
       if (it->second.generation != gen) {
@@ -467,7 +483,7 @@ class RemoteBlockDevice final : public BlockDevice, private kj::TaskSet::ErrorHa
             const std::string why = e.getDescription().cStr();
             Drop(it->second.generation, why);
             it = ops_.find(id);  // still there only if its connection was already gone
-            if (it != ops_.end()) Finish(it, absl::UnavailableError(why));
+            if (it != ops_.end()) Finish(it, RemoteTransportError(why));
           });
         }));
   }

@@ -109,6 +109,13 @@ struct RemoteDeviceOptions {
   uint32_t request_bytes_max = 8u << 20;
 };
 
+// An UNAVAILABLE made by the remote device itself: the server could not be reached,
+// the connection was lost, or a call timed out. A disk error the server reports (EIO is
+// UNAVAILABLE too, see BlockDevice) carries no such mark: a caller that takes the
+// peer's node for gone on a lost link must not on a failing disk.
+absl::Status RemoteTransportError(const std::string& message);
+bool IsRemoteTransportError(const absl::Status& status);
+
 // Opens disk `disk_id` served by the DiskServer at `address` ("host:port") as the owner
 // of epoch `epoch`, raising the disk's fence to it. `done` runs on `loop` with the
 // device, or with the server's error (NOT_FOUND, FAILED_PRECONDITION for a stale epoch)
