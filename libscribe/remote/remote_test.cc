@@ -101,9 +101,12 @@ class GatedDevice : public BlockDevice {
     for (auto& start : held) start();
   }
   size_t held() const { return held_.size(); }
+  // Reads fail as a disk's EIO does (UNAVAILABLE), served normally otherwise.
+  void FailReads(bool on) { fail_reads_ = on; }
 
   uint64_t size_bytes() const override { return inner_->size_bytes(); }
   void Read(uint64_t off, size_t len, void* buf, Callback done) override {
+    if (fail_reads_) return done(absl::UnavailableError("EIO: injected read error"));
     Run([=, this] { inner_->Read(off, len, buf, done); });
   }
   void Write(uint64_t off, size_t len, const void* buf, Callback done) override {
@@ -123,6 +126,7 @@ class GatedDevice : public BlockDevice {
   }
   BlockDevice* inner_;
   bool open_ = true;
+  bool fail_reads_ = false;
   std::deque<std::function<void()>> held_;
 };
 
@@ -579,6 +583,7 @@ TEST(ServerLoss, CallsFailUnavailableAndANewServerIsPickedUp) {
   EXPECT_LT(loop->NowNanos() - start, 2 * kSecondNs);
   for (const absl::Status& st : results) {
     EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+    EXPECT_TRUE(IsRemoteTransportError(st)) << st;
   }
   EXPECT_TRUE(AllBytes(r1, 0xee));  // a failed read leaves the caller's buffer alone
   // The device finishes what it held for the gone server (into buffers the server kept).
@@ -588,6 +593,7 @@ TEST(ServerLoss, CallsFailUnavailableAndANewServerIsPickedUp) {
   // Down: later calls fail fast.
   absl::Status down = Await(loop.get(), [&](auto cb) { (*dev)->Read(0, 4096, r1.data(), cb); });
   EXPECT_EQ(down.code(), absl::StatusCode::kUnavailable) << down;
+  EXPECT_TRUE(IsRemoteTransportError(down)) << down;
 
   // Back on the same port: a call succeeds once the backoff lets it reconnect.
   server = Serve(loop.get(), {{1, &gate}}, Address(port));
@@ -619,9 +625,31 @@ TEST(ServerLoss, UnansweredCallTimesOut) {
   absl::Status st = Await(loop.get(), [&](auto cb) { (*dev)->Read(0, 4096, buf.data(), cb); });
   EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
   EXPECT_NE(st.message().find("no reply within 200 ms"), std::string::npos) << st;
+  EXPECT_TRUE(IsRemoteTransportError(st)) << st;
   EXPECT_GE(loop->NowNanos() - start, 200'000'000);
   gate.Open();
   // The dropped connection had answered before, so the next call reconnects at once.
+  st = Await(loop.get(), [&](auto cb) { (*dev)->Read(0, 4096, buf.data(), cb); });
+  EXPECT_TRUE(st.ok()) << st;
+  dev->reset();
+}
+
+// A disk error the server reports (EIO is UNAVAILABLE) is not a transport error: the
+// owner counts it against the disk instead of taking the disk's node for gone.
+TEST(RemoteBlockDevice, ADiskErrorIsNotATransportError) {
+  auto loop = RealLoop::Create();
+  auto file = MakeFile(loop.get(), "remote_disk_error", 16ull << 20);
+  GatedDevice gate(file.get());
+  auto server = Serve(loop.get(), {{1, &gate}});
+  auto dev = OpenRemote(loop.get(), server->port(), 1, 1);
+  ASSERT_TRUE(dev.ok());
+  AlignedBuffer buf(4096);
+  gate.FailReads(true);
+  absl::Status st = Await(loop.get(), [&](auto cb) { (*dev)->Read(0, 4096, buf.data(), cb); });
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+  EXPECT_NE(st.message().find("EIO"), std::string::npos) << st;
+  EXPECT_FALSE(IsRemoteTransportError(st)) << st;
+  gate.FailReads(false);  // the connection is intact: the next call just works
   st = Await(loop.get(), [&](auto cb) { (*dev)->Read(0, 4096, buf.data(), cb); });
   EXPECT_TRUE(st.ok()) << st;
   dev->reset();
